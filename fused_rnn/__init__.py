@@ -1,0 +1,8 @@
+"""fused_rnn: fused LSTM/GRU/RNN kernels for PyTorch as drop-in torch.nn modules."""
+__version__ = "0.1.0"
+
+from . import functional
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert
+
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "functional",
+           "__version__"]

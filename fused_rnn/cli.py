@@ -1,0 +1,119 @@
+"""`fused-rnn` (also `python -m fused_rnn`): info | parity."""
+import argparse
+import platform
+import sys
+import warnings
+from collections import defaultdict
+from typing import List, Sequence
+
+import torch
+
+from . import __version__, backends, testing
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def format_table(header: Sequence[str], rows: List[Sequence]) -> str:
+    """Plain-text table with aligned columns (no extra dependency: the GPU machines have none)."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_info(args) -> int:
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    cuda = torch.cuda.is_available()
+    print(f"fused_rnn  {__version__}")
+    print(f"python     {platform.python_version()}")
+    print(f"torch      {torch.__version__} (CUDA {torch.version.cuda or 'none'}, cuDNN "
+          f"{torch.backends.cudnn.version() if cuda else 'n/a'})")
+    print(f"triton     {triton_version}")
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda \
+        else []
+    print(f"GPU        {', '.join(gpus) if gpus else 'none (torch.cuda.is_available() is False)'}")
+    print()
+    device = torch.device("cuda" if cuda else "cpu")
+    rows = []
+    for name in backends.NAMES:
+        if name == "auto":
+            rows.append((name, "yes", f"picks {backends.resolve('auto', device)!r} on {device}"))
+            continue
+        reason = backends.why_not(name, device)
+        note = {"reference": "plain torch, the ground truth",
+                "cudnn": "torch's own (cuDNN on CUDA, ATen on the CPU)"}.get(name, "")
+        rows.append((name, "yes" if reason is None else "no", reason or note))
+    print(format_table(("backend", f"available on {device}", "why / what"), rows))
+    return 0
+
+
+def cmd_parity(args) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    names = args.backend or [b for b in backends.NAMES
+                             if b != "auto" and backends.why_not(b, device) is None]
+    for name in names:
+        reason = backends.why_not(backends.check_name(name), device)
+        if reason is not None:
+            print(f"backend {name!r} skipped: {reason}")
+    names = [n for n in names if backends.why_not(n, device) is None]
+    if not names:
+        print("no backend to check: every one asked for is unavailable here")
+        return 2
+    cases = testing.random_cases(args.cases, seed=args.seed)
+    dtypes = [_DTYPES[d] for d in args.dtype]
+    print(f"parity on {device}: {len(cases)} random cases x {len(dtypes)} dtypes x "
+          f"{len(names)} backends, against float64 torch on the CPU; bound = 2 x torch's error "
+          f"in the same dtype + atol ({', '.join(f'{d}: {testing.ATOL[_DTYPES[d]]:g}' for d in args.dtype)})")
+    groups = defaultdict(list)
+    failures = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's "LSTM with projections ... oneDNN"
+        for name in names:
+            for dtype in dtypes:
+                for case in cases:
+                    res = testing.check(case, name, dtype, device)
+                    groups[(name, case.cell, str(dtype).replace("torch.", ""))].append(res)
+                    if not res.ok:
+                        failures.append(res)
+    rows = []
+    for (name, cell, dtype), results in groups.items():
+        ok = sum(r.ok for r in results)
+        rows.append((name, cell, dtype, len(results), f"{ok}/{len(results)}",
+                     f"{max(max(r.errors.values()) for r in results):.2e}",
+                     f"{max(max(r.torch_errors.values()) for r in results):.2e}",
+                     f"{max(r.worst_ratio for r in results):.3f}",
+                     "PASS" if ok == len(results) else "FAIL"))
+    print(format_table(("backend", "cell", "dtype", "cases", "passed", "max err", "torch err",
+                        "worst err/bound", "status"), rows))
+    for res in failures[:20]:
+        print(f"FAIL {res.backend} {res.dtype} {res.case.label()}: {'; '.join(res.failures())}")
+    return 1 if failures else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fused-rnn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, GPU, and which backends can run here (and why not)")
+    p = sub.add_parser("parity", help="max error of each backend against torch's LSTM/GRU/RNN "
+                                      "over random cases; exits 1 if any breaks the rule")
+    p.add_argument("--backend", action="append", choices=[b for b in backends.NAMES
+                                                          if b != "auto"],
+                   help="backend to check (repeatable; default: every available one)")
+    p.add_argument("--cases", type=int, default=48, help="random cases per dtype (default 48)")
+    p.add_argument("--dtype", action="append", choices=list(_DTYPES),
+                   help="dtype (repeatable; default float64 and float32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    args = parser.parse_args(argv)
+    if args.command == "parity" and not args.dtype:
+        args.dtype = list(_DTYPES)
+    return {"info": cmd_info, "parity": cmd_parity}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Functional interface: lstm(), gru(), rnn() and their single-step cells.
+
+Every argument check lives here, and so does the choice of backend; the modules hold only
+parameters, and the backends (fused_rnn/ops) assume checked, time-major inputs.
+
+Empty inputs: a batch of size 0 gives empty outputs of the right shapes, as nn.LSTM does. A
+sequence of length 0 is an error, as in nn.LSTM ("input: sequence length must be at least 1").
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
+
+from . import _packing, backends
+from .ops.cells import GATES
+from .ops.naive import layer_naive
+from .ops.native import cell_native, run_native
+from .ops import cells as _cells
+from .ops.stack import group_weights, run_stack
+
+__all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell"]
+
+# Per-(layer, direction) recurrence of each backend that runs through ops/stack.py.
+_LAYER_FNS = {"reference": layer_naive}
+
+
+def _shape(t: Tensor) -> Tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def _check_tensor(name: str, t, shape, like: Tensor):
+    """t must be a tensor of exactly `shape` with like's dtype and device."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(t).__name__}")
+    if _shape(t) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {_shape(t)}")
+    if t.dtype != like.dtype:
+        raise ValueError(f"{name}: expected dtype {like.dtype} (the input's), got {t.dtype}")
+    if t.device != like.device:
+        raise ValueError(f"{name}: expected device {like.device} (the input's), got {t.device}")
+
+
+def _check_options(mode, num_layers, dropout, proj_size, bidirectional, bias, batch_first):
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers: expected an int >= 1, got {num_layers!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+            or not 0 <= dropout <= 1:
+        raise ValueError(f"dropout: expected a number in [0, 1], got {dropout!r}")
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+        raise ValueError(f"proj_size: expected an int >= 0, got {proj_size!r}")
+    if proj_size and mode != "LSTM":
+        raise ValueError(f"proj_size: only LSTM supports a projection, got {proj_size} for {mode}")
+    for name, value in (("bidirectional", bidirectional), ("bias", bias),
+                        ("batch_first", batch_first)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expected a bool, got {value!r}")
+
+
+def _check_weights(mode, weights, *, num_layers, bidirectional, bias, proj_size):
+    """Check count, shapes, dtype and device of the flat weight list (nn.LSTM._flat_weights
+    order). Returns (input_size, hidden_size)."""
+    D = 2 if bidirectional else 1
+    per = 2 + 2 * bias + (proj_size > 0)
+    if not isinstance(weights, (list, tuple)) or not all(isinstance(w, Tensor) for w in weights):
+        raise TypeError("weights: expected a list of Tensors (nn.LSTM._flat_weights order)")
+    if len(weights) != num_layers * D * per:
+        raise ValueError(
+            f"weights: expected {num_layers * D * per} tensors for num_layers={num_layers}, "
+            f"bidirectional={bidirectional}, bias={bias}, proj_size={proj_size}, "
+            f"got {len(weights)}")
+    G = GATES[mode]
+    w0 = weights[0]
+    if w0.dim() != 2 or w0.shape[0] % G:
+        raise ValueError(f"weights[0] (weight_ih_l0): expected shape ({G}*hidden_size, "
+                         f"input_size), got {_shape(w0)}")
+    H, I = w0.shape[0] // G, w0.shape[1]
+    H_out = proj_size or H
+    if proj_size >= H and proj_size:
+        raise ValueError(f"proj_size: expected < hidden_size={H}, got {proj_size}")
+    for k in range(num_layers * D):
+        layer, suffix = divmod(k, D)
+        tag = f"_l{layer}" + ("_reverse" if suffix else "")
+        expected = [("weight_ih", (G * H, I if layer == 0 else D * H_out)),
+                     ("weight_hh", (G * H, H_out))]
+        if bias:
+            expected += [("bias_ih", (G * H,)), ("bias_hh", (G * H,))]
+        if proj_size:
+            expected += [("weight_hr", (proj_size, H))]
+        for j, (name, shape) in enumerate(expected):
+            idx = k * per + j
+            w = weights[idx]
+            label = f"weights[{idx}] ({name}{tag})"
+            if _shape(w) != shape:
+                raise ValueError(f"{label}: expected shape {shape}, got {_shape(w)}")
+            if w.dtype != w0.dtype or w.device != w0.device:
+                raise ValueError(f"{label}: expected dtype {w0.dtype} on {w0.device} like "
+                                 f"weights[0], got {w.dtype} on {w.device}")
+    return I, H
+
+
+def _check_data(data: Tensor, *, input_size, weight: Tensor):
+    """dtype, device and feature size of the input tensor (or a PackedSequence's data)."""
+    if not data.is_floating_point():
+        raise ValueError(f"input: expected a floating-point tensor, got dtype {data.dtype}")
+    if data.dtype != weight.dtype:
+        raise ValueError(f"input: dtype {data.dtype} does not match the weights' dtype "
+                         f"{weight.dtype}")
+    if data.device != weight.device:
+        raise ValueError(f"input: is on {data.device} but the weights are on {weight.device}")
+    if data.shape[-1] != input_size:
+        raise ValueError(f"input: expected input_size={input_size} in the last dimension, "
+                         f"got shape {_shape(data)}")
+
+
+def _check_input(input, *, input_size, weight: Tensor, batch_first: bool):
+    """Returns (x, seq, unbatched): x the time-major (T, B, I) tensor (None when packed), seq the
+    PackedSequence (or None)."""
+    if isinstance(input, PackedSequence):
+        if input.data.dim() != 2:
+            raise ValueError(f"input: expected a PackedSequence's data to be 2-D "
+                             f"(total_length, input_size), got shape {_shape(input.data)}")
+        _check_data(input.data, input_size=input_size, weight=weight)
+        return None, input, False
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input: expected a Tensor or PackedSequence, got {type(input).__name__}")
+    if input.dim() not in (2, 3):
+        raise ValueError(f"input: expected a 3-D (batched) or 2-D (unbatched) tensor, got "
+                         f"{input.dim()}-D with shape {_shape(input)}")
+    _check_data(input, input_size=input_size, weight=weight)
+    unbatched = input.dim() == 2
+    x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if batch_first else input)
+    if x.shape[0] == 0:
+        raise ValueError(f"input: sequence length must be at least 1, got 0 (shape "
+                         f"{_shape(input)})")
+    return x, None, unbatched
+
+
+def _check_hx(hx, *, state_shapes, names, unbatched, like: Tensor):
+    """Check hx against state_shapes (one per state tensor, batched layout); returns the
+    states batched, zeros where hx is None."""
+    n = len(state_shapes)
+    if hx is None:
+        return [torch.zeros(s, dtype=like.dtype, device=like.device) for s in state_shapes]
+    if n == 2:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"hx: expected a tuple (h_0, c_0) of two tensors for LSTM, "
+                            f"got {type(hx).__name__}")
+        hx = list(hx)
+    else:
+        hx = [hx]
+    states = []
+    for name, shape, h in zip(names, state_shapes, hx):
+        if unbatched:
+            if isinstance(h, Tensor) and h.dim() != len(shape) - 1:
+                raise ValueError(f"{name}: for unbatched (2-D) input expected a "
+                                 f"{len(shape) - 1}-D state of shape {_drop_batch(shape)}, got "
+                                 f"shape {_shape(h)}")
+            _check_tensor(name, h, _drop_batch(shape), like)
+            h = h.unsqueeze(-2)
+        else:
+            _check_tensor(name, h, shape, like)
+        states.append(h)
+    return states
+
+
+def _drop_batch(shape):
+    return tuple(shape[:-2]) + (shape[-1],)
+
+
+def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, training,
+         bidirectional, proj_size, backend):
+    backends.check_name(backend)
+    _check_options(mode, num_layers, dropout, proj_size, bidirectional, bias, batch_first)
+    I, H = _check_weights(mode, weights, num_layers=num_layers, bidirectional=bidirectional,
+                          bias=bias, proj_size=proj_size)
+    x, seq, unbatched = _check_input(input, input_size=I, weight=weights[0],
+                                     batch_first=batch_first)
+    like = x if seq is None else seq.data
+    B = int(seq.batch_sizes[0]) if seq is not None else x.shape[1]
+    LD = num_layers * (2 if bidirectional else 1)
+    shapes = [(LD, B, proj_size or H)] + ([(LD, B, H)] if mode == "LSTM" else [])
+    names = ["hx[0] (h_0)", "hx[1] (c_0)"] if mode == "LSTM" else ["hx (h_0)"]
+    states = _check_hx(hx, state_shapes=shapes, names=names, unbatched=unbatched,
+                       like=like)
+    h0, c0 = states[0], (states[1] if mode == "LSTM" else None)
+
+    name = backends.resolve(backend, like.device)
+    if name == "cudnn":
+        output, h_n, c_n = run_native(mode, x if seq is None else seq, h0, c0, list(weights),
+                                      bias=bias, num_layers=num_layers, dropout=float(dropout),
+                                      training=training, bidirectional=bidirectional)
+    else:
+        mask = None
+        if seq is not None:
+            x = _packing.unpack(seq)
+            steps = torch.arange(x.shape[0], device=x.device)
+            mask = (steps[:, None] < _packing.lengths(seq)[None, :]).unsqueeze(-1)
+        groups = group_weights(weights, LD, bias, proj_size > 0)
+        output, h_n, c_n = run_stack(mode, x, h0, c0, groups, num_layers=num_layers,
+                                     bidirectional=bidirectional, dropout=dropout,
+                                     training=training, mask=mask, layer_fn=_LAYER_FNS[name])
+        if seq is not None:
+            output = _packing.pack_like(output, seq)
+    if seq is None:
+        if unbatched:
+            output = output.squeeze(1)
+            h_n = h_n.squeeze(1)
+            c_n = None if c_n is None else c_n.squeeze(1)
+        elif batch_first:
+            output = output.transpose(0, 1)
+    return output, h_n, c_n
+
+
+_Input = Union[Tensor, PackedSequence]
+
+
+def lstm(input: _Input, weights: Sequence[Tensor], hx: Optional[Tuple[Tensor, Tensor]] = None, *,
+         bias: bool = True, num_layers: int = 1, batch_first: bool = False,
+         dropout: float = 0.0, training: bool = False, bidirectional: bool = False,
+         proj_size: int = 0, backend: str = "auto"):
+    """Multi-layer LSTM, as nn.LSTM computes it.
+
+    input: (T, B, I), (B, T, I) if batch_first, (T, I) unbatched, or a PackedSequence.
+    weights: nn.LSTM._flat_weights order: per layer and direction weight_ih (4H, I or D·H_out),
+      weight_hh (4H, H_out), [bias_ih (4H,), bias_hh (4H,)], [weight_hr (P, H)].
+    hx: (h_0 (L·D, B, H_out), c_0 (L·D, B, H)), batch dim dropped if unbatched; zeros if None.
+    H_out is proj_size if > 0 else H; D is 2 if bidirectional else 1.
+    Returns output (T, B, D·H_out) (same layout and kind as input), (h_n, c_n).
+    """
+    out, h_n, c_n = _rnn("LSTM", input, weights, hx, bias=bias, num_layers=num_layers,
+                         batch_first=batch_first, dropout=dropout, training=training,
+                         bidirectional=bidirectional, proj_size=proj_size, backend=backend)
+    return out, (h_n, c_n)
+
+
+def gru(input: _Input, weights: Sequence[Tensor], hx: Optional[Tensor] = None, *,
+        bias: bool = True, num_layers: int = 1, batch_first: bool = False, dropout: float = 0.0,
+        training: bool = False, bidirectional: bool = False, backend: str = "auto"):
+    """Multi-layer GRU (gates r, z, n), as nn.GRU. Shapes as lstm() with 3H gate rows and no
+    c state. Returns output, h_n (L·D, B, H)."""
+    out, h_n, _ = _rnn("GRU", input, weights, hx, bias=bias, num_layers=num_layers,
+                       batch_first=batch_first, dropout=dropout, training=training,
+                       bidirectional=bidirectional, proj_size=0, backend=backend)
+    return out, h_n
+
+
+def rnn(input: _Input, weights: Sequence[Tensor], hx: Optional[Tensor] = None, *,
+        nonlinearity: str = "tanh", bias: bool = True, num_layers: int = 1,
+        batch_first: bool = False, dropout: float = 0.0, training: bool = False,
+        bidirectional: bool = False, backend: str = "auto"):
+    """Multi-layer Elman RNN with tanh or relu, as nn.RNN. Shapes as gru() with H gate rows."""
+    out, h_n, _ = _rnn(_rnn_mode(nonlinearity), input, weights, hx, bias=bias,
+                       num_layers=num_layers, batch_first=batch_first, dropout=dropout,
+                       training=training, bidirectional=bidirectional, proj_size=0,
+                       backend=backend)
+    return out, h_n
+
+
+def _rnn_mode(nonlinearity) -> str:
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    return "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+
+
+# ---------------------------------------------------------------------------- single-step cells
+
+def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
+    backends.check_name(backend)
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("b_ih, b_hh: expected both or neither, got only one")
+    weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
+    I, H = _check_weights(mode, weights, num_layers=1, bidirectional=False,
+                          bias=b_ih is not None, proj_size=0)
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input: expected a Tensor, got {type(input).__name__}")
+    if input.dim() not in (1, 2):
+        raise ValueError(f"input: expected a 2-D (batch, input_size) or 1-D (unbatched) tensor, "
+                         f"got {input.dim()}-D with shape {_shape(input)}")
+    _check_data(input, input_size=I, weight=w_ih)
+    unbatched = input.dim() == 1
+    x = input.unsqueeze(0) if unbatched else input
+    state_shape = (H,) if unbatched else (x.shape[0], H)
+    if mode == "LSTM":
+        names = ("hx[0] (h)", "hx[1] (c)")
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError(f"hx: expected a tuple (h, c) of two tensors for LSTMCell, "
+                            f"got {type(hx).__name__}")
+    else:
+        names = ("hx (h)",)
+        hx = None if hx is None else (hx,)
+    if hx is None:
+        hx = [torch.zeros(state_shape, dtype=x.dtype, device=x.device) for _ in names]
+    for name, h in zip(names, hx):
+        _check_tensor(name, h, state_shape, x)
+    if unbatched:
+        hx = [h.unsqueeze(0) for h in hx]
+    h, c = hx[0], (hx[1] if mode == "LSTM" else None)
+    if backends.resolve(backend, x.device) == "cudnn":
+        h, c = cell_native(mode, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    else:
+        gi = F.linear(x, w_ih, b_ih)
+        h, c = _cells.step(mode, gi, F.linear(h, w_hh, b_hh), h, c)
+    if unbatched:
+        h, c = h.squeeze(0), (None if c is None else c.squeeze(0))
+    return h, c
+
+
+def lstm_cell(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], w_ih: Tensor, w_hh: Tensor,
+              b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
+              backend: str = "auto") -> Tuple[Tensor, Tensor]:
+    """One LSTM step, as nn.LSTMCell: input (B, I) or (I,), hx (h, c) each (B, H) or (H,) or
+    None (zeros); w_ih (4H, I), w_hh (4H, H), b_ih/b_hh (4H,). Returns (h', c')."""
+    return _cell("LSTM", input, hx, w_ih, w_hh, b_ih, b_hh, backend)
+
+
+def gru_cell(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+             b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
+             backend: str = "auto") -> Tensor:
+    """One GRU step, as nn.GRUCell: input (B, I) or (I,), hx (B, H) or (H,) or None; w_ih (3H, I),
+    w_hh (3H, H). Returns h'."""
+    return _cell("GRU", input, hx, w_ih, w_hh, b_ih, b_hh, backend)[0]
+
+
+def rnn_cell(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+             b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
+             nonlinearity: str = "tanh", backend: str = "auto") -> Tensor:
+    """One Elman RNN step, as nn.RNNCell (tanh or relu). Returns h'."""
+    return _cell(_rnn_mode(nonlinearity), input, hx, w_ih, w_hh, b_ih, b_hh, backend)[0]

@@ -1,0 +1,64 @@
+"""Multi-layer, bidirectional driver shared by the backends that work layer by layer.
+
+A backend supplies `layer_fn` with the signature of ops.naive.layer_naive; this module does the
+rest the way nn.LSTM does: the hoisted input GEMM, both directions writing their halves of the
+layer output, h_n/c_n in (layer, direction) order, and dropout between layers in training.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import _alloc
+
+
+class LayerWeights(NamedTuple):
+    """Weights of one (layer, direction); absent ones are None."""
+    w_ih: torch.Tensor
+    w_hh: torch.Tensor
+    b_ih: Optional[torch.Tensor]
+    b_hh: Optional[torch.Tensor]
+    w_hr: Optional[torch.Tensor]
+
+
+def group_weights(weights, num_groups, bias, has_proj):
+    """Split torch's flat weight list (nn.LSTM._flat_weights order) into LayerWeights."""
+    per = 2 + 2 * bias + has_proj
+    groups = []
+    for k in range(num_groups):
+        w = list(weights[k * per:(k + 1) * per])
+        b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
+        groups.append(LayerWeights(w[0], w[1], b_ih, b_hh, w[-1] if has_proj else None))
+    return groups
+
+
+def run_stack(mode, x, h0, c0, groups, *, num_layers, bidirectional, dropout, training, mask,
+              layer_fn):
+    """x: (T, B, I); h0: (L·D, B, H_out); c0: (L·D, B, H) or None; groups: L·D LayerWeights.
+
+    Returns output (T, B, D·H_out), h_n (L·D, B, H_out), c_n (L·D, B, H) or None.
+    """
+    D = 2 if bidirectional else 1
+    h_n = _alloc.empty(h0.shape, like=x)
+    c_n = _alloc.empty(c0.shape, like=x) if c0 is not None else None
+    layer_in = x
+    for layer in range(num_layers):
+        if D == 2:
+            H_out = h0.shape[-1]
+            layer_out = _alloc.empty(x.shape[:2] + (D * H_out,), like=x)
+        for d in range(D):
+            k = layer * D + d
+            g = groups[k]
+            gi = F.linear(layer_in, g.w_ih, g.b_ih)
+            out, h_n[k], c_last = layer_fn(mode, gi, h0[k], None if c0 is None else c0[k],
+                                           g.w_hh, g.b_hh, g.w_hr, mask, reverse=d == 1)
+            if c_n is not None:
+                c_n[k] = c_last
+            if D == 2:
+                layer_out[..., d * H_out:(d + 1) * H_out] = out
+            else:
+                layer_out = out
+        if training and dropout > 0 and layer < num_layers - 1:
+            layer_out = F.dropout(layer_out, dropout, True)
+        layer_in = layer_out
+    return layer_in, h_n, c_n

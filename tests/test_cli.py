@@ -1,0 +1,49 @@
+"""`fused-rnn info` and `fused-rnn parity`."""
+import subprocess
+import sys
+
+import pytest
+
+from fused_rnn import cli, functional, ops
+
+
+def test_info_lists_backends_and_why(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "triton" in out and "GPU" in out
+    for name in ("auto", "reference", "triton", "cuda", "cudnn"):
+        assert f"\n{name} " in out
+    assert "picks 'reference' on cpu" in out
+    assert "it runs on CUDA tensors, and the input is on cpu" in out
+
+
+def test_parity_passes_and_prints_a_table(capsys):
+    assert cli.main(["parity", "--cases", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "worst err/bound" in out
+    rows = [line for line in out.splitlines() if line.startswith(("reference", "cudnn"))]
+    # 2 backends x 4 cells x 2 dtypes, all passing
+    assert len(rows) == 16 and all(r.rstrip().endswith("PASS") for r in rows)
+
+
+def test_parity_exits_non_zero_when_a_backend_breaks_the_rule(capsys, monkeypatch):
+    def off_by_a_bit(*args, **kw):
+        out, h, c = ops.naive.layer_naive(*args, **kw)
+        return out * (1 + 1e-4), h, c
+
+    monkeypatch.setitem(functional._LAYER_FNS, "reference", off_by_a_bit)
+    assert cli.main(["parity", "--cases", "4", "--backend", "reference"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL reference" in out and "output: err" in out
+
+
+def test_parity_with_no_runnable_backend_fails(capsys):
+    assert cli.main(["parity", "--cases", "1", "--backend", "triton"]) == 2
+    assert "backend 'triton' skipped: it runs on CUDA tensors" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["-m", "fused_rnn", "info"]])
+def test_python_dash_m(argv):
+    res = subprocess.run([sys.executable] + argv, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "fused_rnn" in res.stdout
