@@ -1,9 +1,10 @@
-"""`fused-rnn` (also `python -m fused_rnn`): info | parity."""
+"""`fused-rnn` (also `python -m fused_rnn`): info | parity | bench."""
 import argparse
 import platform
 import sys
 import warnings
 from collections import defaultdict
+from pathlib import Path
 from typing import List, Sequence
 
 import torch
@@ -13,13 +14,19 @@ from . import __version__, backends, testing
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
-def format_table(header: Sequence[str], rows: List[Sequence]) -> str:
-    """Plain-text table with aligned columns (no extra dependency: the GPU machines have none)."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+def console():
+    """A rich Console; wide when output is not a terminal, so tables in logs are not squashed."""
+    from rich.console import Console
+    c = Console()
+    return c if c.is_terminal else Console(width=200)
+
+
+def format_table(header: Sequence[str], rows: List[Sequence], title: str = None):
+    from rich.table import Table
+    t = Table(*header, title=title)
+    for r in rows:
+        t.add_row(*(str(c) for c in r))
+    return t
 
 
 def cmd_info(args) -> int:
@@ -48,7 +55,7 @@ def cmd_info(args) -> int:
         note = {"reference": "plain torch, the ground truth",
                 "cudnn": "torch's own (cuDNN on CUDA, ATen on the CPU)"}.get(name, "")
         rows.append((name, "yes" if reason is None else "no", reason or note))
-    print(format_table(("backend", f"available on {device}", "why / what"), rows))
+    console().print(format_table(("backend", f"available on {device}", "why / what"), rows))
     return 0
 
 
@@ -88,11 +95,40 @@ def cmd_parity(args) -> int:
                      f"{max(max(r.torch_errors.values()) for r in results):.2e}",
                      f"{max(r.worst_ratio for r in results):.3f}",
                      "PASS" if ok == len(results) else "FAIL"))
-    print(format_table(("backend", "cell", "dtype", "cases", "passed", "max err", "torch err",
-                        "worst err/bound", "status"), rows))
+    console().print(format_table(("backend", "cell", "dtype", "cases", "passed", "max err",
+                                  "torch err", "worst err/bound", "status"), rows))
     for res in failures[:20]:
         print(f"FAIL {res.backend} {res.dtype} {res.case.label()}: {'; '.join(res.failures())}")
     return 1 if failures else 0
+
+
+def cmd_bench(args) -> int:
+    from rich.progress import track
+
+    from . import bench
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = console()
+    if device.type != "cuda":
+        out.print("No CUDA GPU here: running the small CPU suite (reference and a Python loop "
+                  "against torch's own CPU LSTM/GRU). The GPU suite (the default grid against "
+                  "cuDNN, fp32/tf32/bf16) needs CUDA.")
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes or []]
+    if any(len(s) != 4 for s in shapes):
+        raise SystemExit("--shapes: expected T,B,I,H for each shape, e.g. 256,16,512,512")
+    suite = bench.default_suite(device, quick=args.quick, cells=args.cells, dtypes=args.dtypes,
+                                modes=args.modes, providers=args.providers, shapes=shapes)
+    results = bench.run_suite(suite, progress=lambda jobs: track(
+        jobs, description="benchmarking", console=out, transient=True))
+    results["meta"]["command"] = "fused-rnn " + " ".join(args.argv)
+    out.print(bench.table(results))
+    for what, reason in results["meta"]["skipped"].items():
+        out.print(f"skipped {what}: {reason}")
+    name = args.name or suite.name
+    folder = Path(args.out)
+    json_path = bench.write_json(results, folder / f"{name}.json")
+    png_path = bench.plot(results, folder / f"{name}.png")
+    out.print(f"wrote {json_path} and {png_path}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -109,10 +145,26 @@ def main(argv=None) -> int:
                    help="dtype (repeatable; default float64 and float32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    from . import bench
+    b = sub.add_parser("bench", help="time every provider against cuDNN over the shape grid; "
+                                     "write JSON results and a PNG plot")
+    b.add_argument("--cells", nargs="+", choices=bench.suite.CELLS,
+                   help="default LSTM GRU")
+    b.add_argument("--dtypes", nargs="+", choices=list(bench.suite.DTYPES),
+                   help="default fp32 tf32 bf16 on CUDA, fp32 on the CPU")
+    b.add_argument("--modes", nargs="+", choices=bench.suite.MODES, help="default fwd fwdbwd")
+    b.add_argument("--providers", nargs="+", choices=bench.suite.PROVIDERS,
+                   help="default all; unavailable ones are listed as skipped, with the reason")
+    b.add_argument("--shapes", nargs="+", metavar="T,B,I,H", help="instead of the default grid")
+    b.add_argument("--quick", action="store_true", help="a small subset of the grid")
+    b.add_argument("--out", default="fused-rnn-results", help="output folder")
+    b.add_argument("--name", help="file name stem (default: the suite's name, e.g. gpu, cpu)")
+    b.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command == "parity" and not args.dtype:
         args.dtype = list(_DTYPES)
-    return {"info": cmd_info, "parity": cmd_parity}[args.command](args)
+    return {"info": cmd_info, "parity": cmd_parity, "bench": cmd_bench}[args.command](args)
 
 
 if __name__ == "__main__":

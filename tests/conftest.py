@@ -23,15 +23,3 @@ def _seed():
     random.seed(0)
     torch.manual_seed(0)
     yield
-
-
-def assert_close_exact(a, b, tol=1e-10):
-    """Max abs difference of two float64 tensors (or tuples of them) at most tol."""
-    if isinstance(a, (tuple, list)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_close_exact(x, y, tol)
-        return
-    assert a.shape == b.shape, (a.shape, b.shape)
-    if a.numel():
-        assert (a - b).abs().max().item() <= tol

@@ -1,0 +1,129 @@
+"""Results of the suite: speedups over cuDNN, the table, the JSON file and the plot."""
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+BASELINE = "cudnn"
+ROW_KEYS = ("cell", "dtype", "T", "B", "I", "H", "mode")
+
+
+def _key(row) -> Tuple:
+    return tuple(row[k] for k in ROW_KEYS)
+
+
+def by_config(rows: List[dict]) -> Dict[Tuple, Dict[str, dict]]:
+    """{(cell, dtype, T, B, I, H, mode): {provider: row}} in first-seen order."""
+    table: Dict[Tuple, Dict[str, dict]] = {}
+    for row in rows:
+        table.setdefault(_key(row), {})[row["provider"]] = row
+    return table
+
+
+def providers(rows: List[dict]) -> List[str]:
+    """Providers present, the baseline first."""
+    seen = list(dict.fromkeys(r["provider"] for r in rows))
+    return sorted(seen, key=lambda p: p != BASELINE)
+
+
+def speedups(rows: List[dict]) -> Dict[str, List[float]]:
+    """Per provider, baseline_ms / provider_ms for every config both measured."""
+    out = defaultdict(list)
+    for config in by_config(rows).values():
+        if BASELINE not in config:
+            continue
+        for name, row in config.items():
+            out[name].append(config[BASELINE]["median_ms"] / row["median_ms"])
+    return dict(out)
+
+
+def geomean(values: List[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
+
+
+def table(results: dict):
+    """A rich Table: one row per config, each provider's median ms and speedup over cuDNN, and
+    the geometric-mean speedup per provider last."""
+    from rich.table import Table
+
+    rows = results["rows"]
+    names = providers(rows)
+    device = results["meta"]["device"]
+    baseline = "cuDNN" if device == "cuda" else "torch (ATen on the CPU)"
+    t = Table(title=f"fused_rnn bench on {results['meta'].get('gpu') or 'CPU'}: median ms and "
+                    f"speedup over {baseline} (provider 'cudnn')")
+    for col in ROW_KEYS:
+        t.add_column(col, justify="right" if col in "TBIH" else "left")
+    for name in names:
+        t.add_column(f"{name} ms", justify="right")
+        if name != BASELINE:
+            t.add_column(f"{name} x", justify="right")
+    for key, config in by_config(rows).items():
+        cells = [str(v) for v in key]
+        base = config.get(BASELINE)
+        for name in names:
+            row = config.get(name)
+            cells.append(f"{row['median_ms']:.3f}" if row else "-")
+            if name != BASELINE:
+                cells.append(f"{base['median_ms'] / row['median_ms']:.2f}"
+                             if row and base else "-")
+        t.add_row(*cells)
+    gm = speedups(rows)
+    footer = ["geomean", "", "", "", "", "", ""]
+    for name in names:
+        footer.append("")
+        if name != BASELINE:
+            footer.append(f"{geomean(gm.get(name, [])):.2f}")
+    t.add_section()
+    t.add_row(*footer)
+    return t
+
+
+def write_json(results: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def plot(results: dict, path: Path) -> Path:
+    """Speedup over the baseline per shape, one bar per provider; one panel per (mode, dtype),
+    log scale, with the baseline at 1."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
+
+    rows = results["rows"]
+    others = [p for p in providers(rows) if p != BASELINE]
+    panels = list(dict.fromkeys((r["mode"], r["dtype"]) for r in rows))
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False,
+                             figsize=(max(8.0, 0.9 * len(by_config(rows)) / max(1, len(panels))),
+                                      3.2 * len(panels)))
+    for ax, (mode, dtype) in zip(axes[:, 0], panels):
+        configs = [(k, c) for k, c in by_config(rows).items()
+                   if k[6] == mode and k[1] == dtype and BASELINE in c]
+        labels = [f"{k[0]}\n{k[2]},{k[3]},{k[4]},{k[5]}" for k, _ in configs]
+        width = 0.8 / max(1, len(others))
+        for j, name in enumerate(others):
+            xs, ys = [], []
+            for i, (_, c) in enumerate(configs):
+                if name in c:
+                    xs.append(i + (j - (len(others) - 1) / 2) * width)
+                    ys.append(c[BASELINE]["median_ms"] / c[name]["median_ms"])
+            ax.bar(xs, ys, width, label=name)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.set_xticks(range(len(configs)), labels, fontsize=7)
+        ax.set_ylabel("speedup over cudnn")
+        ax.set_title(f"{mode}, {dtype}  (T,B,I,H)", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+    device = results["meta"].get("gpu") or "CPU"
+    fig.suptitle(f"fused_rnn bench on {device}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

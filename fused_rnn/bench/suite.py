@@ -1,0 +1,243 @@
+"""The benchmark suite: shape grid, providers, timing.
+
+A provider builds a callable x -> output for one (cell, dtype, shape): torch's own nn.LSTM/GRU
+("cudnn"), a Python loop over nn.LSTMCell/GRUCell ("loop"), and every fused_rnn backend. Each row
+times one provider in one mode: "fwd" (no grad) or "fwdbwd" (forward, then backward of out.sum()
+into the input and all weights).
+"""
+import contextlib
+import datetime
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from .. import __version__, _alloc, backends
+from ..modules import GRU, LSTM, RNN
+
+Shape = Tuple[int, int, int, int]  # (T, B, I, H)
+
+# The default GPU grid (issue 3): latency-bound (B <= 16) and throughput-bound rows.
+GPU_SHAPES: List[Shape] = [(100, 64, 512, 512), (256, 1, 256, 256), (256, 8, 512, 512),
+                           (256, 16, 1024, 1024), (256, 64, 1024, 1024), (100, 256, 1024, 1024),
+                           (64, 32, 2048, 2048), (512, 16, 128, 128)]
+GPU_QUICK: List[Shape] = [(256, 1, 256, 256), (512, 16, 128, 128), (100, 64, 512, 512)]
+# The CPU suite: small enough to finish in seconds on 2 cores.
+CPU_SHAPES: List[Shape] = [(64, 8, 64, 64), (32, 32, 128, 128), (16, 1, 256, 256)]
+CPU_QUICK: List[Shape] = [(16, 4, 32, 32)]
+
+CELLS = ("LSTM", "GRU", "RNN")
+# dtype name -> (torch dtype, TF32 allowed). "tf32" is fp32 with TF32 on (torch's cuDNN default).
+DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
+          "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False)}
+MODES = ("fwd", "fwdbwd")
+PROVIDERS = ("cudnn", "loop", "reference", "triton", "cuda")
+
+_MODULES = {"LSTM": (nn.LSTM, LSTM, nn.LSTMCell), "GRU": (nn.GRU, GRU, nn.GRUCell),
+            "RNN": (nn.RNN, RNN, nn.RNNCell)}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """What to run. Providers that cannot run here are reported as skipped, with the reason."""
+    device: torch.device
+    cells: Sequence[str]
+    dtypes: Sequence[str]
+    modes: Sequence[str]
+    providers: Sequence[str]
+    shapes: Sequence[Shape]
+    name: str
+
+
+def default_suite(device: torch.device, quick: bool = False, **overrides) -> Suite:
+    """The default GPU grid on CUDA; on the CPU, a small fp32 suite (TF32/bf16 are GPU matters)."""
+    gpu = device.type == "cuda"
+    kw = dict(device=device, cells=("LSTM", "GRU"),
+              dtypes=("fp32", "tf32", "bf16") if gpu else ("fp32",), modes=MODES,
+              providers=("cudnn", "loop", "reference", "triton", "cuda"),
+              shapes=(GPU_QUICK if quick else GPU_SHAPES) if gpu else
+              (CPU_QUICK if quick else CPU_SHAPES),
+              name=("gpu" if gpu else "cpu") + ("-quick" if quick else ""))
+    kw.update({k: v for k, v in overrides.items() if v})
+    suite = Suite(**kw)
+    for field, allowed in (("cells", CELLS), ("dtypes", DTYPES), ("modes", MODES),
+                           ("providers", PROVIDERS)):
+        bad = [v for v in getattr(suite, field) if v not in allowed]
+        if bad:
+            raise ValueError(f"{field}: expected values from {', '.join(allowed)}, got {bad}")
+    if "cudnn" not in suite.providers:
+        raise ValueError("providers: 'cudnn' is the baseline every speedup is measured against")
+    return suite
+
+
+def why_not(provider: str, device: torch.device, dtype: str) -> Optional[str]:
+    """None if the provider can run here, else why not."""
+    if dtype in ("tf32", "bf16", "fp16") and device.type != "cuda":
+        return f"{dtype} rows run on CUDA only"
+    if provider in ("cudnn", "loop"):
+        return None
+    return backends.why_not(provider, device)
+
+
+def build(provider: str, cell: str, shape: Shape, dtype: str,
+          device: torch.device) -> Tuple[Callable, List[torch.Tensor]]:
+    """The provider's x -> output function for one row, and its parameters."""
+    T, B, I, H = shape
+    seq_cls, fused_cls, cell_cls = _MODULES[cell]
+    torch_dtype = DTYPES[dtype][0]
+    if provider == "loop":
+        step = cell_cls(I, H, device=device, dtype=torch_dtype)
+
+        def loop(x):
+            h = x.new_zeros(B, H)
+            state = (h, h) if cell == "LSTM" else h
+            outs = []
+            for t in range(x.shape[0]):
+                state = step(x[t], state)
+                outs.append(state[0] if cell == "LSTM" else state)
+            return torch.stack(outs)
+        return loop, list(step.parameters())
+    if provider == "cudnn":
+        module = seq_cls(I, H, device=device, dtype=torch_dtype)
+        module.flatten_parameters()
+    else:
+        module = fused_cls(I, H, device=device, dtype=torch_dtype, backend=provider)
+    return (lambda x: module(x)[0]), list(module.parameters())
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """Set both of torch's TF32 switches (matmul and cuDNN) for the block."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def measure(fn: Callable[[], None], device: torch.device,
+            grad_to_none: Sequence[torch.Tensor] = ()) -> Tuple[float, float, float]:
+    """(median, p20, p80) in ms, after warm-up. CUDA: triton's do_bench (CUDA events, L2 flushed
+    between runs). CPU: torch.utils.benchmark's blocked_autorange."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+        med, p20, p80 = do_bench(fn, warmup=25, rep=100, grad_to_none=list(grad_to_none),
+                                 quantiles=[0.5, 0.2, 0.8])
+        return med, p20, p80
+    from torch.utils.benchmark import Timer
+    fn()  # warm-up
+    m = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()) \
+        .blocked_autorange(min_run_time=0.2)
+    times = torch.tensor(m.times) * 1e3
+    return (times.median().item(), times.quantile(0.2).item(), times.quantile(0.8).item())
+
+
+def peak_mb(fn: Callable[[], None], device: torch.device) -> Optional[float]:
+    """Peak memory allocated by torch on the GPU during one call, inputs and weights included
+    (MiB); None on the CPU, where torch keeps no such count."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2 ** 20
+
+
+def calls(provider, cell, shape, dtype, device) -> Tuple[Dict[str, Callable[[], None]], list]:
+    """{mode: a no-argument call that runs the row once}, and the tensors whose .grad a timer
+    should reset between runs. Build and call inside tf32(...) for the dtype."""
+    T, B, I, H = shape
+    fn, params = build(provider, cell, shape, dtype, device)
+    # Standard-normal inputs, never zeros (zeros can run faster and hide unwritten outputs).
+    x = torch.randn(T, B, I, device=device, dtype=DTYPES[dtype][0])
+    x_grad = x.clone().requires_grad_()
+
+    def fwd():
+        with torch.no_grad():
+            fn(x)
+
+    def fwdbwd():
+        fn(x_grad).sum().backward()
+
+    return {"fwd": fwd, "fwdbwd": fwdbwd}, [x_grad] + params
+
+
+def run_row(provider, cell, shape, dtype, device, modes=MODES) -> List[dict]:
+    """One provider on one (cell, shape, dtype); one result row per mode."""
+    T, B, I, H = shape
+    with tf32(DTYPES[dtype][1]):
+        mode_calls, grads = calls(provider, cell, shape, dtype, device)
+        rows = []
+        for mode in modes:
+            call = mode_calls[mode]
+            med, p20, p80 = measure(call, device, grad_to_none=grads)
+            rows.append(dict(cell=cell, dtype=dtype, T=T, B=B, I=I, H=H, mode=mode,
+                             provider=provider, median_ms=med, p20_ms=p20, p80_ms=p80,
+                             peak_mb=peak_mb(call, device)))
+    return rows
+
+
+def metadata(suite: Suite) -> dict:
+    """Where and with what the rows were measured."""
+    cuda = suite.device.type == "cuda"
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "suite": suite.name, "device": suite.device.type,
+        "gpu": torch.cuda.get_device_name(suite.device) if cuda else None,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "triton": triton_version, "python": platform.python_version(),
+        "fused_rnn": __version__, "git_commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timing": "triton.testing.do_bench, CUDA events, median and 20/80 percentiles"
+        if cuda else "torch.utils.benchmark blocked_autorange, median and 20/80 percentiles",
+        "loss": "fwdbwd: out.sum().backward() into the input and all weights",
+    }
+
+
+def git_commit() -> Optional[str]:
+    """HEAD of the checkout fused_rnn runs from, "-dirty" if it has uncommitted changes."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+        return head.stdout.strip() + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_suite(suite: Suite, progress: Optional[Callable] = None) -> dict:
+    """Run every row. Returns {"meta": ..., "rows": [...]}, with meta["skipped"] giving each
+    provider that could not run (per dtype) and why."""
+    skipped: Dict[str, str] = {}
+    jobs = []
+    for dtype in suite.dtypes:
+        for provider in suite.providers:
+            reason = why_not(provider, suite.device, dtype)
+            if reason is not None:
+                skipped[f"{provider} {dtype}"] = reason
+                continue
+            jobs += [(provider, cell, shape, dtype) for cell in suite.cells
+                     for shape in suite.shapes]
+    rows = []
+    with _alloc.poisoned(False):  # never time the NaN fill that tests turn on
+        for job in (progress(jobs) if progress else jobs):
+            rows += run_row(*job, suite.device, suite.modes)
+    meta = metadata(suite)
+    meta["skipped"] = skipped
+    return {"meta": meta, "rows": rows}

@@ -1,0 +1,114 @@
+"""The benchmark harness on the CPU: grid selection, rows, files, table, skipped providers."""
+import json
+
+import pytest
+import torch
+
+from fused_rnn import cli
+from fused_rnn.bench import report, suite as S
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+ROW_KEYS = {"cell", "dtype", "T", "B", "I", "H", "mode", "provider", "median_ms", "p20_ms",
+            "p80_ms", "peak_mb"}
+
+
+def test_default_gpu_grid_is_the_issue_grid():
+    s = S.default_suite(CUDA)  # a device object only: nothing runs
+    assert list(s.shapes) == [(100, 64, 512, 512), (256, 1, 256, 256), (256, 8, 512, 512),
+                              (256, 16, 1024, 1024), (256, 64, 1024, 1024),
+                              (100, 256, 1024, 1024), (64, 32, 2048, 2048), (512, 16, 128, 128)]
+    assert tuple(s.cells) == ("LSTM", "GRU") and tuple(s.dtypes) == ("fp32", "tf32", "bf16")
+    assert tuple(s.modes) == ("fwd", "fwdbwd")
+    assert {"cudnn", "loop", "reference", "triton", "cuda"} <= set(s.providers)
+    assert set(S.default_suite(CUDA, quick=True).shapes) < set(s.shapes)
+
+
+def test_cpu_suite_and_overrides():
+    s = S.default_suite(CPU)
+    assert s.dtypes == ("fp32",) and s.name == "cpu" and s.shapes == S.CPU_SHAPES
+    q = S.default_suite(CPU, quick=True, cells=["GRU"], modes=["fwd"], shapes=[(4, 2, 3, 5)])
+    assert (q.cells, q.modes, q.shapes, q.name) == (["GRU"], ["fwd"], [(4, 2, 3, 5)], "cpu-quick")
+
+
+@pytest.mark.parametrize("field,value", [("cells", ["LSTMX"]), ("dtypes", ["fp8"]),
+                                         ("modes", ["bwd"]), ("providers", ["cudnn", "magic"])])
+def test_bad_selection_names_the_option(field, value):
+    with pytest.raises(ValueError, match=field):
+        S.default_suite(CPU, **{field: value})
+
+
+def test_cudnn_baseline_is_required():
+    with pytest.raises(ValueError, match="providers: 'cudnn' is the baseline"):
+        S.default_suite(CPU, providers=["reference"])
+
+
+def test_run_suite_rows_and_skips():
+    s = S.default_suite(CPU, shapes=[(6, 2, 8, 8)], cells=["LSTM", "GRU"])
+    res = S.run_suite(s)
+    rows = res["rows"]
+    assert len(rows) == 2 * 3 * 2  # cells x (cudnn, loop, reference) x modes
+    for r in rows:
+        assert set(r) == ROW_KEYS
+        assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+        assert r["peak_mb"] is None  # no such count on the CPU
+    assert {r["provider"] for r in rows} == {"cudnn", "loop", "reference"}
+    assert "CUDA tensors" in res["meta"]["skipped"]["triton fp32"]
+    assert "CUDA tensors" in res["meta"]["skipped"]["cuda fp32"]
+    meta = res["meta"]
+    for key in ("gpu", "torch", "cuda", "cudnn", "triton", "git_commit", "date", "device"):
+        assert key in meta
+    assert meta["torch"] == torch.__version__ and meta["device"] == "cpu"
+
+
+def test_gpu_dtypes_are_skipped_on_cpu_with_reason():
+    res = S.run_suite(S.default_suite(CPU, shapes=[(2, 1, 4, 4)], dtypes=["bf16"]))
+    assert res["rows"] == []
+    assert res["meta"]["skipped"]["cudnn bf16"] == "bf16 rows run on CUDA only"
+
+
+def _row(provider, ms, cell="LSTM", T=8, mode="fwd"):
+    return dict(cell=cell, dtype="bf16", T=T, B=1, I=4, H=4, mode=mode, provider=provider,
+                median_ms=ms, p20_ms=ms, p80_ms=ms, peak_mb=1.0)
+
+
+def test_speedups_and_geomean():
+    rows = [_row("cudnn", 2.0), _row("triton", 1.0), _row("cudnn", 8.0, T=16),
+            _row("triton", 1.0, T=16), _row("loop", 4.0, T=16)]
+    sp = report.speedups(rows)
+    assert sp["triton"] == [2.0, 8.0] and sp["loop"] == [2.0] and sp["cudnn"] == [1.0, 1.0]
+    assert report.geomean(sp["triton"]) == pytest.approx(4.0)
+    assert report.providers(rows) == ["cudnn", "triton", "loop"]
+
+
+def test_table_contents():
+    from rich.console import Console
+    rows = [_row("cudnn", 2.0), _row("triton", 0.5), _row("cudnn", 3.0, mode="fwdbwd")]
+    res = {"meta": {"device": "cuda", "gpu": "NVIDIA H100"}, "rows": rows}
+    console = Console(width=250, record=True)
+    console.print(report.table(res))
+    text = console.export_text()
+    assert "NVIDIA H100" in text and "triton ms" in text and "triton x" in text
+    assert "4.00" in text  # 2.0 / 0.5
+    lines = [line for line in text.splitlines() if "fwdbwd" in line]
+    assert len(lines) == 1 and " - " in lines[0]  # triton did not run that row
+    assert any("geomean" in line and "4.00" in line for line in text.splitlines())
+
+
+def test_cli_bench_writes_json_plot_and_table(tmp_path, capsys):
+    rc = cli.main(["bench", "--shapes", "5,2,6,6", "--cells", "GRU", "--out", str(tmp_path),
+                   "--name", "smoke"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "GPU suite" in out and "needs CUDA" in out
+    assert "reference x" in out and "geomean" in out
+    assert "skipped triton fp32: it runs on CUDA tensors" in out
+    data = json.loads((tmp_path / "smoke.json").read_text())
+    assert set(data) == {"meta", "rows"} and len(data["rows"]) == 3 * 2
+    assert data["meta"]["command"].startswith("fused-rnn bench")
+    png = (tmp_path / "smoke.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_cli_bench_rejects_bad_shape(tmp_path):
+    with pytest.raises(SystemExit, match="T,B,I,H"):
+        cli.main(["bench", "--shapes", "5,2,6", "--out", str(tmp_path)])
