@@ -3,20 +3,18 @@
 "reference": plain torch (ops/naive.py), any device, the ground truth.
 "cudnn":     torch's own implementation, as nn.LSTM runs it (cuDNN on CUDA, ATen's native
              kernels on the CPU), for comparison.
-"triton", "cuda": fused kernels, CUDA tensors only. Neither has landed yet, so both report
-             why they cannot run and "auto" falls back to "reference".
+"triton":    per-step fused Triton kernels (ops/triton_op.py): CUDA tensors, or CPU tensors in
+             float32/float64 when TRITON_INTERPRET=1 (the interpreter, for tests).
+"cuda":      fused CUDA C++ kernels: not built yet.
 """
+import os
 from typing import Optional
 
 import torch
 
 NAMES = ("auto", "reference", "triton", "cuda", "cudnn")
-# Preference of "auto", fastest first; it takes the first that can run the call.
+# Preference of "auto" on CUDA tensors, fastest first; it takes the first that can run.
 _AUTO_ORDER = ("cuda", "triton")
-_NOT_BUILT = {
-    "triton": "fused_rnn has no Triton kernels yet",
-    "cuda": "fused_rnn has no CUDA C++ kernels yet",
-}
 
 
 def check_name(backend) -> str:
@@ -27,22 +25,53 @@ def check_name(backend) -> str:
     return backend
 
 
-def why_not(backend: str, device: Optional[torch.device]) -> Optional[str]:
-    """None if `backend` can run on tensors of `device` (None: any device), else the reason."""
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _why_not_triton(device, dtype, proj) -> Optional[str]:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed (pip install triton)"
+    if device is not None and device.type != "cuda":
+        if not triton_interpreted():
+            return (f"it runs on CUDA tensors (or on the CPU under TRITON_INTERPRET=1), and the "
+                    f"input is on {device}")
+        if dtype is not None and dtype not in (torch.float32, torch.float64):
+            return (f"under TRITON_INTERPRET=1 it runs float32 and float64 only (the interpreter "
+                    f"computes half types wrongly), got {dtype}")
+    if proj:
+        return "the Triton kernels do not support proj_size yet"
+    return None
+
+
+def why_not(backend: str, device: Optional[torch.device], dtype: Optional[torch.dtype] = None,
+            proj: bool = False) -> Optional[str]:
+    """None if `backend` can run a call on tensors of `device` and `dtype` (None: any), with an
+    LSTM projection if `proj`; else the reason."""
     if backend in ("reference", "cudnn"):
         return None
+    if backend == "triton":
+        return _why_not_triton(device, dtype, proj)
     if device is not None and device.type != "cuda":
         return f"it runs on CUDA tensors, and the input is on {device}"
-    return _NOT_BUILT[backend]
+    return "fused_rnn has no CUDA C++ kernels yet"
 
 
-def resolve(backend: str, device: torch.device) -> str:
-    """The concrete backend for a call on `device`. An explicit backend that cannot run the
-    call raises RuntimeError saying why; "auto" takes the fastest that can, else "reference"."""
+def resolve(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None,
+            proj: bool = False) -> str:
+    """The concrete backend for a call. An explicit backend that cannot run the call raises
+    RuntimeError saying why; "auto" takes the fastest fused backend that can run on CUDA
+    tensors, else "reference" (on the CPU always: the interpreter is for tests, not speed)."""
     check_name(backend)
     if backend == "auto":
-        return next((b for b in _AUTO_ORDER if why_not(b, device) is None), "reference")
-    reason = why_not(backend, device)
+        if device.type != "cuda":
+            return "reference"
+        return next((b for b in _AUTO_ORDER if why_not(b, device, dtype, proj) is None),
+                    "reference")
+    reason = why_not(backend, device, dtype, proj)
     if reason is not None:
         raise RuntimeError(f"backend={backend!r} cannot run this call: {reason}")
     return backend

@@ -26,6 +26,13 @@ __all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell"]
 _LAYER_FNS = {"reference": layer_naive}
 
 
+def _layer_fn(name: str):
+    if name not in _LAYER_FNS and name == "triton":
+        from .ops.triton_op import layer_triton  # imports triton: only when asked for
+        _LAYER_FNS["triton"] = layer_triton
+    return _LAYER_FNS[name]
+
+
 def _shape(t: Tensor) -> Tuple[int, ...]:
     return tuple(t.shape)
 
@@ -186,7 +193,7 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
                        like=like)
     h0, c0 = states[0], (states[1] if mode == "LSTM" else None)
 
-    name = backends.resolve(backend, like.device)
+    name = backends.resolve(backend, like.device, like.dtype, proj_size > 0)
     if name == "cudnn":
         output, h_n, c_n = run_native(mode, x if seq is None else seq, h0, c0, list(weights),
                                       bias=bias, num_layers=num_layers, dropout=float(dropout),
@@ -200,7 +207,7 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
         groups = group_weights(weights, LD, bias, proj_size > 0)
         output, h_n, c_n = run_stack(mode, x, h0, c0, groups, num_layers=num_layers,
                                      bidirectional=bidirectional, dropout=dropout,
-                                     training=training, mask=mask, layer_fn=_LAYER_FNS[name])
+                                     training=training, mask=mask, layer_fn=_layer_fn(name))
         if seq is not None:
             output = _packing.pack_like(output, seq)
     if seq is None:
@@ -297,11 +304,15 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
     if unbatched:
         hx = [h.unsqueeze(0) for h in hx]
     h, c = hx[0], (hx[1] if mode == "LSTM" else None)
-    if backends.resolve(backend, x.device) == "cudnn":
+    name = backends.resolve(backend, x.device, x.dtype)
+    if name == "cudnn":
         h, c = cell_native(mode, x, h, c, w_ih, w_hh, b_ih, b_hh)
-    else:
+    elif name == "reference":
         gi = F.linear(x, w_ih, b_ih)
         h, c = _cells.step(mode, gi, F.linear(h, w_hh, b_hh), h, c)
+    else:  # a fused backend: one step of its layer recurrence
+        _, h, c = _layer_fn(name)(mode, F.linear(x, w_ih, b_ih)[None], h, c, w_hh, b_hh, None,
+                                  None, False)
     if unbatched:
         h, c = h.squeeze(0), (None if c is None else c.squeeze(0))
     return h, c

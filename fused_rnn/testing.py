@@ -20,7 +20,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from .modules import convert
 
-ATOL = {torch.float64: 1e-10, torch.float32: 1e-6}
+# The "tiny atol" of the rule, per dtype. Half types only run on the GPU.
+ATOL = {torch.float64: 1e-10, torch.float32: 1e-6, torch.bfloat16: 1e-3, torch.float16: 1e-3}
 CELLS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
 
 
@@ -196,3 +197,12 @@ def check(case: Case, backend: str, dtype=torch.float64, device="cpu") -> Result
         raise AssertionError(f"{backend} returned {sorted(ours)}, torch {sorted(truth)}")
     return Result(case, backend, dtype, {k: _max_err(ours[k], truth[k]) for k in truth},
                   {k: _max_err(theirs[k], truth[k]) for k in truth})
+
+
+def compare_backends(case: Case, a: str, b: str, dtype=torch.float64, device="cpu"
+                     ) -> Dict[str, float]:
+    """Max abs difference of every checked tensor between backends a and b on the same inputs."""
+    ref = torch_module(case)
+    ra = run(convert(copy.deepcopy(ref), backend=a), case, dtype, device)
+    rb = run(convert(copy.deepcopy(ref), backend=b), case, dtype, device)
+    return {k: _max_err(ra[k], rb[k]) for k in ra}

@@ -5,7 +5,10 @@
 #   log.txt          every stage's output, with its exit code
 #   $NAME.json/.png  benchmark results and plot (NAME defaults to h100; commit them to
 #                    benchmarks/results/ when they matter)
-# Usage: bash scripts/gpu_check.sh [bench options, e.g. --quick]
+# A device call may run 10 minutes: pick stages with STAGES (default all, in this order):
+#   STAGES="tests parity" bash scripts/gpu_check.sh
+#   STAGES="bench" bash scripts/gpu_check.sh --quick      (extra arguments go to the bench)
+# The install stage always runs first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -27,13 +30,16 @@ stage() {  # stage NAME LIMIT_S CMD...: run, log, remember failure, never stop t
   [ "$rc" -eq 0 ] || status=1
 }
 
+STAGES=${STAGES:-info tests parity bench}
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+
 # --no-deps: the machine's torch stays as it is (it has rich, matplotlib, pytest already).
-stage install 300 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
+stage install 120 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 stage gpu 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
   --format=csv
-stage info 60 "$PY" -m fused_rnn info
-stage tests 900 "$PY" -m pytest -q -x tests
-stage parity 600 "$PY" -m fused_rnn parity --cases 48
-stage bench 900 "$PY" -m fused_rnn bench --out "$OUT" --name "$NAME" "$@"
+want info && stage info 60 "$PY" -m fused_rnn info
+want tests && stage tests 540 "$PY" -m pytest -q -rs tests
+want parity && stage parity 300 "$PY" -m fused_rnn parity --cases 48
+want bench && stage bench 540 "$PY" -m fused_rnn bench --out "$OUT" --name "$NAME" "$@"
 echo "gpu_check: overall status $status; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
 exit $status

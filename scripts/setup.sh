@@ -10,6 +10,11 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   # several-GB CUDA build.
   "$PY" -m pip install -q "torch==2.13.0"
 fi
+if ! "$PY" -c "import triton" 2>/dev/null; then
+  # The GPU machines' Triton: it also runs our kernels on the CPU (TRITON_INTERPRET=1) and
+  # compiles them for sm_90 without a GPU. CUDA machines bring their own with torch.
+  "$PY" -m pip install -q "triton==3.6.0"
+fi
 # Editable install without build isolation, so pip builds nothing against a torch of its own.
 if ! "$PY" -c "import setuptools" 2>/dev/null; then
   "$PY" -m pip install -q "setuptools>=64"

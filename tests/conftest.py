@@ -1,5 +1,6 @@
 """Shared test set-up: fixed seeds, TF32 off, and NaN-poisoned buffers in the code under test,
 so an output element that no code writes fails the parity checks instead of passing as zero."""
+import os
 import random
 import warnings
 
@@ -10,6 +11,10 @@ from fused_rnn import _alloc
 
 
 def pytest_configure(config):
+    if not torch.cuda.is_available():
+        # No GPU: the Triton kernels run in Triton's CPU interpreter (set before any kernel is
+        # defined: triton.jit reads it at decoration time).
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     _alloc.set_poisoning(True)
     # TF32 would make GPU float32 matmuls ~1e-3 accurate and hide real errors.
     torch.backends.cuda.matmul.allow_tf32 = False

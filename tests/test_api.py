@@ -106,7 +106,8 @@ def test_auto_picks_reference_on_cpu():
 
 
 @pytest.mark.parametrize("name", ["triton", "cuda"])
-def test_gpu_backend_on_cpu_tensors_says_why(name):
+def test_gpu_backend_on_cpu_tensors_says_why(name, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # without the CPU interpreter
     m = fused_rnn.LSTM(3, 4, backend=name)
     with pytest.raises(RuntimeError, match=rf"backend='{name}' cannot run this call: .*CUDA.*cpu"):
         m(torch.randn(2, 1, 3))

@@ -42,7 +42,8 @@ def test_cudnn_baseline_is_required():
         S.default_suite(CPU, providers=["reference"])
 
 
-def test_run_suite_rows_and_skips():
+def test_run_suite_rows_and_skips(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     s = S.default_suite(CPU, shapes=[(6, 2, 8, 8)], cells=["LSTM", "GRU"])
     res = S.run_suite(s)
     rows = res["rows"]
@@ -52,7 +53,7 @@ def test_run_suite_rows_and_skips():
         assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
         assert r["peak_mb"] is None  # no such count on the CPU
     assert {r["provider"] for r in rows} == {"cudnn", "loop", "reference"}
-    assert "CUDA tensors" in res["meta"]["skipped"]["triton fp32"]
+    assert "interpreter, which is for tests, not timing" in res["meta"]["skipped"]["triton fp32"]
     assert "CUDA tensors" in res["meta"]["skipped"]["cuda fp32"]
     meta = res["meta"]
     for key in ("gpu", "torch", "cuda", "cudnn", "triton", "git_commit", "date", "device"):
@@ -94,14 +95,15 @@ def test_table_contents():
     assert any("geomean" in line and "4.00" in line for line in text.splitlines())
 
 
-def test_cli_bench_writes_json_plot_and_table(tmp_path, capsys):
+def test_cli_bench_writes_json_plot_and_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     rc = cli.main(["bench", "--shapes", "5,2,6,6", "--cells", "GRU", "--out", str(tmp_path),
                    "--name", "smoke"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "GPU suite" in out and "needs CUDA" in out
     assert "reference x" in out and "geomean" in out
-    assert "skipped triton fp32: it runs on CUDA tensors" in out
+    assert "skipped triton fp32: it runs on CUDA tensors (or on the CPU under" in out
     data = json.loads((tmp_path / "smoke.json").read_text())
     assert set(data) == {"meta", "rows"} and len(data["rows"]) == 3 * 2
     assert data["meta"]["command"].startswith("fused-rnn bench")

@@ -8,7 +8,8 @@ import pytest
 from fused_rnn import cli, functional, ops
 
 
-def test_info_lists_backends_and_why(capsys):
+def test_info_lists_backends_and_why(capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "triton" in out and "GPU" in out
@@ -18,7 +19,8 @@ def test_info_lists_backends_and_why(capsys):
     assert "it runs on CUDA tensors, and the input is on cpu" in out
 
 
-def test_parity_passes_and_prints_a_table(capsys):
+def test_parity_passes_and_prints_a_table(capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # triton's parity: test_triton.py
     assert cli.main(["parity", "--cases", "8"]) == 0
     out = capsys.readouterr().out
     assert "worst err/bound" in out
@@ -38,7 +40,8 @@ def test_parity_exits_non_zero_when_a_backend_breaks_the_rule(capsys, monkeypatc
     assert "FAIL reference" in out and "output: err" in out
 
 
-def test_parity_with_no_runnable_backend_fails(capsys):
+def test_parity_with_no_runnable_backend_fails(capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert cli.main(["parity", "--cases", "1", "--backend", "triton"]) == 2
     assert "backend 'triton' skipped: it runs on CUDA tensors" in capsys.readouterr().out
 

@@ -80,7 +80,10 @@ def why_not(provider: str, device: torch.device, dtype: str) -> Optional[str]:
         return f"{dtype} rows run on CUDA only"
     if provider in ("cudnn", "loop"):
         return None
-    return backends.why_not(provider, device)
+    reason = backends.why_not(provider, device, DTYPES[dtype][0])
+    if reason is None and provider != "reference" and device.type != "cuda":
+        return "on the CPU it runs in Triton's interpreter, which is for tests, not timing"
+    return reason
 
 
 def build(provider: str, cell: str, shape: Shape, dtype: str,

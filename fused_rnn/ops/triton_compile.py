@@ -1,0 +1,122 @@
+"""Compile the Triton kernels for a GPU target on any machine, GPU or not:
+
+    python -m fused_rnn.ops.triton_compile [--arch 90]
+
+It catches what the CPU interpreter lets through: tl.dot shape and dtype rules, unsupported ops,
+shared memory over the limit. Each variant the launchers can produce is compiled (every cell,
+every dtype and dot precision, with and without bias, mask and a next step), and its shared
+memory, registers and spills are printed. Run it without TRITON_INTERPRET set.
+"""
+import argparse
+import itertools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import triton_kernels as K
+
+# (pointer type, ACC, PRECISION) per dtype as the launchers choose them.
+DTYPES = {"fp32-ieee": ("fp32", tl.float32, "ieee"), "fp32-tf32": ("fp32", tl.float32, "tf32"),
+          "bf16": ("bf16", tl.float32, "ieee"), "fp16": ("fp16", tl.float32, "ieee"),
+          "fp64": ("fp64", tl.float64, "ieee")}
+SMEM_LIMIT = 227 * 1024  # bytes per block on sm_90 (opt-in)
+
+
+def _signature(fn, pointer_types, scalars, constexprs):
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in scalars:
+            sig[name] = "i32"
+        else:
+            sig[name] = pointer_types[name]
+    return sig
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers, stack and local (spill) bytes of a cubin, from cuobjdump -res-usage (shipped
+    in triton's nvidia backend)."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    return {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", text)}
+
+
+def variants():
+    """(kernel, signature, constexprs, label) for every configuration the launchers use."""
+    for cell, dtype, flags in itertools.product(K.GATES, DTYPES, [(1, 1), (0, 0)]):
+        elem, acc, precision = DTYPES[dtype]
+        acc_t = "fp64" if acc == tl.float64 else "fp32"
+        common = dict(H=48, CELL=cell, NG=K.GATES[cell], NS=K.SAVED[cell], HAS_MASK=flags[1],
+                      BLOCK_B=16, BLOCK_H=32, PRECISION=precision, ACC=acc)
+        fwd_ptrs = dict(gi_ptr=f"*{elem}", w_ptr=f"*{elem}", b_ptr=f"*{elem}", hs_ptr=f"*{elem}",
+                        cs_ptr=f"*{acc_t}", out_ptr=f"*{elem}", saved_ptr=f"*{acc_t}",
+                        mask_ptr="*u8")
+        cx = dict(common, HAS_BIAS=flags[0], BLOCK_K=32)
+        yield (K._rnn_fwd_step_kernel,
+               _signature(K._rnn_fwd_step_kernel, fwd_ptrs, {"t", "k", "B"}, cx), cx,
+               f"fwd cell={cell} {dtype} bias={flags[0]} mask={flags[1]}")
+        bwd_ptrs = dict(w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dgi_ptr=f"*{acc_t}",
+                        dout_ptr=f"*{elem}", saved_ptr=f"*{acc_t}", hs_ptr=f"*{elem}",
+                        cs_ptr=f"*{acc_t}", carry_h_ptr=f"*{acc_t}", carry_c_ptr=f"*{acc_t}",
+                        mask_ptr="*u8")
+        cx = dict(common, HAS_NEXT=flags[0], BLOCK_N=32)
+        yield (K._rnn_bwd_step_kernel,
+               _signature(K._rnn_bwd_step_kernel, bwd_ptrs, {"t", "t_next", "k", "B"}, cx), cx,
+               f"bwd cell={cell} {dtype} next={flags[0]} mask={flags[1]}")
+
+
+def compile_all(arch: int = 90, verbose: bool = True):
+    """Compile every variant for sm_{arch}; returns [(label, shared bytes, cuobjdump's
+    REG/STACK/LOCAL)]. Raises on the first variant that does not compile or needs more shared
+    memory than a block can have."""
+    target = GPUTarget("cuda", arch, 32)
+    report = []
+    for fn, sig, cx, label in variants():
+        t0 = time.time()
+        kernel = triton.compile(ASTSource(fn, sig, cx), target=target,
+                                options={"num_warps": 4})
+        shared = kernel.metadata.shared
+        if shared > SMEM_LIMIT:
+            raise RuntimeError(f"{label}: {shared} bytes of shared memory > {SMEM_LIMIT}")
+        usage = resource_usage(kernel.asm["cubin"])
+        report.append((label, shared, usage))
+        if verbose:
+            print(f"sm_{arch} {label}: shared {shared} B, registers {usage.get('REG')}, "
+                  f"stack {usage.get('STACK')} B, local (spills) {usage.get('LOCAL')} B "
+                  f"({time.time() - t0:.1f} s)", flush=True)
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", type=int, default=90)
+    args = p.parse_args(argv)
+    if _interpreted():
+        print("unset TRITON_INTERPRET: the interpreter does not compile", file=sys.stderr)
+        return 2
+    report = compile_all(args.arch)
+    spilling = [label for label, _, u in report if u.get("LOCAL", 0) or u.get("STACK", 0)]
+    print(f"compiled {len(report)} kernel variants for sm_{args.arch}; "
+          f"{len(spilling)} use local memory (spills){': ' + ', '.join(spilling) if spilling else ''}")
+    return 0
+
+
+def _interpreted() -> bool:
+    return not isinstance(K._rnn_fwd_step_kernel, triton.runtime.JITFunction)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Triton per-step kernels for LSTM, GRU and Elman RNN: one launch per timestep, shared by the
+three cells through the constexpr CELL (cell math in the @triton.jit helpers).
+
+Forward step (grid: batch tiles x hidden tiles). Each program computes h_{t-1}·W_hhᵀ for its
+hidden tile of every gate, adds the hoisted input gates gi_t (x_t·W_ihᵀ + b_ih) and b_hh, applies
+the cell, and writes h_t, c_t and what the backward needs. A program reads all of h_{t-1}, so the
+launch boundary is the only synchronisation between steps.
+
+Backward step (same grid, reverse order). The recurrent part of dL/dh_t is
+dgates_{t+1}·W_hh, which needs every hidden unit of dgates_{t+1}: each launch first finishes the
+previous step's GEMM for its own tile, then does its pointwise work. One launch per step. The
+weight gradients are single GEMMs after the loop (fused_rnn/ops/triton_op.py).
+
+H is a compile-time constant: one compile per hidden size, loops of known trip count (and
+Triton 3.6's interpreter cannot take a runtime loop bound under numpy >= 2.4).
+
+Layouts, all contiguous: gi, out, dout, dgh, dgi and saved are in time order (T, B, ·). States
+hs, cs (T+1, B, H) are in processing order: hs[k] is the state before the k-th step, which is
+at time k (forward) or T-1-k (reverse). A step past a sequence's length (packed input, mask 0)
+keeps the state, writes a zero output and passes the gradient through.
+"""
+import triton
+import triton.language as tl
+
+# CELL codes. GATES: rows of W_hh per hidden unit; SAVED: values saved per unit for backward.
+LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
+GATES = {LSTM: 4, GRU: 3, RNN_TANH: 1, RNN_RELU: 1}
+SAVED = {LSTM: 4, GRU: 4, RNN_TANH: 1, RNN_RELU: 1}
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # exp of a non-positive argument only: no overflow for large |x|.
+    e = tl.exp(-2.0 * tl.abs(x))
+    y = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -y, y)
+
+
+@triton.jit
+def _rows(ptr, row, B, W):
+    """Pointer to element (row, 0, 0) of a contiguous (·, B, W) buffer, in int64 arithmetic
+    (T·B·G·H passes 2^31 for long sequences)."""
+    return ptr + tl.cast(row, tl.int64) * B * W
+
+
+@triton.jit
+def _load_tile(base, offs_b, cols, W, mask, ACC: tl.constexpr):
+    return tl.load(base + offs_b[:, None] * W + cols[None, :], mask=mask, other=0.0).to(ACC)
+
+
+@triton.jit
+def _matmul_wt(a_base, w_ptr, offs_b, offs_h, mb, mh, K: tl.constexpr, w_row0, w_ld,
+               BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+               PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """acc[b, j] = sum_k A[b, k] · W[w_row0 + j, k]: A (B, K) row-major at a_base, W row-major
+    with leading dimension w_ld. One gate's slice of h·W_hhᵀ."""
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mk = offs_k < K
+        a = tl.load(a_base + offs_b[:, None] * K + offs_k[None, :],
+                    mask=mb[:, None] & mk[None, :], other=0.0)
+        w = tl.load(w_ptr + (w_row0 + offs_h)[None, :] * w_ld + offs_k[:, None],
+                    mask=mk[:, None] & mh[None, :], other=0.0)
+        acc += tl.dot(a, w, input_precision=PRECISION, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
+def _matmul_w(a_base, w_ptr, offs_b, offs_h, mb, mh, N: tl.constexpr, w_ld,
+              BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+              PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """acc[b, j] = sum_n A[b, n] · W[n, j]: A (B, N) at a_base (cast to W's dtype for the
+    dot), W (N, ·) row-major with leading dimension w_ld. The dgates·W_hh of the backward."""
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        mn = offs_n < N
+        a = tl.load(a_base + offs_b[:, None] * N + offs_n[None, :],
+                    mask=mb[:, None] & mn[None, :], other=0.0)
+        w = tl.load(w_ptr + offs_n[:, None] * w_ld + offs_h[None, :],
+                    mask=mn[:, None] & mh[None, :], other=0.0)
+        acc += tl.dot(a.to(w.dtype), w, input_precision=PRECISION, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
+def _bias(b_ptr, g, H, offs_h, mh, HAS_BIAS: tl.constexpr, ACC: tl.constexpr):
+    if HAS_BIAS:
+        return tl.load(b_ptr + g * H + offs_h, mask=mh, other=0.0).to(ACC)[None, :]
+    else:
+        return 0.0
+
+
+@triton.jit(do_not_specialize=["t", "k"])
+def _rnn_fwd_step_kernel(
+        gi_ptr, w_ptr, b_ptr, hs_ptr, cs_ptr, out_ptr, saved_ptr, mask_ptr, t, k, B,
+        H: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr, HAS_BIAS: tl.constexpr,
+        HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+        BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """Step k (at time t): hs[k+1], cs[k+1], out[t], saved[t] from hs[k], cs[k], gi[t]."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mb, mh = offs_b < B, offs_h < H
+    m2 = mb[:, None] & mh[None, :]
+    h_prev_base = _rows(hs_ptr, k, B, H)
+    gi_base = _rows(gi_ptr, t, B, NG * H)
+    h_prev = _load_tile(h_prev_base, offs_b, offs_h, H, m2, ACC)
+    # The recurrent GEMM, gate by gate (gate g is rows g·H .. g·H+H-1 of W_hh).
+    a0 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, H, 0, H,
+                    BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 0, H, offs_h, mh,
+                                                                     HAS_BIAS, ACC)
+    i0 = _load_tile(gi_base, offs_b, offs_h, NG * H, m2, ACC)
+    saved_base = _rows(saved_ptr, t, B, NS * H)
+    c_prev = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    c = c_prev
+    if CELL == 0:  # LSTM: i, f, g, o
+        a1 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, H, H, H,
+                        BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
+            b_ptr, 1, H, offs_h, mh, HAS_BIAS, ACC)
+        a2 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, H, 2 * H, H,
+                        BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
+            b_ptr, 2, H, offs_h, mh, HAS_BIAS, ACC)
+        a3 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, H, 3 * H, H,
+                        BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
+            b_ptr, 3, H, offs_h, mh, HAS_BIAS, ACC)
+        gi_i = i0
+        gi_f = _load_tile(gi_base, offs_b, H + offs_h, NG * H, m2, ACC)
+        gi_g = _load_tile(gi_base, offs_b, 2 * H + offs_h, NG * H, m2, ACC)
+        gi_o = _load_tile(gi_base, offs_b, 3 * H + offs_h, NG * H, m2, ACC)
+        ig = _sigmoid(a0 + gi_i)
+        fg = _sigmoid(a1 + gi_f)
+        gg = _tanh(a2 + gi_g)
+        og = _sigmoid(a3 + gi_o)
+        c_prev = _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
+        c = fg * c_prev + ig * gg
+        h = og * _tanh(c)
+        s0, s1, s2, s3 = ig, fg, gg, og
+    elif CELL == 1:  # GRU: r, z, n; b_hn stays inside r·(…)
+        a1 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, H, H, H,
+                        BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
+            b_ptr, 1, H, offs_h, mh, HAS_BIAS, ACC)
+        a2 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, H, 2 * H, H,
+                        BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
+            b_ptr, 2, H, offs_h, mh, HAS_BIAS, ACC)
+        gi_z = _load_tile(gi_base, offs_b, H + offs_h, NG * H, m2, ACC)
+        gi_n = _load_tile(gi_base, offs_b, 2 * H + offs_h, NG * H, m2, ACC)
+        r = _sigmoid(i0 + a0)
+        z = _sigmoid(gi_z + a1)
+        n = _tanh(gi_n + r * a2)
+        h = n + z * (h_prev - n)
+        s0, s1, s2, s3 = r, z, n, a2
+    else:  # Elman RNN, tanh (2) or relu (3)
+        pre = a0 + i0
+        if CELL == 2:
+            h = _tanh(pre)
+        else:
+            h = tl.maximum(pre, 0.0)
+        s0 = h
+        s1, s2, s3 = s0, s0, s0
+    if HAS_MASK:
+        valid = (tl.load(mask_ptr + tl.cast(t, tl.int64) * B + offs_b, mask=mb, other=0)
+                 != 0)[:, None]
+    else:
+        valid = tl.full((BLOCK_B, 1), 1, tl.int1)
+    h_next_base = _rows(hs_ptr, k + 1, B, H)
+    out_ty = hs_ptr.dtype.element_ty
+    tl.store(h_next_base + offs_b[:, None] * H + offs_h[None, :],
+             tl.where(valid, h, h_prev).to(out_ty), mask=m2)
+    tl.store(_rows(out_ptr, t, B, H) + offs_b[:, None] * H + offs_h[None, :],
+             tl.where(valid, h, 0.0).to(out_ty), mask=m2)
+    tl.store(saved_base + offs_b[:, None] * (NS * H) + offs_h[None, :], s0, mask=m2)
+    if NS == 4:
+        tl.store(saved_base + offs_b[:, None] * (NS * H) + H + offs_h[None, :], s1, mask=m2)
+        tl.store(saved_base + offs_b[:, None] * (NS * H) + 2 * H + offs_h[None, :], s2, mask=m2)
+        tl.store(saved_base + offs_b[:, None] * (NS * H) + 3 * H + offs_h[None, :], s3, mask=m2)
+    if CELL == 0:
+        tl.store(_rows(cs_ptr, k + 1, B, H) + offs_b[:, None] * H + offs_h[None, :],
+                 tl.where(valid, c, c_prev), mask=m2)
+
+
+@triton.jit(do_not_specialize=["t", "t_next", "k"])
+def _rnn_bwd_step_kernel(
+        w_ptr, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr, cs_ptr, carry_h_ptr, carry_c_ptr,
+        mask_ptr, t, t_next, k, B, H: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr, HAS_NEXT: tl.constexpr,
+        HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+        BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """Backward of step k (at time t). carry_h holds the part of dL/dhs[k+1] that does not come
+    through step k+1's gates (for the last step: dh_n); carry_c holds dL/dcs[k+1]. Adds
+    dgh[t_next]·W_hh (step k+1, if HAS_NEXT), writes dgh[t] (and dgi[t] for GRU, whose input
+    and recurrent n-gate gradients differ), and leaves the carries for step k-1."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mb, mh = offs_b < B, offs_h < H
+    m2 = mb[:, None] & mh[None, :]
+    tile = offs_b[:, None] * H + offs_h[None, :]
+    g_h = tl.load(carry_h_ptr + tile, mask=m2, other=0.0)
+    if HAS_NEXT:
+        rec = _matmul_w(_rows(dgh_ptr, t_next, B, NG * H), w_ptr, offs_b, offs_h, mb, mh,
+                        NG * H, H, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
+        if HAS_MASK:
+            valid_next = (tl.load(mask_ptr + tl.cast(t_next, tl.int64) * B + offs_b, mask=mb,
+                                  other=0) != 0)[:, None]
+            rec = tl.where(valid_next, rec, 0.0)
+        g_h += rec
+    if HAS_MASK:
+        valid = (tl.load(mask_ptr + tl.cast(t, tl.int64) * B + offs_b, mask=mb, other=0)
+                 != 0)[:, None]
+    else:
+        valid = tl.full((BLOCK_B, 1), 1, tl.int1)
+    dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC) + g_h,
+                  0.0)
+    sv = _rows(saved_ptr, t, B, NS * H)
+    s0 = _load_tile(sv, offs_b, offs_h, NS * H, m2, ACC)
+    gh_base = _rows(dgh_ptr, t, B, NG * H) + offs_b[:, None] * (NG * H) + offs_h[None, :]
+    direct = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)  # dL/dh_{t-1} not through W_hh
+    if CELL == 0:
+        ig = s0
+        fg = _load_tile(sv, offs_b, H + offs_h, NS * H, m2, ACC)
+        gg = _load_tile(sv, offs_b, 2 * H + offs_h, NS * H, m2, ACC)
+        og = _load_tile(sv, offs_b, 3 * H + offs_h, NS * H, m2, ACC)
+        g_c = tl.load(carry_c_ptr + tile, mask=m2, other=0.0)
+        c = _load_tile(_rows(cs_ptr, k + 1, B, H), offs_b, offs_h, H, m2, ACC)
+        c_prev = _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
+        tc = _tanh(c)
+        dc = g_c + dh * og * (1.0 - tc * tc)
+        d_i = dc * gg * ig * (1.0 - ig)
+        d_f = dc * c_prev * fg * (1.0 - fg)
+        d_g = dc * ig * (1.0 - gg * gg)
+        d_o = dh * tc * og * (1.0 - og)
+        tl.store(carry_c_ptr + tile, tl.where(valid, dc * fg, g_c), mask=m2)
+        tl.store(gh_base, tl.where(valid, d_i, 0.0), mask=m2)
+        tl.store(gh_base + H, tl.where(valid, d_f, 0.0), mask=m2)
+        tl.store(gh_base + 2 * H, tl.where(valid, d_g, 0.0), mask=m2)
+        tl.store(gh_base + 3 * H, tl.where(valid, d_o, 0.0), mask=m2)
+    elif CELL == 1:
+        r = s0
+        z = _load_tile(sv, offs_b, H + offs_h, NS * H, m2, ACC)
+        n = _load_tile(sv, offs_b, 2 * H + offs_h, NS * H, m2, ACC)
+        ghn = _load_tile(sv, offs_b, 3 * H + offs_h, NS * H, m2, ACC)
+        h_prev = _load_tile(_rows(hs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
+        d_pn = dh * (1.0 - z) * (1.0 - n * n)
+        d_r = d_pn * ghn * r * (1.0 - r)
+        d_z = dh * (h_prev - n) * z * (1.0 - z)
+        direct = dh * z
+        gi_base = _rows(dgi_ptr, t, B, NG * H) + offs_b[:, None] * (NG * H) + offs_h[None, :]
+        tl.store(gh_base, tl.where(valid, d_r, 0.0), mask=m2)
+        tl.store(gh_base + H, tl.where(valid, d_z, 0.0), mask=m2)
+        tl.store(gh_base + 2 * H, tl.where(valid, d_pn * r, 0.0), mask=m2)
+        tl.store(gi_base, tl.where(valid, d_r, 0.0), mask=m2)
+        tl.store(gi_base + H, tl.where(valid, d_z, 0.0), mask=m2)
+        tl.store(gi_base + 2 * H, tl.where(valid, d_pn, 0.0), mask=m2)
+    else:
+        if CELL == 2:
+            d_pre = dh * (1.0 - s0 * s0)
+        else:
+            d_pre = tl.where(s0 > 0, dh, 0.0)
+        tl.store(gh_base, tl.where(valid, d_pre, 0.0), mask=m2)
+    tl.store(carry_h_ptr + tile, tl.where(valid, direct, g_h), mask=m2)

@@ -1,0 +1,102 @@
+"""The Triton kernels on the CPU, in Triton's interpreter (TRITON_INTERPRET=1, set by conftest
+when there is no GPU), against float64 torch and the reference backend, forward and backward;
+and compiled for sm_90, which catches what the interpreter lets through."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fused_rnn
+from fused_rnn import backends, testing
+from fused_rnn.testing import Case
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() and not backends.triton_interpreted(),
+    reason="needs CUDA or TRITON_INTERPRET=1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _triton_cases(n, seed):
+    """Random cases without proj_size (not in the Triton kernels yet)."""
+    return [dataclasses.replace(c, proj_size=0) for c in testing.random_cases(n, seed)]
+
+
+GRID = _triton_cases(48, seed=404)
+# Shapes that take several tiles: H=33 -> 2 hidden tiles, B=70 -> 2 batch tiles of 64.
+TILED = [Case("LSTM", T=3, B=70, I=9, H=33, bidirectional=True, packed="unsorted", seed=1),
+         Case("GRU", T=4, B=17, I=40, H=33, num_layers=2, seed=2),
+         Case("RNN_TANH", T=3, B=70, I=5, H=48, packed="sorted", seed=3),
+         Case("RNN_RELU", T=2, B=5, I=3, H=65, bidirectional=True, seed=4)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("case", GRID + TILED, ids=[c.label() for c in GRID + TILED])
+def test_triton_matches_torch(case, dtype):
+    res = testing.check(case, "triton", dtype, DEVICE)
+    assert res.ok, res.failures()
+
+
+@pytest.mark.parametrize("case", TILED, ids=[c.label() for c in TILED])
+def test_triton_matches_reference_backend(case):
+    diffs = testing.compare_backends(case, "triton", "reference", torch.float64, DEVICE)
+    assert max(diffs.values()) <= 1e-10, diffs
+
+
+def test_grid_covers_cells_and_options():
+    cells = {c.cell for c in GRID}
+    assert cells == set(testing.CELLS)
+    assert {c.packed for c in GRID} == {"", "sorted", "unsorted"}
+    assert any(c.bidirectional for c in GRID) and any(c.num_layers == 3 for c in GRID)
+    assert any(c.dropout for c in GRID) and any(c.unbatched for c in GRID)
+
+
+@pytest.mark.parametrize("cell,base", [("LSTMCell", nn.LSTMCell), ("GRUCell", nn.GRUCell),
+                                       ("RNNCell", nn.RNNCell)])
+def test_triton_cells(cell, base):
+    torch.manual_seed(0)
+    ref = base(6, 33, dtype=torch.float64, device=DEVICE)
+    ours = fused_rnn.convert(base(6, 33, dtype=torch.float64, device=DEVICE), "triton")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 6, dtype=torch.float64, device=DEVICE)
+    hx = torch.randn(5, 33, dtype=torch.float64, device=DEVICE)
+    state = (hx, hx.flip(0)) if cell == "LSTMCell" else hx
+    a, b = ours(x, state), ref(x, state)
+    for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+        assert (u - v).abs().max().item() <= 1e-10
+
+
+def test_triton_empty_batch():
+    m = fused_rnn.GRU(3, 4, backend="triton", dtype=torch.float64, device=DEVICE)
+    x = torch.randn(5, 0, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    out, h = m(x)
+    assert out.shape == (5, 0, 4) and h.shape == (1, 0, 4)
+    out.sum().backward()
+
+
+def test_triton_proj_size_says_why():
+    m = fused_rnn.LSTM(3, 4, proj_size=2, backend="triton", device=DEVICE)
+    with pytest.raises(RuntimeError, match="backend='triton' cannot run this call: .*proj_size"):
+        m(torch.randn(2, 1, 3, device=DEVICE))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
+def test_interpreter_dtype_and_no_interpreter_errors(monkeypatch):
+    m = fused_rnn.LSTM(3, 4, backend="triton").to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="float32 and float64 only .*torch.bfloat16"):
+        m(torch.randn(2, 1, 3, dtype=torch.bfloat16))
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(RuntimeError, match="CUDA tensors \\(or on the CPU under "
+                                           "TRITON_INTERPRET=1\\), and the input is on cpu"):
+        fused_rnn.LSTM(3, 4, backend="triton")(torch.randn(2, 1, 3))
+
+
+def test_kernels_compile_for_sm90():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-m", "fused_rnn.ops.triton_compile", "--arch", "90"],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "compiled 80 kernel variants for sm_90; 0 use local memory" in res.stdout
