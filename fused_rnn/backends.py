@@ -7,6 +7,7 @@
              float32/float64 when TRITON_INTERPRET=1 (the interpreter, for tests).
 "cuda":      fused CUDA C++ kernels: not built yet.
 """
+import importlib.util
 import os
 from typing import Optional
 
@@ -31,9 +32,9 @@ def triton_interpreted() -> bool:
 
 
 def _why_not_triton(device, dtype, proj) -> Optional[str]:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    # find_spec, not import: triton decorates its own library for the interpreter or the GPU
+    # when first imported, so importing it here would fix that choice too early.
+    if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install triton)"
     if device is not None and device.type != "cuda":
         if not triton_interpreted():

@@ -10,6 +10,7 @@ from typing import List, Sequence
 import torch
 
 from . import __version__, backends, testing
+from .bench.suite import package_version
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -30,11 +31,7 @@ def format_table(header: Sequence[str], rows: List[Sequence], title: str = None)
 
 
 def cmd_info(args) -> int:
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "not installed"
+    triton_version = package_version("triton") or "not installed"
     cuda = torch.cuda.is_available()
     print(f"fused_rnn  {__version__}")
     print(f"python     {platform.python_version()}")

@@ -12,9 +12,14 @@ from fused_rnn import _alloc
 
 def pytest_configure(config):
     if not torch.cuda.is_available():
-        # No GPU: the Triton kernels run in Triton's CPU interpreter (set before any kernel is
-        # defined: triton.jit reads it at decoration time).
+        # No GPU: the Triton kernels run in Triton's CPU interpreter. triton.jit reads the
+        # variable when a function is decorated, so it must be set before triton is imported;
+        # tests that unset it later to check the CPU error then find triton already imported.
         os.environ.setdefault("TRITON_INTERPRET", "1")
+        try:
+            import triton  # noqa: F401  (its own library is decorated for the mode set now)
+        except ImportError:
+            pass
     _alloc.set_poisoning(True)
     # TF32 would make GPU float32 matmuls ~1e-3 accurate and hide real errors.
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -7,6 +7,7 @@ into the input and all weights).
 """
 import contextlib
 import datetime
+import importlib.metadata
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -189,24 +190,27 @@ def run_row(provider, cell, shape, dtype, device, modes=MODES) -> List[dict]:
 def metadata(suite: Suite) -> dict:
     """Where and with what the rows were measured."""
     cuda = suite.device.type == "cuda"
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
     return {
         "suite": suite.name, "device": suite.device.type,
         "gpu": torch.cuda.get_device_name(suite.device) if cuda else None,
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "triton": triton_version, "python": platform.python_version(),
+        "triton": package_version("triton"), "python": platform.python_version(),
         "fused_rnn": __version__, "git_commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "timing": "triton.testing.do_bench, CUDA events, median and 20/80 percentiles"
         if cuda else "torch.utils.benchmark blocked_autorange, median and 20/80 percentiles",
         "loss": "fwdbwd: out.sum().backward() into the input and all weights",
     }
+
+
+def package_version(name: str) -> Optional[str]:
+    """An installed package's version, without importing it."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def git_commit() -> Optional[str]:
