@@ -31,7 +31,7 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _why_not_triton(device, dtype, proj) -> Optional[str]:
+def _why_not_triton(device, dtype) -> Optional[str]:
     # find_spec, not import: triton decorates its own library for the interpreter or the GPU
     # when first imported, so importing it here would fix that choice too early.
     if importlib.util.find_spec("triton") is None:
@@ -43,26 +43,23 @@ def _why_not_triton(device, dtype, proj) -> Optional[str]:
         if dtype is not None and dtype not in (torch.float32, torch.float64):
             return (f"under TRITON_INTERPRET=1 it runs float32 and float64 only (the interpreter "
                     f"computes half types wrongly), got {dtype}")
-    if proj:
-        return "the Triton kernels do not support proj_size yet"
     return None
 
 
-def why_not(backend: str, device: Optional[torch.device], dtype: Optional[torch.dtype] = None,
-            proj: bool = False) -> Optional[str]:
-    """None if `backend` can run a call on tensors of `device` and `dtype` (None: any), with an
-    LSTM projection if `proj`; else the reason."""
+def why_not(backend: str, device: Optional[torch.device],
+            dtype: Optional[torch.dtype] = None) -> Optional[str]:
+    """None if `backend` can run a call on tensors of `device` and `dtype` (None: any), else
+    the reason."""
     if backend in ("reference", "cudnn"):
         return None
     if backend == "triton":
-        return _why_not_triton(device, dtype, proj)
+        return _why_not_triton(device, dtype)
     if device is not None and device.type != "cuda":
         return f"it runs on CUDA tensors, and the input is on {device}"
     return "fused_rnn has no CUDA C++ kernels yet"
 
 
-def resolve(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None,
-            proj: bool = False) -> str:
+def resolve(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
     """The concrete backend for a call. An explicit backend that cannot run the call raises
     RuntimeError saying why; "auto" takes the fastest fused backend that can run on CUDA
     tensors, else "reference" (on the CPU always: the interpreter is for tests, not speed)."""
@@ -70,9 +67,9 @@ def resolve(backend: str, device: torch.device, dtype: Optional[torch.dtype] = N
     if backend == "auto":
         if device.type != "cuda":
             return "reference"
-        return next((b for b in _AUTO_ORDER if why_not(b, device, dtype, proj) is None),
+        return next((b for b in _AUTO_ORDER if why_not(b, device, dtype) is None),
                     "reference")
-    reason = why_not(backend, device, dtype, proj)
+    reason = why_not(backend, device, dtype)
     if reason is not None:
         raise RuntimeError(f"backend={backend!r} cannot run this call: {reason}")
     return backend

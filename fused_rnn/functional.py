@@ -193,7 +193,7 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
                        like=like)
     h0, c0 = states[0], (states[1] if mode == "LSTM" else None)
 
-    name = backends.resolve(backend, like.device, like.dtype, proj_size > 0)
+    name = backends.resolve(backend, like.device, like.dtype)
     if name == "cudnn":
         output, h_n, c_n = run_native(mode, x if seq is None else seq, h0, c0, list(weights),
                                       bias=bias, num_layers=num_layers, dropout=float(dropout),

@@ -1,7 +1,6 @@
 """The Triton kernels on the CPU, in Triton's interpreter (TRITON_INTERPRET=1, set by conftest
 when there is no GPU), against float64 torch and the reference backend, forward and backward;
 and compiled for sm_90, which catches what the interpreter lets through."""
-import dataclasses
 import os
 import subprocess
 import sys
@@ -20,17 +19,14 @@ pytestmark = pytest.mark.skipif(
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _triton_cases(n, seed):
-    """Random cases without proj_size (not in the Triton kernels yet)."""
-    return [dataclasses.replace(c, proj_size=0) for c in testing.random_cases(n, seed)]
-
-
-GRID = _triton_cases(48, seed=404)
+GRID = testing.random_cases(48, seed=404)
 # Shapes that take several tiles: H=33 -> 2 hidden tiles, B=70 -> 2 batch tiles of 64.
 TILED = [Case("LSTM", T=3, B=70, I=9, H=33, bidirectional=True, packed="unsorted", seed=1),
          Case("GRU", T=4, B=17, I=40, H=33, num_layers=2, seed=2),
          Case("RNN_TANH", T=3, B=70, I=5, H=48, packed="sorted", seed=3),
-         Case("RNN_RELU", T=2, B=5, I=3, H=65, bidirectional=True, seed=4)]
+         Case("RNN_RELU", T=2, B=5, I=3, H=65, bidirectional=True, seed=4),
+         Case("LSTM", T=4, B=18, I=6, H=40, proj_size=33, num_layers=2, bidirectional=True,
+              packed="unsorted", seed=5)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
@@ -52,6 +48,7 @@ def test_grid_covers_cells_and_options():
     assert {c.packed for c in GRID} == {"", "sorted", "unsorted"}
     assert any(c.bidirectional for c in GRID) and any(c.num_layers == 3 for c in GRID)
     assert any(c.dropout for c in GRID) and any(c.unbatched for c in GRID)
+    assert any(c.proj_size for c in GRID)
 
 
 @pytest.mark.parametrize("cell,base", [("LSTMCell", nn.LSTMCell), ("GRUCell", nn.GRUCell),
@@ -77,12 +74,6 @@ def test_triton_empty_batch():
     out.sum().backward()
 
 
-def test_triton_proj_size_says_why():
-    m = fused_rnn.LSTM(3, 4, proj_size=2, backend="triton", device=DEVICE)
-    with pytest.raises(RuntimeError, match="backend='triton' cannot run this call: .*proj_size"):
-        m(torch.randn(2, 1, 3, device=DEVICE))
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")
 def test_interpreter_dtype_and_no_interpreter_errors(monkeypatch):
     m = fused_rnn.LSTM(3, 4, backend="triton").to(torch.bfloat16)
@@ -99,4 +90,4 @@ def test_kernels_compile_for_sm90():
     res = subprocess.run([sys.executable, "-m", "fused_rnn.ops.triton_compile", "--arch", "90"],
                          capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "compiled 80 kernel variants for sm_90; 0 use local memory" in res.stdout
+    assert "kernel variants for sm_90; 0 use local memory" in res.stdout

@@ -1,10 +1,8 @@
 """GPU parity of the Triton backend (skipped without CUDA): for each cell type, >= 200 random
-cases (layers, directions, batch_first, packed, unbatched, odd sizes, hx given or not), each in
+cases (layers, directions, batch_first, proj_size, packed, unbatched, odd sizes, hx given or not), each in
 fp32 (TF32 off), bf16 and fp16, against float64 torch on the CPU. The bound is 2x cuDNN's own
 error in the same dtype plus the atol (fused_rnn.testing), for outputs, h_n, c_n and all
 gradients."""
-import dataclasses
-
 import pytest
 import torch
 
@@ -16,8 +14,7 @@ CASES_PER_CELL = 200
 
 def _cases(cell):
     grid = testing.random_cases(CASES_PER_CELL * len(testing.CELLS), seed=9000)
-    # No proj_size: the Triton kernels do not fuse the projection yet.
-    return [dataclasses.replace(c, proj_size=0) for c in grid if c.cell == cell]
+    return [c for c in grid if c.cell == cell]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],

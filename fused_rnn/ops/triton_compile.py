@@ -4,8 +4,9 @@
 
 It catches what the CPU interpreter lets through: tl.dot shape and dtype rules, unsupported ops,
 shared memory over the limit. Each variant the launchers can produce is compiled (every cell,
-every dtype and dot precision, with and without bias, mask and a next step), and its shared
-memory, registers and spills are printed. Run it without TRITON_INTERPRET set.
+every dtype and dot precision, with and without bias, mask, a next step and the LSTM
+projection), and its shared memory, registers and spills are printed. Run it without
+TRITON_INTERPRET set.
 """
 import argparse
 import itertools
@@ -59,23 +60,43 @@ def variants():
     for cell, dtype, flags in itertools.product(K.GATES, DTYPES, [(1, 1), (0, 0)]):
         elem, acc, precision = DTYPES[dtype]
         acc_t = "fp64" if acc == tl.float64 else "fp32"
-        common = dict(H=48, CELL=cell, NG=K.GATES[cell], NS=K.SAVED[cell], HAS_MASK=flags[1],
-                      BLOCK_B=16, BLOCK_H=32, PRECISION=precision, ACC=acc)
-        fwd_ptrs = dict(gi_ptr=f"*{elem}", w_ptr=f"*{elem}", b_ptr=f"*{elem}", hs_ptr=f"*{elem}",
-                        cs_ptr=f"*{acc_t}", out_ptr=f"*{elem}", saved_ptr=f"*{acc_t}",
-                        mask_ptr="*u8")
-        cx = dict(common, HAS_BIAS=flags[0], BLOCK_K=32)
-        yield (K._rnn_fwd_step_kernel,
-               _signature(K._rnn_fwd_step_kernel, fwd_ptrs, {"t", "k", "B"}, cx), cx,
-               f"fwd cell={cell} {dtype} bias={flags[0]} mask={flags[1]}")
-        bwd_ptrs = dict(w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dgi_ptr=f"*{acc_t}",
-                        dout_ptr=f"*{elem}", saved_ptr=f"*{acc_t}", hs_ptr=f"*{elem}",
-                        cs_ptr=f"*{acc_t}", carry_h_ptr=f"*{acc_t}", carry_c_ptr=f"*{acc_t}",
-                        mask_ptr="*u8")
-        cx = dict(common, HAS_NEXT=flags[0], BLOCK_N=32)
-        yield (K._rnn_bwd_step_kernel,
-               _signature(K._rnn_bwd_step_kernel, bwd_ptrs, {"t", "t_next", "k", "B"}, cx), cx,
-               f"bwd cell={cell} {dtype} next={flags[0]} mask={flags[1]}")
+        projs = (0, 1) if cell == K.LSTM else (0,)
+        for proj in projs:
+            common = dict(H=48, CELL=cell, NG=K.GATES[cell], NS=K.SAVED[cell],
+                          HAS_MASK=flags[1], HAS_PROJ=proj, BLOCK_B=16, BLOCK_H=32,
+                          PRECISION=precision, ACC=acc)
+            fwd_ptrs = dict(gi_ptr=f"*{elem}", w_ptr=f"*{elem}", b_ptr=f"*{elem}",
+                            hs_ptr=f"*{elem}", cs_ptr=f"*{acc_t}", out_ptr=f"*{elem}",
+                            saved_ptr=f"*{acc_t}", mask_ptr="*u8", ms_ptr=f"*{elem}")
+            cx = dict(common, HK=24 if proj else 48, HAS_BIAS=flags[0], BLOCK_K=32)
+            yield (K._rnn_fwd_step_kernel,
+                   _signature(K._rnn_fwd_step_kernel, fwd_ptrs, {"t", "k", "B"}, cx), cx,
+                   f"fwd cell={cell} {dtype} bias={flags[0]} mask={flags[1]} proj={proj}")
+            bwd_ptrs = dict(w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dgi_ptr=f"*{acc_t}",
+                            dout_ptr=f"*{acc_t}" if proj else f"*{elem}",
+                            saved_ptr=f"*{acc_t}", hs_ptr=f"*{elem}", cs_ptr=f"*{acc_t}",
+                            carry_h_ptr=f"*{acc_t}", carry_c_ptr=f"*{acc_t}", mask_ptr="*u8")
+            cx = dict(common, P=24 if proj else 48, HAS_NEXT=flags[0] and not proj, BLOCK_N=32)
+            yield (K._rnn_bwd_step_kernel,
+                   _signature(K._rnn_bwd_step_kernel, bwd_ptrs, {"t", "t_next", "k", "B"}, cx),
+                   cx, f"bwd cell={cell} {dtype} next={cx['HAS_NEXT']} mask={flags[1]} "
+                       f"proj={proj}")
+            if not proj:
+                continue
+            cx = dict(H=48, P=24, HAS_MASK=flags[1], BLOCK_B=16, BLOCK_H=32, BLOCK_K=32,
+                      PRECISION=precision, ACC=acc)
+            ptrs = dict(ms_ptr=f"*{elem}", w_hr_ptr=f"*{elem}", hs_ptr=f"*{elem}",
+                        out_ptr=f"*{elem}", mask_ptr="*u8")
+            yield (K._lstm_proj_fwd_kernel,
+                   _signature(K._lstm_proj_fwd_kernel, ptrs, {"t", "k", "B"}, cx), cx,
+                   f"proj fwd {dtype} mask={flags[1]}")
+            cx = dict(H=48, P=24, HAS_NEXT=flags[0], HAS_MASK=flags[1], BLOCK_B=16, BLOCK_H=32,
+                      BLOCK_N=32, PRECISION=precision, ACC=acc)
+            ptrs = dict(w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dout_ptr=f"*{elem}",
+                        dhs_ptr=f"*{acc_t}", carry_h_ptr=f"*{acc_t}", mask_ptr="*u8")
+            yield (K._lstm_proj_bwd_dh_kernel,
+                   _signature(K._lstm_proj_bwd_dh_kernel, ptrs, {"t", "t_next", "B"}, cx), cx,
+                   f"proj bwd-dh {dtype} next={flags[0]} mask={flags[1]}")
 
 
 def compile_all(arch: int = 90, verbose: bool = True):

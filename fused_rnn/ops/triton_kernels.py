@@ -97,22 +97,37 @@ def _bias(b_ptr, g, H, offs_h, mh, HAS_BIAS: tl.constexpr, ACC: tl.constexpr):
         return 0.0
 
 
+@triton.jit
+def _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr):
+    """(BLOCK_B, 1): whether step t lies inside each sequence (always, without a mask)."""
+    if HAS_MASK:
+        return (tl.load(mask_ptr + tl.cast(t, tl.int64) * B + offs_b, mask=mb, other=0)
+                != 0)[:, None]
+    else:
+        return tl.full((BLOCK_B, 1), 1, tl.int1)
+
+
 @triton.jit(do_not_specialize=["t", "k"])
 def _rnn_fwd_step_kernel(
-        gi_ptr, w_ptr, b_ptr, hs_ptr, cs_ptr, out_ptr, saved_ptr, mask_ptr, t, k, B,
-        H: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr, HAS_BIAS: tl.constexpr,
-        HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-        BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
-    """Step k (at time t): hs[k+1], cs[k+1], out[t], saved[t] from hs[k], cs[k], gi[t]."""
+        gi_ptr, w_ptr, b_ptr, hs_ptr, cs_ptr, out_ptr, saved_ptr, mask_ptr, ms_ptr, t, k, B,
+        H: tl.constexpr, HK: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr,
+        NS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PROJ: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """Step k (at time t): hs[k+1], cs[k+1], out[t], saved[t] from hs[k], cs[k], gi[t].
+    HK is the width of the state h (H, or proj_size for an LSTM with HAS_PROJ). With HAS_PROJ
+    the kernel writes m_t = o·tanh(c_t) to ms[t] instead of h, and _lstm_proj_fwd_kernel
+    projects it (the projection mixes all H units, so it needs a second launch)."""
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mb, mh = offs_b < B, offs_h < H
     m2 = mb[:, None] & mh[None, :]
-    h_prev_base = _rows(hs_ptr, k, B, H)
+    h_prev_base = _rows(hs_ptr, k, B, HK)
     gi_base = _rows(gi_ptr, t, B, NG * H)
-    h_prev = _load_tile(h_prev_base, offs_b, offs_h, H, m2, ACC)
+    if not HAS_PROJ:
+        h_prev = _load_tile(h_prev_base, offs_b, offs_h, H, m2, ACC)
     # The recurrent GEMM, gate by gate (gate g is rows g·H .. g·H+H-1 of W_hh).
-    a0 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, H, 0, H,
+    a0 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 0, HK,
                     BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 0, H, offs_h, mh,
                                                                      HAS_BIAS, ACC)
     i0 = _load_tile(gi_base, offs_b, offs_h, NG * H, m2, ACC)
@@ -120,13 +135,13 @@ def _rnn_fwd_step_kernel(
     c_prev = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     c = c_prev
     if CELL == 0:  # LSTM: i, f, g, o
-        a1 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, H, H, H,
+        a1 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, H, HK,
                         BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
             b_ptr, 1, H, offs_h, mh, HAS_BIAS, ACC)
-        a2 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, H, 2 * H, H,
+        a2 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 2 * H, HK,
                         BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
             b_ptr, 2, H, offs_h, mh, HAS_BIAS, ACC)
-        a3 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, H, 3 * H, H,
+        a3 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 3 * H, HK,
                         BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
             b_ptr, 3, H, offs_h, mh, HAS_BIAS, ACC)
         gi_i = i0
@@ -142,10 +157,10 @@ def _rnn_fwd_step_kernel(
         h = og * _tanh(c)
         s0, s1, s2, s3 = ig, fg, gg, og
     elif CELL == 1:  # GRU: r, z, n; b_hn stays inside r·(…)
-        a1 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, H, H, H,
+        a1 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, H, HK,
                         BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
             b_ptr, 1, H, offs_h, mh, HAS_BIAS, ACC)
-        a2 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, H, 2 * H, H,
+        a2 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 2 * H, HK,
                         BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
             b_ptr, 2, H, offs_h, mh, HAS_BIAS, ACC)
         gi_z = _load_tile(gi_base, offs_b, H + offs_h, NG * H, m2, ACC)
@@ -163,17 +178,16 @@ def _rnn_fwd_step_kernel(
             h = tl.maximum(pre, 0.0)
         s0 = h
         s1, s2, s3 = s0, s0, s0
-    if HAS_MASK:
-        valid = (tl.load(mask_ptr + tl.cast(t, tl.int64) * B + offs_b, mask=mb, other=0)
-                 != 0)[:, None]
-    else:
-        valid = tl.full((BLOCK_B, 1), 1, tl.int1)
-    h_next_base = _rows(hs_ptr, k + 1, B, H)
+    valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
     out_ty = hs_ptr.dtype.element_ty
-    tl.store(h_next_base + offs_b[:, None] * H + offs_h[None, :],
-             tl.where(valid, h, h_prev).to(out_ty), mask=m2)
-    tl.store(_rows(out_ptr, t, B, H) + offs_b[:, None] * H + offs_h[None, :],
-             tl.where(valid, h, 0.0).to(out_ty), mask=m2)
+    if HAS_PROJ:  # m_t, for the projection and for dW_hr (written at every step: finite)
+        tl.store(_rows(ms_ptr, t, B, H) + offs_b[:, None] * H + offs_h[None, :], h.to(out_ty),
+                 mask=m2)
+    else:
+        tl.store(_rows(hs_ptr, k + 1, B, H) + offs_b[:, None] * H + offs_h[None, :],
+                 tl.where(valid, h, h_prev).to(out_ty), mask=m2)
+        tl.store(_rows(out_ptr, t, B, H) + offs_b[:, None] * H + offs_h[None, :],
+                 tl.where(valid, h, 0.0).to(out_ty), mask=m2)
     tl.store(saved_base + offs_b[:, None] * (NS * H) + offs_h[None, :], s0, mask=m2)
     if NS == 4:
         tl.store(saved_base + offs_b[:, None] * (NS * H) + H + offs_h[None, :], s1, mask=m2)
@@ -183,38 +197,85 @@ def _rnn_fwd_step_kernel(
         tl.store(_rows(cs_ptr, k + 1, B, H) + offs_b[:, None] * H + offs_h[None, :],
                  tl.where(valid, c, c_prev), mask=m2)
 
+@triton.jit(do_not_specialize=["t", "k"])
+def _lstm_proj_fwd_kernel(
+        ms_ptr, w_hr_ptr, hs_ptr, out_ptr, mask_ptr, t, k, B, H: tl.constexpr, P: tl.constexpr,
+        HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+        BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """LSTM projection of step k (time t), grid over (batch, P) tiles: h_t = m_t·W_hrᵀ into
+    hs[k+1] and out[t], with the length mask."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_p = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mb, mp = offs_b < B, offs_p < P
+    m2 = mb[:, None] & mp[None, :]
+    h = _matmul_wt(_rows(ms_ptr, t, B, H), w_hr_ptr, offs_b, offs_p, mb, mp, H, 0, H,
+                   BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC)
+    valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
+    tile = offs_b[:, None] * P + offs_p[None, :]
+    h_prev = tl.load(_rows(hs_ptr, k, B, P) + tile, mask=m2, other=0.0)
+    out_ty = hs_ptr.dtype.element_ty
+    tl.store(_rows(hs_ptr, k + 1, B, P) + tile, tl.where(valid, h.to(out_ty), h_prev), mask=m2)
+    tl.store(_rows(out_ptr, t, B, P) + tile, tl.where(valid, h, 0.0).to(out_ty), mask=m2)
+
+
+@triton.jit(do_not_specialize=["t", "t_next"])
+def _lstm_proj_bwd_dh_kernel(
+        w_ptr, dgh_ptr, dout_ptr, dhs_ptr, carry_h_ptr, mask_ptr, t, t_next, B,
+        H: tl.constexpr, P: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_MASK: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """First half of an LSTM-with-projection backward step, grid over (batch, P) tiles:
+    dh_t = dout[t] + carry + dgh[t_next]·W_hh (zero past the sequence's end) into dhs[t]; the
+    carry keeps what passes through masked steps. _rnn_bwd_step_kernel (HAS_PROJ) goes on
+    with dm_t = dh_t·W_hr."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_p = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mb, mp = offs_b < B, offs_p < P
+    m2 = mb[:, None] & mp[None, :]
+    tile = offs_b[:, None] * P + offs_p[None, :]
+    g = tl.load(carry_h_ptr + tile, mask=m2, other=0.0)
+    if HAS_NEXT:
+        rec = _matmul_w(_rows(dgh_ptr, t_next, B, 4 * H), w_ptr, offs_b, offs_p, mb, mp, 4 * H,
+                        P, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
+        g += tl.where(_valid_rows(mask_ptr, t_next, B, offs_b, mb, HAS_MASK, BLOCK_B), rec, 0.0)
+    valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
+    dout = tl.load(_rows(dout_ptr, t, B, P) + tile, mask=m2, other=0.0).to(ACC)
+    tl.store(_rows(dhs_ptr, t, B, P) + tile, tl.where(valid, dout + g, 0.0), mask=m2)
+    tl.store(carry_h_ptr + tile, tl.where(valid, 0.0, g), mask=m2)
+
 
 @triton.jit(do_not_specialize=["t", "t_next", "k"])
 def _rnn_bwd_step_kernel(
         w_ptr, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr, cs_ptr, carry_h_ptr, carry_c_ptr,
-        mask_ptr, t, t_next, k, B, H: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr, HAS_NEXT: tl.constexpr,
-        HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+        mask_ptr, t, t_next, k, B, H: tl.constexpr, P: tl.constexpr, CELL: tl.constexpr,
+        NG: tl.constexpr, NS: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_MASK: tl.constexpr,
+        HAS_PROJ: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
         BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
     """Backward of step k (at time t). carry_h holds the part of dL/dhs[k+1] that does not come
     through step k+1's gates (for the last step: dh_n); carry_c holds dL/dcs[k+1]. Adds
     dgh[t_next]·W_hh (step k+1, if HAS_NEXT), writes dgh[t] (and dgi[t] for GRU, whose input
-    and recurrent n-gate gradients differ), and leaves the carries for step k-1."""
+    and recurrent n-gate gradients differ), and leaves the carries for step k-1.
+    With HAS_PROJ (LSTM with proj_size P), _lstm_proj_bwd_dh_kernel has already formed dh_t
+    (T, B, P) and its carry: here w_ptr is W_hr (P, H), dout_ptr is that dh, and the kernel
+    starts from dm_t = dh_t·W_hr (HAS_NEXT must be off)."""
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mb, mh = offs_b < B, offs_h < H
     m2 = mb[:, None] & mh[None, :]
     tile = offs_b[:, None] * H + offs_h[None, :]
-    g_h = tl.load(carry_h_ptr + tile, mask=m2, other=0.0)
-    if HAS_NEXT:
-        rec = _matmul_w(_rows(dgh_ptr, t_next, B, NG * H), w_ptr, offs_b, offs_h, mb, mh,
-                        NG * H, H, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
-        if HAS_MASK:
-            valid_next = (tl.load(mask_ptr + tl.cast(t_next, tl.int64) * B + offs_b, mask=mb,
-                                  other=0) != 0)[:, None]
-            rec = tl.where(valid_next, rec, 0.0)
-        g_h += rec
-    if HAS_MASK:
-        valid = (tl.load(mask_ptr + tl.cast(t, tl.int64) * B + offs_b, mask=mb, other=0)
-                 != 0)[:, None]
+    valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
+    if HAS_PROJ:
+        dh = _matmul_w(_rows(dout_ptr, t, B, P), w_ptr, offs_b, offs_h, mb, mh, P, H,
+                       BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
     else:
-        valid = tl.full((BLOCK_B, 1), 1, tl.int1)
-    dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC) + g_h,
-                  0.0)
+        g_h = tl.load(carry_h_ptr + tile, mask=m2, other=0.0)
+        if HAS_NEXT:
+            rec = _matmul_w(_rows(dgh_ptr, t_next, B, NG * H), w_ptr, offs_b, offs_h, mb, mh,
+                            NG * H, H, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
+            g_h += tl.where(_valid_rows(mask_ptr, t_next, B, offs_b, mb, HAS_MASK, BLOCK_B),
+                            rec, 0.0)
+        dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC)
+                      + g_h, 0.0)
     sv = _rows(saved_ptr, t, B, NS * H)
     s0 = _load_tile(sv, offs_b, offs_h, NS * H, m2, ACC)
     gh_base = _rows(dgh_ptr, t, B, NG * H) + offs_b[:, None] * (NG * H) + offs_h[None, :]
@@ -261,4 +322,5 @@ def _rnn_bwd_step_kernel(
         else:
             d_pre = tl.where(s0 > 0, dh, 0.0)
         tl.store(gh_base, tl.where(valid, d_pre, 0.0), mask=m2)
-    tl.store(carry_h_ptr + tile, tl.where(valid, direct, g_h), mask=m2)
+    if not HAS_PROJ:
+        tl.store(carry_h_ptr + tile, tl.where(valid, direct, g_h), mask=m2)
