@@ -19,7 +19,8 @@ def test_default_gpu_grid_is_the_issue_grid():
                               (100, 256, 1024, 1024), (64, 32, 2048, 2048), (512, 16, 128, 128)]
     assert tuple(s.cells) == ("LSTM", "GRU") and tuple(s.dtypes) == ("fp32", "tf32", "bf16")
     assert tuple(s.modes) == ("fwd", "fwdbwd")
-    assert {"cudnn", "loop", "reference", "triton", "cuda"} <= set(s.providers)
+    assert {"cudnn", "loop", "reference", "triton", "triton_persistent", "cuda"} \
+        <= set(s.providers)
     assert set(S.default_suite(CUDA, quick=True).shapes) < set(s.shapes)
 
 
@@ -53,7 +54,8 @@ def test_run_suite_rows_and_skips(monkeypatch):
         assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
         assert r["peak_mb"] is None  # no such count on the CPU
     assert {r["provider"] for r in rows} == {"cudnn", "loop", "reference"}
-    assert "interpreter, which is for tests, not timing" in res["meta"]["skipped"]["triton fp32"]
+    for name in ("triton fp32", "triton_persistent fp32"):
+        assert "interpreter, which is for tests, not timing" in res["meta"]["skipped"][name]
     assert "CUDA tensors" in res["meta"]["skipped"]["cuda fp32"]
     meta = res["meta"]
     for key in ("gpu", "torch", "cuda", "cudnn", "triton", "git_commit", "date", "device"):
@@ -104,6 +106,7 @@ def test_cli_bench_writes_json_plot_and_table(tmp_path, capsys, monkeypatch):
     assert "GPU suite" in out and "needs CUDA" in out
     assert "reference x" in out and "geomean" in out
     assert "skipped triton fp32: it runs on CUDA tensors (or on the CPU under" in out
+    assert "skipped triton_persistent fp32: it runs on CUDA tensors" in out
     data = json.loads((tmp_path / "smoke.json").read_text())
     assert set(data) == {"meta", "rows"} and len(data["rows"]) == 3 * 2
     assert data["meta"]["command"].startswith("fused-rnn bench")

@@ -36,7 +36,9 @@ CELLS = ("LSTM", "GRU", "RNN")
 DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
           "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False)}
 MODES = ("fwd", "fwdbwd")
-PROVIDERS = ("cudnn", "loop", "reference", "triton", "cuda")
+# "triton" runs the backend's default forward (per step); "triton_persistent" its persistent
+# forward (one launch per sequence) where the shape allows it.
+PROVIDERS = ("cudnn", "loop", "reference", "triton", "triton_persistent", "cuda")
 
 _MODULES = {"LSTM": (nn.LSTM, LSTM, nn.LSTMCell), "GRU": (nn.GRU, GRU, nn.GRUCell),
             "RNN": (nn.RNN, RNN, nn.RNNCell)}
@@ -59,7 +61,7 @@ def default_suite(device: torch.device, quick: bool = False, **overrides) -> Sui
     gpu = device.type == "cuda"
     kw = dict(device=device, cells=("LSTM", "GRU"),
               dtypes=("fp32", "tf32", "bf16") if gpu else ("fp32",), modes=MODES,
-              providers=("cudnn", "loop", "reference", "triton", "cuda"),
+              providers=PROVIDERS,
               shapes=(GPU_QUICK if quick else GPU_SHAPES) if gpu else
               (CPU_QUICK if quick else CPU_SHAPES),
               name=("gpu" if gpu else "cpu") + ("-quick" if quick else ""))
@@ -81,7 +83,7 @@ def why_not(provider: str, device: torch.device, dtype: str) -> Optional[str]:
         return f"{dtype} rows run on CUDA only"
     if provider in ("cudnn", "loop"):
         return None
-    reason = backends.why_not(provider, device, DTYPES[dtype][0])
+    reason = backends.why_not(provider.split("_")[0], device, DTYPES[dtype][0])
     if reason is None and provider != "reference" and device.type != "cuda":
         return "on the CPU it runs in Triton's interpreter, which is for tests, not timing"
     return reason
@@ -109,7 +111,15 @@ def build(provider: str, cell: str, shape: Shape, dtype: str,
         module = seq_cls(I, H, device=device, dtype=torch_dtype)
         module.flatten_parameters()
     else:
-        module = fused_cls(I, H, device=device, dtype=torch_dtype, backend=provider)
+        backend, _, variant = provider.partition("_")
+        module = fused_cls(I, H, device=device, dtype=torch_dtype, backend=backend)
+        if variant:
+            from ..ops import triton_op
+
+            def run(x):
+                with triton_op.variant(variant):
+                    return module(x)[0]
+            return run, list(module.parameters())
     return (lambda x: module(x)[0]), list(module.parameters())
 
 

@@ -99,13 +99,33 @@ def variants():
                    f"proj bwd-dh {dtype} next={flags[0]} mask={flags[1]}")
 
 
+def persistent_variants():
+    """The persistent forward with its grid barrier (ONE_STEP off), per cell and dtype at H=48,
+    and bf16 LSTM at H=256 with a 16-wide tile (4 x 256 x 16 bf16 = 32 KiB of W_hh per
+    program)."""
+    configs = [(cell, dtype, 48, 32) for cell, dtype in itertools.product(K.GATES, DTYPES)]
+    configs.append((K.LSTM, "bf16", 256, 16))
+    for cell, dtype, H, block_h in configs:
+        elem, acc, precision = DTYPES[dtype]
+        acc_t = "fp64" if acc == tl.float64 else "fp32"
+        ptrs = dict(gi_ptr=f"*{elem}", w_ptr=f"*{elem}", b_ptr=f"*{elem}", hs_ptr=f"*{elem}",
+                    cs_ptr=f"*{acc_t}", out_ptr=f"*{elem}", saved_ptr=f"*{acc_t}",
+                    mask_ptr="*u8", sync_ptr="*i32")
+        cx = dict(H=H, HP=triton.next_power_of_2(H), CELL=cell, NG=K.GATES[cell],
+                  NS=K.SAVED[cell], HAS_BIAS=1, HAS_MASK=1, REVERSE=1, ONE_STEP=0, BLOCK_B=16,
+                  BLOCK_H=block_h, PRECISION=precision, ACC=acc)
+        yield (K._rnn_fwd_persistent_kernel,
+               _signature(K._rnn_fwd_persistent_kernel, ptrs, {"k0", "T", "B"}, cx), cx,
+               f"persistent fwd cell={cell} {dtype} H={H} BLOCK_H={block_h}")
+
+
 def compile_all(arch: int = 90, verbose: bool = True):
     """Compile every variant for sm_{arch}; returns [(label, shared bytes, cuobjdump's
     REG/STACK/LOCAL)]. Raises on the first variant that does not compile or needs more shared
     memory than a block can have."""
     target = GPUTarget("cuda", arch, 32)
     report = []
-    for fn, sig, cx, label in variants():
+    for fn, sig, cx, label in itertools.chain(variants(), persistent_variants()):
         t0 = time.time()
         kernel = triton.compile(ASTSource(fn, sig, cx), target=target,
                                 options={"num_warps": 4})

@@ -107,6 +107,64 @@ def _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK: tl.constexpr, BLOCK_B: tl.
         return tl.full((BLOCK_B, 1), 1, tl.int1)
 
 
+@triton.jit
+def _fwd_cell(a0, a1, a2, a3, gi_base, cs_ptr, h_prev, k, B, offs_b, offs_h, m2,
+              H: tl.constexpr, NG: tl.constexpr, CELL: tl.constexpr, ACC: tl.constexpr):
+    """The cell on the recurrent pre-activations a_g = h_{t-1}·W_hh,gᵀ + b_hh,g (a1..a3 unused
+    beyond NG gates) and the input gates at gi_base. Returns h (m_t with a projection), c,
+    c_prev (LSTM; zeros otherwise) and the four values saved per unit (LSTM i, f, g, o; GRU r,
+    z, n and h·W_hnᵀ + b_hn; RNN h)."""
+    i0 = _load_tile(gi_base, offs_b, offs_h, NG * H, m2, ACC)
+    c_prev = tl.zeros(i0.shape, dtype=ACC)
+    c = c_prev
+    if CELL == 0:  # LSTM: i, f, g, o
+        ig = _sigmoid(a0 + i0)
+        fg = _sigmoid(a1 + _load_tile(gi_base, offs_b, H + offs_h, NG * H, m2, ACC))
+        gg = _tanh(a2 + _load_tile(gi_base, offs_b, 2 * H + offs_h, NG * H, m2, ACC))
+        og = _sigmoid(a3 + _load_tile(gi_base, offs_b, 3 * H + offs_h, NG * H, m2, ACC))
+        c_prev = _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
+        c = fg * c_prev + ig * gg
+        h = og * _tanh(c)
+        s0, s1, s2, s3 = ig, fg, gg, og
+    elif CELL == 1:  # GRU: r, z, n; b_hn stays inside r·(…)
+        r = _sigmoid(i0 + a0)
+        z = _sigmoid(_load_tile(gi_base, offs_b, H + offs_h, NG * H, m2, ACC) + a1)
+        n = _tanh(_load_tile(gi_base, offs_b, 2 * H + offs_h, NG * H, m2, ACC) + r * a2)
+        h = n + z * (h_prev - n)
+        s0, s1, s2, s3 = r, z, n, a2
+    else:  # Elman RNN, tanh (2) or relu (3)
+        if CELL == 2:
+            h = _tanh(a0 + i0)
+        else:
+            h = tl.maximum(a0 + i0, 0.0)
+        s0, s1, s2, s3 = h, h, h, h
+    return h, c, c_prev, s0, s1, s2, s3
+
+
+@triton.jit
+def _fwd_store(h, c, c_prev, h_prev, s0, s1, s2, s3, valid, hs_ptr, cs_ptr, out_ptr, saved_ptr,
+               ms_ptr, t, k, B, offs_b, offs_h, m2, H: tl.constexpr, NS: tl.constexpr,
+               CELL: tl.constexpr, HAS_PROJ: tl.constexpr):
+    """Writes of one forward step: hs[k+1] and out[t] (or ms[t], the pre-projection output),
+    cs[k+1], saved[t]. Past a sequence's end the state is kept and the output is zero."""
+    tile = offs_b[:, None] * H + offs_h[None, :]
+    out_ty = hs_ptr.dtype.element_ty
+    if HAS_PROJ:  # m_t, for the projection and for dW_hr (written at every step: finite)
+        tl.store(_rows(ms_ptr, t, B, H) + tile, h.to(out_ty), mask=m2)
+    else:
+        tl.store(_rows(hs_ptr, k + 1, B, H) + tile, tl.where(valid, h, h_prev).to(out_ty),
+                 mask=m2)
+        tl.store(_rows(out_ptr, t, B, H) + tile, tl.where(valid, h, 0.0).to(out_ty), mask=m2)
+    saved = _rows(saved_ptr, t, B, NS * H) + offs_b[:, None] * (NS * H) + offs_h[None, :]
+    tl.store(saved, s0, mask=m2)
+    if NS == 4:
+        tl.store(saved + H, s1, mask=m2)
+        tl.store(saved + 2 * H, s2, mask=m2)
+        tl.store(saved + 3 * H, s3, mask=m2)
+    if CELL == 0:
+        tl.store(_rows(cs_ptr, k + 1, B, H) + tile, tl.where(valid, c, c_prev), mask=m2)
+
+
 @triton.jit(do_not_specialize=["t", "k"])
 def _rnn_fwd_step_kernel(
         gi_ptr, w_ptr, b_ptr, hs_ptr, cs_ptr, out_ptr, saved_ptr, mask_ptr, ms_ptr, t, k, B,
@@ -123,79 +181,116 @@ def _rnn_fwd_step_kernel(
     mb, mh = offs_b < B, offs_h < H
     m2 = mb[:, None] & mh[None, :]
     h_prev_base = _rows(hs_ptr, k, B, HK)
-    gi_base = _rows(gi_ptr, t, B, NG * H)
+    h_prev = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     if not HAS_PROJ:
         h_prev = _load_tile(h_prev_base, offs_b, offs_h, H, m2, ACC)
     # The recurrent GEMM, gate by gate (gate g is rows g·H .. g·H+H-1 of W_hh).
-    a0 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 0, HK,
-                    BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 0, H, offs_h, mh,
-                                                                     HAS_BIAS, ACC)
-    i0 = _load_tile(gi_base, offs_b, offs_h, NG * H, m2, ACC)
-    saved_base = _rows(saved_ptr, t, B, NS * H)
-    c_prev = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    c = c_prev
-    if CELL == 0:  # LSTM: i, f, g, o
-        a1 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, H, HK,
-                        BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
-            b_ptr, 1, H, offs_h, mh, HAS_BIAS, ACC)
-        a2 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 2 * H, HK,
-                        BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
-            b_ptr, 2, H, offs_h, mh, HAS_BIAS, ACC)
-        a3 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 3 * H, HK,
-                        BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
-            b_ptr, 3, H, offs_h, mh, HAS_BIAS, ACC)
-        gi_i = i0
-        gi_f = _load_tile(gi_base, offs_b, H + offs_h, NG * H, m2, ACC)
-        gi_g = _load_tile(gi_base, offs_b, 2 * H + offs_h, NG * H, m2, ACC)
-        gi_o = _load_tile(gi_base, offs_b, 3 * H + offs_h, NG * H, m2, ACC)
-        ig = _sigmoid(a0 + gi_i)
-        fg = _sigmoid(a1 + gi_f)
-        gg = _tanh(a2 + gi_g)
-        og = _sigmoid(a3 + gi_o)
-        c_prev = _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
-        c = fg * c_prev + ig * gg
-        h = og * _tanh(c)
-        s0, s1, s2, s3 = ig, fg, gg, og
-    elif CELL == 1:  # GRU: r, z, n; b_hn stays inside r·(…)
-        a1 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, H, HK,
-                        BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
-            b_ptr, 1, H, offs_h, mh, HAS_BIAS, ACC)
-        a2 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 2 * H, HK,
-                        BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(
-            b_ptr, 2, H, offs_h, mh, HAS_BIAS, ACC)
-        gi_z = _load_tile(gi_base, offs_b, H + offs_h, NG * H, m2, ACC)
-        gi_n = _load_tile(gi_base, offs_b, 2 * H + offs_h, NG * H, m2, ACC)
-        r = _sigmoid(i0 + a0)
-        z = _sigmoid(gi_z + a1)
-        n = _tanh(gi_n + r * a2)
-        h = n + z * (h_prev - n)
-        s0, s1, s2, s3 = r, z, n, a2
-    else:  # Elman RNN, tanh (2) or relu (3)
-        pre = a0 + i0
-        if CELL == 2:
-            h = _tanh(pre)
-        else:
-            h = tl.maximum(pre, 0.0)
-        s0 = h
-        s1, s2, s3 = s0, s0, s0
+    a0 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 0, HK, BLOCK_B, BLOCK_H,
+                    BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 0, H, offs_h, mh, HAS_BIAS, ACC)
+    a1, a2, a3 = a0, a0, a0
+    if NG >= 3:
+        a1 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, H, HK, BLOCK_B,
+                        BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 1, H, offs_h, mh,
+                                                                  HAS_BIAS, ACC)
+        a2 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 2 * H, HK, BLOCK_B,
+                        BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 2, H, offs_h, mh,
+                                                                  HAS_BIAS, ACC)
+    if NG == 4:
+        a3 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 3 * H, HK, BLOCK_B,
+                        BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 3, H, offs_h, mh,
+                                                                  HAS_BIAS, ACC)
+    h, c, c_prev, s0, s1, s2, s3 = _fwd_cell(a0, a1, a2, a3, _rows(gi_ptr, t, B, NG * H), cs_ptr,
+                                             h_prev, k, B, offs_b, offs_h, m2, H, NG, CELL, ACC)
     valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
-    out_ty = hs_ptr.dtype.element_ty
-    if HAS_PROJ:  # m_t, for the projection and for dW_hr (written at every step: finite)
-        tl.store(_rows(ms_ptr, t, B, H) + offs_b[:, None] * H + offs_h[None, :], h.to(out_ty),
-                 mask=m2)
+    _fwd_store(h, c, c_prev, h_prev, s0, s1, s2, s3, valid, hs_ptr, cs_ptr, out_ptr, saved_ptr,
+               ms_ptr, t, k, B, offs_b, offs_h, m2, H, NS, CELL, HAS_PROJ)
+
+
+@triton.jit
+def _grid_barrier(sync_ptr, target):
+    """Wait until every program of the launch has arrived `target` / programs times in all.
+    Release on arrival and acquire while spinning make the h_t written before the barrier
+    visible after it; a plain load in the spin would be hoisted out of the loop by the
+    compiler. Needs a cooperative launch (all programs resident) and a counter zeroed per
+    launch."""
+    tl.debug_barrier()
+    tl.atomic_add(sync_ptr, 1, sem="release", scope="gpu")
+    while tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu") < target:
+        pass
+    tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["k0", "T"])
+def _rnn_fwd_persistent_kernel(
+        gi_ptr, w_ptr, b_ptr, hs_ptr, cs_ptr, out_ptr, saved_ptr, mask_ptr, sync_ptr, k0, T, B,
+        H: tl.constexpr, HP: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr,
+        NS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+        REVERSE: tl.constexpr, ONE_STEP: tl.constexpr, BLOCK_B: tl.constexpr,
+        BLOCK_H: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """The whole sequence in one launch: each program loads its W_hh slice of every gate
+    (HP x BLOCK_H, HP = H padded to a power of two) once and keeps it on chip, then runs all T
+    steps with a grid barrier between them. Same buffers and writes as _rnn_fwd_step_kernel
+    (no projection). ONE_STEP runs step k0 only, without the barrier: Triton's CPU interpreter
+    runs programs one after another, so there the host loops over steps instead."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_k = tl.arange(0, HP)
+    mb, mh, mk = offs_b < B, offs_h < H, offs_k < H
+    m2 = mb[:, None] & mh[None, :]
+    w_mask = mk[:, None] & mh[None, :]
+    w_tile = w_ptr + offs_h[None, :] * H + offs_k[:, None]
+    w0 = tl.load(w_tile, mask=w_mask, other=0.0)
+    w1, w2, w3 = w0, w0, w0
+    if NG >= 3:
+        w1 = tl.load(w_tile + H * H, mask=w_mask, other=0.0)
+        w2 = tl.load(w_tile + 2 * H * H, mask=w_mask, other=0.0)
+    if NG == 4:
+        w3 = tl.load(w_tile + 3 * H * H, mask=w_mask, other=0.0)
+    b0 = _bias(b_ptr, 0, H, offs_h, mh, HAS_BIAS, ACC)
+    b1 = _bias(b_ptr, 1, H, offs_h, mh, HAS_BIAS and NG >= 3, ACC)
+    b2 = _bias(b_ptr, 2, H, offs_h, mh, HAS_BIAS and NG >= 3, ACC)
+    b3 = _bias(b_ptr, 3, H, offs_h, mh, HAS_BIAS and NG == 4, ACC)
+    if ONE_STEP:
+        _persistent_step(w0, w1, w2, w3, b0, b1, b2, b3, gi_ptr, hs_ptr, cs_ptr, out_ptr,
+                         saved_ptr, mask_ptr, k0, T, B, offs_b, offs_h, offs_k, mb, mk, m2, H,
+                         CELL, NG, NS, HAS_MASK, REVERSE, BLOCK_B, PRECISION, ACC)
     else:
-        tl.store(_rows(hs_ptr, k + 1, B, H) + offs_b[:, None] * H + offs_h[None, :],
-                 tl.where(valid, h, h_prev).to(out_ty), mask=m2)
-        tl.store(_rows(out_ptr, t, B, H) + offs_b[:, None] * H + offs_h[None, :],
-                 tl.where(valid, h, 0.0).to(out_ty), mask=m2)
-    tl.store(saved_base + offs_b[:, None] * (NS * H) + offs_h[None, :], s0, mask=m2)
-    if NS == 4:
-        tl.store(saved_base + offs_b[:, None] * (NS * H) + H + offs_h[None, :], s1, mask=m2)
-        tl.store(saved_base + offs_b[:, None] * (NS * H) + 2 * H + offs_h[None, :], s2, mask=m2)
-        tl.store(saved_base + offs_b[:, None] * (NS * H) + 3 * H + offs_h[None, :], s3, mask=m2)
-    if CELL == 0:
-        tl.store(_rows(cs_ptr, k + 1, B, H) + offs_b[:, None] * H + offs_h[None, :],
-                 tl.where(valid, c, c_prev), mask=m2)
+        n_programs = tl.num_programs(0) * tl.num_programs(1)
+        for k in range(T):
+            _persistent_step(w0, w1, w2, w3, b0, b1, b2, b3, gi_ptr, hs_ptr, cs_ptr, out_ptr,
+                             saved_ptr, mask_ptr, k, T, B, offs_b, offs_h, offs_k, mb, mk, m2,
+                             H, CELL, NG, NS, HAS_MASK, REVERSE, BLOCK_B, PRECISION, ACC)
+            _grid_barrier(sync_ptr, (k + 1) * n_programs)
+
+
+@triton.jit
+def _persistent_step(w0, w1, w2, w3, b0, b1, b2, b3, gi_ptr, hs_ptr, cs_ptr, out_ptr, saved_ptr,
+                     mask_ptr, k, T, B, offs_b, offs_h, offs_k, mb, mk, m2, H: tl.constexpr,
+                     CELL: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr,
+                     HAS_MASK: tl.constexpr, REVERSE: tl.constexpr, BLOCK_B: tl.constexpr,
+                     PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """Step k of _rnn_fwd_persistent_kernel, with the weight tiles already on chip."""
+    if REVERSE:
+        t = T - 1 - k
+    else:
+        t = k
+    h_base = _rows(hs_ptr, k, B, H)
+    h_all = tl.load(h_base + offs_b[:, None] * H + offs_k[None, :],
+                    mask=mb[:, None] & mk[None, :], other=0.0)
+    h_prev = _load_tile(h_base, offs_b, offs_h, H, m2, ACC)
+    a0 = tl.dot(h_all, w0, input_precision=PRECISION, out_dtype=ACC) + b0
+    a1, a2, a3 = a0, a0, a0
+    if NG >= 3:
+        a1 = tl.dot(h_all, w1, input_precision=PRECISION, out_dtype=ACC) + b1
+        a2 = tl.dot(h_all, w2, input_precision=PRECISION, out_dtype=ACC) + b2
+    if NG == 4:
+        a3 = tl.dot(h_all, w3, input_precision=PRECISION, out_dtype=ACC) + b3
+    h, c, c_prev, s0, s1, s2, s3 = _fwd_cell(a0, a1, a2, a3, _rows(gi_ptr, t, B, NG * H), cs_ptr,
+                                             h_prev, k, B, offs_b, offs_h, m2, H, NG, CELL, ACC)
+    valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
+    _fwd_store(h, c, c_prev, h_prev, s0, s1, s2, s3, valid, hs_ptr, cs_ptr, out_ptr, saved_ptr,
+               saved_ptr, t, k, B, offs_b, offs_h, m2, H, NS, CELL, False)
+
 
 @triton.jit(do_not_specialize=["t", "k"])
 def _lstm_proj_fwd_kernel(

@@ -8,14 +8,38 @@ Weight gradients come after the time loop as one GEMM each: dW_hh = dgatesᵀ·h
 T·B rows, db_hh = dgates summed. dgi goes back to autograd, which turns it into dx, dW_ih and
 db_ih through the hoisted input GEMM (F.linear in ops/stack.py).
 """
+import contextlib
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .. import _alloc
+from .. import _alloc, backends
 
 CELL_CODES = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
+# Forward variants: "step" (one launch per timestep) and "persistent" (one launch for the
+# sequence, W_hh on chip, a grid barrier per step). "step" is the default until the persistent
+# kernel has been run and timed on a GPU: its spin barrier is unverified there.
+VARIANTS = ("step", "persistent")
+_variant = "step"
+# W_hh bytes a persistent program may keep on chip (of 227 KiB shared memory per block on
+# sm_90), leaving room for the h_{t-1} operand of its dots.
+_PERSISTENT_W_BYTES = 160 * 1024
+
+
+@contextlib.contextmanager
+def variant(name: str):
+    """Run the Triton forward as `name` ("step" or "persistent") inside the block. A call the
+    persistent kernel cannot take (projection, W_hh slice too large, more programs than SMs)
+    runs per step."""
+    global _variant
+    if name not in VARIANTS:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {name!r}")
+    previous, _variant = _variant, name
+    try:
+        yield
+    finally:
+        _variant = previous
 
 
 def _kernels():
@@ -39,6 +63,25 @@ def _grid(B: int, width: int, cfg: dict):
     """Grid over (batch tiles, tiles of `width` units) and its BLOCK_H."""
     block = 16 if width <= 16 else 32
     return (-(-B // cfg["BLOCK_B"]), -(-width // block)), block
+
+
+def _persistent_plan(B: int, H: int, NG: int, dtype: torch.dtype, device, cfg) -> Optional[dict]:
+    """Tile for the persistent forward, or None where it does not apply. Every program keeps
+    NG slices of (HP x BLOCK_H) weights; the grid must fit on the GPU at once (cooperative
+    launch), so the narrowest hidden tile whose grid fits is taken."""
+    import triton
+    HP = max(16, triton.next_power_of_2(H))
+    elem = torch.empty((), dtype=dtype).element_size()
+    sms = (torch.cuda.get_device_properties(device).multi_processor_count
+           if device.type == "cuda" else None)
+    for block_h in (16, 32, 64):
+        if NG * HP * block_h * elem > _PERSISTENT_W_BYTES:
+            return None
+        programs = -(-B // cfg["BLOCK_B"]) * -(-H // block_h)
+        if sms is None or programs <= sms:
+            return dict(HP=HP, BLOCK_H=block_h,
+                        grid=(-(-B // cfg["BLOCK_B"]), -(-H // block_h)))
+    return None
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -77,7 +120,12 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     ms = _alloc.empty((T, B, H), like=gi) if proj else gi.new_empty(0)
     w_hr = w_hr.contiguous() if proj else None
     mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
-    if B > 0:
+    plan = None
+    if B > 0 and _variant == "persistent" and not proj:
+        plan = _persistent_plan(B, H, K.GATES[code], gi.dtype, gi.device, _config(B, gi.dtype))
+    if plan is not None:
+        _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, reverse, plan)
+    elif B > 0:
         cfg = _config(B, gi.dtype)
         grid, block_h = _grid(B, H, cfg)
         grid_p, block_p = _grid(B, HK, cfg)
@@ -96,6 +144,26 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
                     **cfg)
     c_n = cs[T].to(gi.dtype, copy=True) if is_lstm else gi.new_empty(0)
     return out, hs[T].clone(), c_n, saved, hs, cs, ms
+
+
+def _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, reverse, plan):
+    """The whole sequence in one cooperative launch; under Triton's CPU interpreter (which runs
+    programs one after another, so a barrier would deadlock) one launch per step instead."""
+    T, B, _ = gi.shape
+    H = w_hh.shape[0] // K.GATES[code]
+    cfg = _config(B, gi.dtype)
+    sync = torch.zeros(1, dtype=torch.int32, device=gi.device)  # barrier counter, per launch
+    args = (gi, w_hh, b_hh if b_hh is not None else gi, hs, cs if code == K.LSTM else gi, out,
+            saved, mask_u8 if mask_u8 is not None else gi, sync)
+    kw = dict(H=H, HP=plan["HP"], CELL=code, NG=K.GATES[code], NS=K.SAVED[code],
+              HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None, REVERSE=reverse,
+              BLOCK_H=plan["BLOCK_H"], num_warps=4, **cfg)
+    if backends.triton_interpreted():
+        for k in range(T):
+            K._rnn_fwd_persistent_kernel[plan["grid"]](*args, k, T, B, ONE_STEP=True, **kw)
+    else:
+        K._rnn_fwd_persistent_kernel[plan["grid"]](*args, 0, T, B, ONE_STEP=False,
+                                                   launch_cooperative_grid=True, **kw)
 
 
 def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
