@@ -339,38 +339,15 @@ def _lstm_proj_bwd_dh_kernel(
     tl.store(carry_h_ptr + tile, tl.where(valid, 0.0, g), mask=m2)
 
 
-@triton.jit(do_not_specialize=["t", "t_next", "k"])
-def _rnn_bwd_step_kernel(
-        w_ptr, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr, cs_ptr, carry_h_ptr, carry_c_ptr,
-        mask_ptr, t, t_next, k, B, H: tl.constexpr, P: tl.constexpr, CELL: tl.constexpr,
-        NG: tl.constexpr, NS: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_MASK: tl.constexpr,
-        HAS_PROJ: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-        BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
-    """Backward of step k (at time t). carry_h holds the part of dL/dhs[k+1] that does not come
-    through step k+1's gates (for the last step: dh_n); carry_c holds dL/dcs[k+1]. Adds
-    dgh[t_next]·W_hh (step k+1, if HAS_NEXT), writes dgh[t] (and dgi[t] for GRU, whose input
-    and recurrent n-gate gradients differ), and leaves the carries for step k-1.
-    With HAS_PROJ (LSTM with proj_size P), _lstm_proj_bwd_dh_kernel has already formed dh_t
-    (T, B, P) and its carry: here w_ptr is W_hr (P, H), dout_ptr is that dh, and the kernel
-    starts from dm_t = dh_t·W_hr (HAS_NEXT must be off)."""
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mb, mh = offs_b < B, offs_h < H
-    m2 = mb[:, None] & mh[None, :]
+@triton.jit
+def _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k, B,
+              offs_b, offs_h, m2, H: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr,
+              CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+              ACC: tl.constexpr):
+    """Backward through the cell of step k (time t) given dh = dL/dh_t: writes the gate
+    gradients dgh[t] (and dgi[t] for GRU), updates carry_c (LSTM: dL/dc), and returns the part
+    of dL/dh_{t-1} that does not go through W_hh (GRU: dh·z; zero otherwise)."""
     tile = offs_b[:, None] * H + offs_h[None, :]
-    valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
-    if HAS_PROJ:
-        dh = _matmul_w(_rows(dout_ptr, t, B, P), w_ptr, offs_b, offs_h, mb, mh, P, H,
-                       BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
-    else:
-        g_h = tl.load(carry_h_ptr + tile, mask=m2, other=0.0)
-        if HAS_NEXT:
-            rec = _matmul_w(_rows(dgh_ptr, t_next, B, NG * H), w_ptr, offs_b, offs_h, mb, mh,
-                            NG * H, H, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
-            g_h += tl.where(_valid_rows(mask_ptr, t_next, B, offs_b, mb, HAS_MASK, BLOCK_B),
-                            rec, 0.0)
-        dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC)
-                      + g_h, 0.0)
     sv = _rows(saved_ptr, t, B, NS * H)
     s0 = _load_tile(sv, offs_b, offs_h, NS * H, m2, ACC)
     gh_base = _rows(dgh_ptr, t, B, NG * H) + offs_b[:, None] * (NG * H) + offs_h[None, :]
@@ -417,5 +394,122 @@ def _rnn_bwd_step_kernel(
         else:
             d_pre = tl.where(s0 > 0, dh, 0.0)
         tl.store(gh_base, tl.where(valid, d_pre, 0.0), mask=m2)
+    return direct
+
+
+@triton.jit(do_not_specialize=["t", "t_next", "k"])
+def _rnn_bwd_step_kernel(
+        w_ptr, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr, cs_ptr, carry_h_ptr, carry_c_ptr,
+        mask_ptr, t, t_next, k, B, H: tl.constexpr, P: tl.constexpr, CELL: tl.constexpr,
+        NG: tl.constexpr, NS: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_MASK: tl.constexpr,
+        HAS_PROJ: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+        BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """Backward of step k (at time t). carry_h holds the part of dL/dhs[k+1] that does not come
+    through step k+1's gates (for the last step: dh_n); carry_c holds dL/dcs[k+1]. Adds
+    dgh[t_next]·W_hh (step k+1, if HAS_NEXT), writes dgh[t] (and dgi[t] for GRU, whose input
+    and recurrent n-gate gradients differ), and leaves the carries for step k-1.
+    With HAS_PROJ (LSTM with proj_size P), _lstm_proj_bwd_dh_kernel has already formed dh_t
+    (T, B, P) and its carry: here w_ptr is W_hr (P, H), dout_ptr is that dh, and the kernel
+    starts from dm_t = dh_t·W_hr (HAS_NEXT must be off)."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mb, mh = offs_b < B, offs_h < H
+    m2 = mb[:, None] & mh[None, :]
+    tile = offs_b[:, None] * H + offs_h[None, :]
+    valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
+    if HAS_PROJ:
+        dh = _matmul_w(_rows(dout_ptr, t, B, P), w_ptr, offs_b, offs_h, mb, mh, P, H,
+                       BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
+    else:
+        g_h = tl.load(carry_h_ptr + tile, mask=m2, other=0.0)
+        if HAS_NEXT:
+            rec = _matmul_w(_rows(dgh_ptr, t_next, B, NG * H), w_ptr, offs_b, offs_h, mb, mh,
+                            NG * H, H, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
+            g_h += tl.where(_valid_rows(mask_ptr, t_next, B, offs_b, mb, HAS_MASK, BLOCK_B),
+                            rec, 0.0)
+        dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC)
+                      + g_h, 0.0)
+    direct = _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k,
+                       B, offs_b, offs_h, m2, H, NG, NS, CELL, BLOCK_B, BLOCK_H, ACC)
     if not HAS_PROJ:
         tl.store(carry_h_ptr + tile, tl.where(valid, direct, g_h), mask=m2)
+
+
+@triton.jit(do_not_specialize=["k0", "T"])
+def _rnn_bwd_persistent_kernel(
+        w_ptr, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr, cs_ptr, carry_h_ptr, carry_c_ptr,
+        mask_ptr, sync_ptr, k0, T, B, H: tl.constexpr, HP: tl.constexpr, CELL: tl.constexpr,
+        NG: tl.constexpr, NS: tl.constexpr, HAS_MASK: tl.constexpr, REVERSE: tl.constexpr,
+        ONE_STEP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+        PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """The whole backward in one launch, steps T-1 .. 0 with a grid barrier between them. Each
+    program keeps its columns of W_hh (per gate HP x BLOCK_H: W_hh[g·H + n, j]) on chip for
+    dgates_{t+1}·W_hh. Same buffers and writes as _rnn_bwd_step_kernel (no projection).
+    ONE_STEP runs step k0 only, without the barrier (Triton's CPU interpreter)."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_n = tl.arange(0, HP)
+    mb, mh, mn = offs_b < B, offs_h < H, offs_n < H
+    m2 = mb[:, None] & mh[None, :]
+    w_mask = mn[:, None] & mh[None, :]
+    w_tile = w_ptr + offs_n[:, None] * H + offs_h[None, :]
+    w0 = tl.load(w_tile, mask=w_mask, other=0.0)
+    w1, w2, w3 = w0, w0, w0
+    if NG >= 3:
+        w1 = tl.load(w_tile + H * H, mask=w_mask, other=0.0)
+        w2 = tl.load(w_tile + 2 * H * H, mask=w_mask, other=0.0)
+    if NG == 4:
+        w3 = tl.load(w_tile + 3 * H * H, mask=w_mask, other=0.0)
+    if ONE_STEP:
+        _persistent_bwd_step(w0, w1, w2, w3, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr,
+                             cs_ptr, carry_h_ptr, carry_c_ptr, mask_ptr, k0, T, B, offs_b,
+                             offs_h, offs_n, mb, mn, m2, H, CELL, NG, NS, HAS_MASK, REVERSE,
+                             BLOCK_B, BLOCK_H, PRECISION, ACC)
+    else:
+        n_programs = tl.num_programs(0) * tl.num_programs(1)
+        for i in range(T):
+            _persistent_bwd_step(w0, w1, w2, w3, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr,
+                                 cs_ptr, carry_h_ptr, carry_c_ptr, mask_ptr, T - 1 - i, T, B,
+                                 offs_b, offs_h, offs_n, mb, mn, m2, H, CELL, NG, NS, HAS_MASK,
+                                 REVERSE, BLOCK_B, BLOCK_H, PRECISION, ACC)
+            _grid_barrier(sync_ptr, (i + 1) * n_programs)
+
+
+@triton.jit
+def _persistent_bwd_step(w0, w1, w2, w3, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr, cs_ptr,
+                         carry_h_ptr, carry_c_ptr, mask_ptr, k, T, B, offs_b, offs_h, offs_n,
+                         mb, mn, m2, H: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr,
+                         NS: tl.constexpr, HAS_MASK: tl.constexpr, REVERSE: tl.constexpr,
+                         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, PRECISION: tl.constexpr,
+                         ACC: tl.constexpr):
+    """Step k of _rnn_bwd_persistent_kernel. The last step (k = T-1) has no next step: its
+    loads of dgh are masked off rather than branched around (k is a runtime value)."""
+    if REVERSE:
+        t = T - 1 - k
+        t_next = tl.maximum(t - 1, 0)
+    else:
+        t = k
+        t_next = tl.minimum(t + 1, T - 1)
+    has_next = k + 1 < T
+    tile = offs_b[:, None] * H + offs_h[None, :]
+    g_h = tl.load(carry_h_ptr + tile, mask=m2, other=0.0)
+    d_base = _rows(dgh_ptr, t_next, B, NG * H) + offs_b[:, None] * (NG * H) + offs_n[None, :]
+    d_mask = mb[:, None] & mn[None, :] & has_next
+    w_ty = w0.dtype
+    rec = tl.dot(tl.load(d_base, mask=d_mask, other=0.0).to(w_ty), w0, input_precision=PRECISION,
+                 out_dtype=ACC)
+    if NG >= 3:
+        rec += tl.dot(tl.load(d_base + H, mask=d_mask, other=0.0).to(w_ty), w1,
+                      input_precision=PRECISION, out_dtype=ACC)
+        rec += tl.dot(tl.load(d_base + 2 * H, mask=d_mask, other=0.0).to(w_ty), w2,
+                      input_precision=PRECISION, out_dtype=ACC)
+    if NG == 4:
+        rec += tl.dot(tl.load(d_base + 3 * H, mask=d_mask, other=0.0).to(w_ty), w3,
+                      input_precision=PRECISION, out_dtype=ACC)
+    g_h += tl.where(_valid_rows(mask_ptr, t_next, B, offs_b, mb, HAS_MASK, BLOCK_B), rec, 0.0)
+    valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
+    dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC) + g_h,
+                  0.0)
+    direct = _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k,
+                       B, offs_b, offs_h, m2, H, NG, NS, CELL, BLOCK_B, BLOCK_H, ACC)
+    tl.store(carry_h_ptr + tile, tl.where(valid, direct, g_h), mask=m2)

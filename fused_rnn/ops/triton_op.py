@@ -166,6 +166,26 @@ def _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, revers
                                                    launch_cooperative_grid=True, **kw)
 
 
+def _bwd_persistent(K, code, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
+                    reverse, plan):
+    """The whole backward in one cooperative launch (per step under the interpreter)."""
+    T, B = dout.shape[0], dout.shape[1]
+    H = w_hh.shape[0] // K.GATES[code]
+    cfg = _config(B, hs.dtype)
+    sync = torch.zeros(1, dtype=torch.int32, device=hs.device)
+    args = (w_hh, dgh, dgi, dout, saved, hs, cs if code == K.LSTM else hs, carry_h, carry_c,
+            mask_u8 if mask_u8 is not None else dout, sync)
+    kw = dict(H=H, HP=plan["HP"], CELL=code, NG=K.GATES[code], NS=K.SAVED[code],
+              HAS_MASK=mask_u8 is not None, REVERSE=reverse, BLOCK_H=plan["BLOCK_H"],
+              num_warps=4, **cfg)
+    if backends.triton_interpreted():
+        for k in range(T - 1, -1, -1):
+            K._rnn_bwd_persistent_kernel[plan["grid"]](*args, k, T, B, ONE_STEP=True, **kw)
+    else:
+        K._rnn_bwd_persistent_kernel[plan["grid"]](*args, 0, T, B, ONE_STEP=False,
+                                                   launch_cooperative_grid=True, **kw)
+
+
 def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
                    dc_n: Optional[Tensor], saved: Tensor, hs: Tensor, cs: Tensor, ms: Tensor,
                    w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor], reverse: bool,
@@ -191,7 +211,13 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
     dhs = _alloc.empty((T, B, HK), like=saved) if proj else None  # dL/dh_t, for dW_hr
     mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
     times = _step_times(T, reverse)
-    if B > 0:
+    plan = None
+    if B > 0 and _variant == "persistent" and not proj:
+        plan = _persistent_plan(B, H, NG, hs.dtype, hs.device, _config(B, hs.dtype))
+    if plan is not None:
+        _bwd_persistent(K, code, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
+                        reverse, plan)
+    elif B > 0:
         cfg = _config(B, hs.dtype)
         grid, block_h = _grid(B, H, cfg)
         grid_p, block_p = _grid(B, HK, cfg)
