@@ -147,8 +147,11 @@ def measure(fn: Callable[[], None], device: torch.device,
     fn()  # warm-up
     m = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()) \
         .blocked_autorange(min_run_time=0.2)
-    times = torch.tensor(m.times) * 1e3
-    return (times.median().item(), times.quantile(0.2).item(), times.quantile(0.8).item())
+    # One interpolation rule for all three (torch.median takes the lower middle value, which
+    # can fall below an interpolated 20th percentile when there are few samples).
+    q = torch.tensor(m.times, dtype=torch.float64).quantile(
+        torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64)) * 1e3
+    return q[0].item(), q[1].item(), q[2].item()
 
 
 def peak_mb(fn: Callable[[], None], device: torch.device) -> Optional[float]:
