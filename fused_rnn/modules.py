@@ -11,7 +11,12 @@ from . import functional as F
 
 
 class _Backend:
-    """The `backend` attribute: a checked backend name (see fused_rnn.backends)."""
+    """The `backend` keyword and attribute: a checked backend name (see fused_rnn.backends).
+    Every other constructor argument goes to the torch.nn class unchanged."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
 
     @property
     def backend(self) -> str:
@@ -42,25 +47,13 @@ class _FusedRNNBase(_Backend):
 class LSTM(_FusedRNNBase, nn.LSTM):
     """nn.LSTM with fused_rnn backends. Same arguments as nn.LSTM, plus backend="auto"."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
-
 
 class GRU(_FusedRNNBase, nn.GRU):
     """nn.GRU with fused_rnn backends. Same arguments as nn.GRU, plus backend="auto"."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
-
 
 class RNN(_FusedRNNBase, nn.RNN):
     """nn.RNN with fused_rnn backends. Same arguments as nn.RNN, plus backend="auto"."""
-
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
 
 
 class _FusedCellBase(_Backend):
@@ -77,25 +70,13 @@ class _FusedCellBase(_Backend):
 class LSTMCell(_FusedCellBase, nn.LSTMCell):
     """nn.LSTMCell with fused_rnn backends, plus backend="auto"."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
-
 
 class GRUCell(_FusedCellBase, nn.GRUCell):
     """nn.GRUCell with fused_rnn backends, plus backend="auto"."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
-
 
 class RNNCell(_FusedCellBase, nn.RNNCell):
     """nn.RNNCell with fused_rnn backends, plus backend="auto"."""
-
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backend = backend
 
 
 _FUSED = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN,

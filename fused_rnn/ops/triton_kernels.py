@@ -220,6 +220,20 @@ def _grid_barrier(sync_ptr, target):
     tl.debug_barrier()
 
 
+@triton.jit
+def _gate_slices(ptrs, mask, H: tl.constexpr, NG: tl.constexpr):
+    """The same tile of W_hh (G·H, H) in each of the NG gates (gate g starts g·H rows down),
+    loaded once by a persistent program and kept on chip. Unused gates repeat gate 0."""
+    w0 = tl.load(ptrs, mask=mask, other=0.0)
+    w1, w2, w3 = w0, w0, w0
+    if NG >= 3:
+        w1 = tl.load(ptrs + H * H, mask=mask, other=0.0)
+        w2 = tl.load(ptrs + 2 * H * H, mask=mask, other=0.0)
+    if NG == 4:
+        w3 = tl.load(ptrs + 3 * H * H, mask=mask, other=0.0)
+    return w0, w1, w2, w3
+
+
 @triton.jit(do_not_specialize=["k0", "T"])
 def _rnn_fwd_persistent_kernel(
         gi_ptr, w_ptr, b_ptr, hs_ptr, cs_ptr, out_ptr, saved_ptr, mask_ptr, sync_ptr, k0, T, B,
@@ -237,15 +251,9 @@ def _rnn_fwd_persistent_kernel(
     offs_k = tl.arange(0, HP)
     mb, mh, mk = offs_b < B, offs_h < H, offs_k < H
     m2 = mb[:, None] & mh[None, :]
-    w_mask = mk[:, None] & mh[None, :]
-    w_tile = w_ptr + offs_h[None, :] * H + offs_k[:, None]
-    w0 = tl.load(w_tile, mask=w_mask, other=0.0)
-    w1, w2, w3 = w0, w0, w0
-    if NG >= 3:
-        w1 = tl.load(w_tile + H * H, mask=w_mask, other=0.0)
-        w2 = tl.load(w_tile + 2 * H * H, mask=w_mask, other=0.0)
-    if NG == 4:
-        w3 = tl.load(w_tile + 3 * H * H, mask=w_mask, other=0.0)
+    # w_g[k, j] = W_hh[g·H + j, k]: row j of gate g, as the right operand of h·W_hh,gᵀ.
+    w0, w1, w2, w3 = _gate_slices(w_ptr + offs_h[None, :] * H + offs_k[:, None],
+                                  mk[:, None] & mh[None, :], H, NG)
     b0 = _bias(b_ptr, 0, H, offs_h, mh, HAS_BIAS, ACC)
     b1 = _bias(b_ptr, 1, H, offs_h, mh, HAS_BIAS and NG >= 3, ACC)
     b2 = _bias(b_ptr, 2, H, offs_h, mh, HAS_BIAS and NG >= 3, ACC)
@@ -451,15 +459,9 @@ def _rnn_bwd_persistent_kernel(
     offs_n = tl.arange(0, HP)
     mb, mh, mn = offs_b < B, offs_h < H, offs_n < H
     m2 = mb[:, None] & mh[None, :]
-    w_mask = mn[:, None] & mh[None, :]
-    w_tile = w_ptr + offs_n[:, None] * H + offs_h[None, :]
-    w0 = tl.load(w_tile, mask=w_mask, other=0.0)
-    w1, w2, w3 = w0, w0, w0
-    if NG >= 3:
-        w1 = tl.load(w_tile + H * H, mask=w_mask, other=0.0)
-        w2 = tl.load(w_tile + 2 * H * H, mask=w_mask, other=0.0)
-    if NG == 4:
-        w3 = tl.load(w_tile + 3 * H * H, mask=w_mask, other=0.0)
+    # w_g[n, j] = W_hh[g·H + n, j]: column j of gate g, for dgates_g·W_hh,g.
+    w0, w1, w2, w3 = _gate_slices(w_ptr + offs_n[:, None] * H + offs_h[None, :],
+                                  mn[:, None] & mh[None, :], H, NG)
     if ONE_STEP:
         _persistent_bwd_step(w0, w1, w2, w3, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr,
                              cs_ptr, carry_h_ptr, carry_c_ptr, mask_ptr, k0, T, B, offs_b,
