@@ -6,6 +6,7 @@ parameters, and the backends (fused_rnn/ops) assume checked, time-major inputs.
 Empty inputs: a batch of size 0 gives empty outputs of the right shapes, as nn.LSTM does. A
 sequence of length 0 is an error, as in nn.LSTM ("input: sequence length must be at least 1").
 """
+import contextlib
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -65,11 +66,16 @@ def _check_options(mode, num_layers, dropout, proj_size, bidirectional, bias, ba
             raise ValueError(f"{name}: expected a bool, got {value!r}")
 
 
-def _check_weights(mode, weights, *, num_layers, bidirectional, bias, proj_size):
+def _check_weights(mode, weights, *, num_layers, bidirectional, bias, proj_size, labels=None):
     """Check count, shapes, dtype and device of the flat weight list (nn.LSTM._flat_weights
-    order). Returns (input_size, hidden_size)."""
+    order). labels name the weights in messages (the cells' w_ih, w_hh, b_ih, b_hh); by
+    default "weights[k] (weight_hh_l0)". Returns (input_size, hidden_size)."""
     D = 2 if bidirectional else 1
     per = 2 + 2 * bias + (proj_size > 0)
+    if labels is not None:
+        for label, w in zip(labels, weights):
+            if not isinstance(w, Tensor):
+                raise TypeError(f"{label}: expected a Tensor, got {type(w).__name__}")
     if not isinstance(weights, (list, tuple)) or not all(isinstance(w, Tensor) for w in weights):
         raise TypeError("weights: expected a list of Tensors (nn.LSTM._flat_weights order)")
     if len(weights) != num_layers * D * per:
@@ -80,8 +86,9 @@ def _check_weights(mode, weights, *, num_layers, bidirectional, bias, proj_size)
     G = GATES[mode]
     w0 = weights[0]
     if w0.dim() != 2 or w0.shape[0] % G:
-        raise ValueError(f"weights[0] (weight_ih_l0): expected shape ({G}*hidden_size, "
-                         f"input_size), got {_shape(w0)}")
+        label = labels[0] if labels else "weights[0] (weight_ih_l0)"
+        raise ValueError(f"{label}: expected shape ({G}*hidden_size, input_size), "
+                         f"got {_shape(w0)}")
     H, I = w0.shape[0] // G, w0.shape[1]
     H_out = proj_size or H
     if proj_size >= H and proj_size:
@@ -98,7 +105,7 @@ def _check_weights(mode, weights, *, num_layers, bidirectional, bias, proj_size)
         for j, (name, shape) in enumerate(expected):
             idx = k * per + j
             w = weights[idx]
-            label = f"weights[{idx}] ({name}{tag})"
+            label = labels[idx] if labels else f"weights[{idx}] ({name}{tag})"
             if _shape(w) != shape:
                 raise ValueError(f"{label}: expected shape {shape}, got {_shape(w)}")
             if w.dtype != w0.dtype or w.device != w0.device:
@@ -153,7 +160,7 @@ def _check_hx(hx, *, state_shapes, names, unbatched, like: Tensor):
     if n == 2:
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(f"hx: expected a tuple (h_0, c_0) of two tensors for LSTM, "
-                            f"got {type(hx).__name__}")
+                            f"got {_describe(hx)}")
         hx = list(hx)
     else:
         hx = [hx]
@@ -172,8 +179,42 @@ def _check_hx(hx, *, state_shapes, names, unbatched, like: Tensor):
     return states
 
 
+def _describe(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
 def _drop_batch(shape):
     return tuple(shape[:-2]) + (shape[-1],)
+
+
+def _autocast_dtype(like: Tensor) -> Optional[torch.dtype]:
+    """The dtype to run in under CUDA autocast (as torch runs cuDNN's RNNs: input, states and
+    weights cast to the autocast dtype), if it is on and like is float32. On the CPU torch's
+    autocast treats its RNNs unevenly (nn.GRU stays float32, nn.RNN casts, nn.LSTM fails in
+    torch 2.13 with oneDNN), so there we stay in the input's dtype."""
+    if like.device.type == "cuda" and like.dtype == torch.float32 \
+            and torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return None
+
+
+def _autocast_off(device: torch.device):
+    """Our backends pick dtypes themselves: autocast must not recast F.linear's output under
+    them (that would mix bf16 gates with fp32 weights)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _cast(dtype, x, seq, h0, c0, weights):
+    """x, seq, h0, c0 and every weight in dtype (None stays None)."""
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    if seq is not None:
+        seq = PackedSequence(seq.data.to(dtype), seq.batch_sizes, seq.sorted_indices,
+                             seq.unsorted_indices)
+    return cast(x), seq, cast(h0), cast(c0), [cast(w) for w in weights]
 
 
 def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, training,
@@ -193,23 +234,20 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
                        like=like)
     h0, c0 = states[0], (states[1] if mode == "LSTM" else None)
 
-    name = backends.resolve(backend, like.device, like.dtype)
-    if name == "cudnn":
+    target = _autocast_dtype(like)
+    name = backends.resolve(backend, like.device, target or like.dtype)
+    if name == "cudnn":  # ATen applies autocast to its own kernels
         output, h_n, c_n = run_native(mode, x if seq is None else seq, h0, c0, list(weights),
                                       bias=bias, num_layers=num_layers, dropout=float(dropout),
                                       training=training, bidirectional=bidirectional)
     else:
-        mask = None
-        if seq is not None:
-            x = _packing.unpack(seq)
-            steps = torch.arange(x.shape[0], device=x.device)
-            mask = (steps[:, None] < _packing.lengths(seq)[None, :]).unsqueeze(-1)
-        groups = group_weights(weights, LD, bias, proj_size > 0)
-        output, h_n, c_n = run_stack(mode, x, h0, c0, groups, num_layers=num_layers,
-                                     bidirectional=bidirectional, dropout=dropout,
-                                     training=training, mask=mask, layer_fn=_layer_fn(name))
-        if seq is not None:
-            output = _packing.pack_like(output, seq)
+        if target is not None:
+            x, seq, h0, c0, weights = _cast(target, x, seq, h0, c0, weights)
+        with _autocast_off(like.device):
+            output, h_n, c_n = _run_layers(mode, x, seq, h0, c0, weights, name, bias=bias,
+                                           proj=proj_size > 0, num_layers=num_layers,
+                                           dropout=dropout, training=training,
+                                           bidirectional=bidirectional)
     if seq is None:
         if unbatched:
             output = output.squeeze(1)
@@ -217,6 +255,23 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
             c_n = None if c_n is None else c_n.squeeze(1)
         elif batch_first:
             output = output.transpose(0, 1)
+    return output, h_n, c_n
+
+
+def _run_layers(mode, x, seq, h0, c0, weights, name, *, bias, proj, num_layers, dropout,
+                training, bidirectional):
+    """The layer-by-layer backends (ops/stack.py): unpack and mask packed input, run, repack."""
+    mask = None
+    if seq is not None:
+        x = _packing.unpack(seq)
+        steps = torch.arange(x.shape[0], device=x.device)
+        mask = (steps[:, None] < _packing.lengths(seq)[None, :]).unsqueeze(-1)
+    groups = group_weights(weights, h0.shape[0], bias, proj)
+    output, h_n, c_n = run_stack(mode, x, h0, c0, groups, num_layers=num_layers,
+                                 bidirectional=bidirectional, dropout=dropout,
+                                 training=training, mask=mask, layer_fn=_layer_fn(name))
+    if seq is not None:
+        output = _packing.pack_like(output, seq)
     return output, h_n, c_n
 
 
@@ -279,7 +334,8 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
         raise ValueError("b_ih, b_hh: expected both or neither, got only one")
     weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
     I, H = _check_weights(mode, weights, num_layers=1, bidirectional=False,
-                          bias=b_ih is not None, proj_size=0)
+                          bias=b_ih is not None, proj_size=0,
+                          labels=["w_ih", "w_hh", "b_ih", "b_hh"])
     if not isinstance(input, Tensor):
         raise TypeError(f"input: expected a Tensor, got {type(input).__name__}")
     if input.dim() not in (1, 2):
@@ -293,7 +349,7 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
         names = ("hx[0] (h)", "hx[1] (c)")
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError(f"hx: expected a tuple (h, c) of two tensors for LSTMCell, "
-                            f"got {type(hx).__name__}")
+                            f"got {_describe(hx)}")
     else:
         names = ("hx (h)",)
         hx = None if hx is None else (hx,)
@@ -304,15 +360,20 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
     if unbatched:
         hx = [h.unsqueeze(0) for h in hx]
     h, c = hx[0], (hx[1] if mode == "LSTM" else None)
-    name = backends.resolve(backend, x.device, x.dtype)
-    if name == "cudnn":
+    target = _autocast_dtype(x)
+    name = backends.resolve(backend, x.device, target or x.dtype)
+    if name == "cudnn":  # ATen applies autocast to its own kernels
         h, c = cell_native(mode, x, h, c, w_ih, w_hh, b_ih, b_hh)
-    elif name == "reference":
-        gi = F.linear(x, w_ih, b_ih)
-        h, c = _cells.step(mode, gi, F.linear(h, w_hh, b_hh), h, c)
-    else:  # a fused backend: one step of its layer recurrence
-        _, h, c = _layer_fn(name)(mode, F.linear(x, w_ih, b_ih)[None], h, c, w_hh, b_hh, None,
-                                  None, False)
+    else:
+        if target is not None:
+            x, _, h, c, (w_ih, w_hh, b_ih, b_hh) = _cast(target, x, None, h, c,
+                                                          [w_ih, w_hh, b_ih, b_hh])
+        with _autocast_off(x.device):
+            gi = F.linear(x, w_ih, b_ih)
+            if name == "reference":
+                h, c = _cells.step(mode, gi, F.linear(h, w_hh, b_hh), h, c)
+            else:  # a fused backend: one step of its layer recurrence
+                _, h, c = _layer_fn(name)(mode, gi[None], h, c, w_hh, b_hh, None, None, False)
     if unbatched:
         h, c = h.squeeze(0), (None if c is None else c.squeeze(0))
     return h, c

@@ -117,3 +117,18 @@ def test_cli_bench_writes_json_plot_and_table(tmp_path, capsys, monkeypatch):
 def test_cli_bench_rejects_bad_shape(tmp_path):
     with pytest.raises(SystemExit, match="T,B,I,H"):
         cli.main(["bench", "--shapes", "5,2,6", "--out", str(tmp_path)])
+
+
+def test_a_failing_row_is_reported_not_fatal(monkeypatch):
+    original = S.run_row
+
+    def run_row(provider, *args, **kw):
+        if provider == "loop":
+            raise RuntimeError("out of resources: shared memory")
+        return original(provider, *args, **kw)
+
+    monkeypatch.setattr(S, "run_row", run_row)
+    res = S.run_suite(S.default_suite(CPU, shapes=[(3, 2, 4, 4)], cells=["GRU"]))
+    assert {r["provider"] for r in res["rows"]} == {"cudnn", "reference"}
+    assert res["meta"]["skipped"]["loop fp32 GRU 3,2,4,4"] == \
+        "failed: RuntimeError: out of resources: shared memory"

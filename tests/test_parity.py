@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import fused_rnn
-from fused_rnn import _alloc, functional, testing
+from fused_rnn import _alloc, backends, functional, testing
 from fused_rnn.testing import Case
 
 GRID = testing.random_cases(120, seed=2026)
@@ -171,3 +171,27 @@ def test_non_contiguous_input_and_state():
 def test_case_label_names_the_options():
     c = dataclasses.replace(GRID[0], packed="unsorted", proj_size=0, bias=False)
     assert "packed-unsorted" in c.label() and "no-bias" in c.label()
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_cpu_autocast_leaves_the_computation_alone(cell, backend):
+    """On the CPU our backends run in the input's dtype under autocast (torch's CPU autocast
+    treats its RNNs unevenly; CUDA autocast is covered in tests/test_triton_gpu.py), and
+    autocast does not recast their internal GEMMs (which once mixed bf16 and fp32)."""
+    if backend == "triton" and not backends.triton_interpreted():
+        pytest.skip("the triton backend runs on the CPU only under TRITON_INTERPRET=1")
+    torch.manual_seed(0)
+    m = getattr(fused_rnn, cell)(5, 8, num_layers=2, backend=backend)
+    x = torch.randn(6, 3, 5)
+    plain, _ = m(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = m(x)
+    assert got.dtype == torch.float32 and torch.equal(got, plain)
+
+
+def test_check_refuses_dropout_off_the_cpu():
+    case = Case("LSTM", T=2, B=2, I=3, H=4, num_layers=2, dropout=0.5)
+    with pytest.raises(ValueError, match="dropout in training draws different masks"):
+        testing.check(case, "reference", torch.float32, "cuda")
+    assert not any(c.dropout for c in testing.random_cases(60, seed=1, with_dropout=False))

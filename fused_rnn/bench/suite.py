@@ -243,7 +243,7 @@ def git_commit() -> Optional[str]:
 
 def run_suite(suite: Suite, progress: Optional[Callable] = None) -> dict:
     """Run every row. Returns {"meta": ..., "rows": [...]}, with meta["skipped"] giving each
-    provider that could not run (per dtype) and why."""
+    provider that could not run (per dtype) and why, and each row that failed, with its error."""
     skipped: Dict[str, str] = {}
     jobs = []
     for dtype in suite.dtypes:
@@ -257,7 +257,12 @@ def run_suite(suite: Suite, progress: Optional[Callable] = None) -> dict:
     rows = []
     with _alloc.poisoned(False):  # never time the NaN fill that tests turn on
         for job in (progress(jobs) if progress else jobs):
-            rows += run_row(*job, suite.device, suite.modes)
+            try:
+                rows += run_row(*job, suite.device, suite.modes)
+            except Exception as err:  # one failing row must not end the suite: report it
+                provider, cell, shape, dtype = job
+                skipped[f"{provider} {dtype} {cell} {','.join(map(str, shape))}"] = \
+                    f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
     meta = metadata(suite)
     meta["skipped"] = skipped
     return {"meta": meta, "rows": rows}

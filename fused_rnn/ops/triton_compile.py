@@ -100,12 +100,22 @@ def variants():
 
 
 def persistent_variants():
-    """The persistent forward and backward with their grid barriers (ONE_STEP off), per cell
-    and dtype at H=48, and bf16 LSTM at H=256 (4 x 256 x 16 bf16 = 32 KiB of W_hh per
-    program)."""
-    # BLOCK_H=16: the tile _persistent_plan takes first (the narrowest whose grid fits).
+    """The persistent forward and backward with their grid barriers (ONE_STEP off): every cell
+    and dtype at H=48 with the tile the planner takes first (16), and the worst case the
+    planner allows per cell and dtype: the largest H it takes with the widest tile that fits."""
+    import torch
+    from .triton_op import PERSISTENT_BLOCK_B, persistent_max_hp, persistent_tiles
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                   "fp64": torch.float64}
     configs = [(cell, dtype, 48, 16) for cell, dtype in itertools.product(K.GATES, DTYPES)]
-    configs.append((K.LSTM, "bf16", 256, 16))
+    for cell, dtype in itertools.product(K.GATES, DTYPES):
+        elem, _, precision = DTYPES[dtype]
+        max_hp = persistent_max_hp(torch_dtype[elem], precision)
+        tiles = persistent_tiles(K.GATES[cell], max_hp,
+                                 torch.empty((), dtype=torch_dtype[elem]).element_size(),
+                                 elem == "fp32" and precision == "ieee")
+        if tiles:
+            configs.append((cell, dtype, max_hp, tiles[-1]))
     for cell, dtype, H, block_h in configs:
         elem, acc, precision = DTYPES[dtype]
         acc_t = "fp64" if acc == tl.float64 else "fp32"
@@ -113,8 +123,8 @@ def persistent_variants():
                     cs_ptr=f"*{acc_t}", out_ptr=f"*{elem}", saved_ptr=f"*{acc_t}",
                     mask_ptr="*u8", sync_ptr="*i32")
         cx = dict(H=H, HP=triton.next_power_of_2(H), CELL=cell, NG=K.GATES[cell],
-                  NS=K.SAVED[cell], HAS_BIAS=1, HAS_MASK=1, REVERSE=1, ONE_STEP=0, BLOCK_B=16,
-                  BLOCK_H=block_h, PRECISION=precision, ACC=acc)
+                  NS=K.SAVED[cell], HAS_BIAS=1, HAS_MASK=1, REVERSE=1, ONE_STEP=0,
+                  BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=block_h, PRECISION=precision, ACC=acc)
         yield (K._rnn_fwd_persistent_kernel,
                _signature(K._rnn_fwd_persistent_kernel, ptrs, {"k0", "T", "B"}, cx), cx,
                f"persistent fwd cell={cell} {dtype} H={H} BLOCK_H={block_h}")

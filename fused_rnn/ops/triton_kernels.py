@@ -338,9 +338,9 @@ def _lstm_proj_bwd_dh_kernel(
     tile = offs_b[:, None] * P + offs_p[None, :]
     g = tl.load(carry_h_ptr + tile, mask=m2, other=0.0)
     if HAS_NEXT:
-        rec = _matmul_w(_rows(dgh_ptr, t_next, B, 4 * H), w_ptr, offs_b, offs_p, mb, mp, 4 * H,
-                        P, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
-        g += tl.where(_valid_rows(mask_ptr, t_next, B, offs_b, mb, HAS_MASK, BLOCK_B), rec, 0.0)
+        # dgh rows are zero where step k+1 lies past the sequence's end: no mask needed.
+        g += _matmul_w(_rows(dgh_ptr, t_next, B, 4 * H), w_ptr, offs_b, offs_p, mb, mp, 4 * H,
+                       P, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
     valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
     dout = tl.load(_rows(dout_ptr, t, B, P) + tile, mask=m2, other=0.0).to(ACC)
     tl.store(_rows(dhs_ptr, t, B, P) + tile, tl.where(valid, dout + g, 0.0), mask=m2)
@@ -431,10 +431,9 @@ def _rnn_bwd_step_kernel(
     else:
         g_h = tl.load(carry_h_ptr + tile, mask=m2, other=0.0)
         if HAS_NEXT:
-            rec = _matmul_w(_rows(dgh_ptr, t_next, B, NG * H), w_ptr, offs_b, offs_h, mb, mh,
-                            NG * H, H, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
-            g_h += tl.where(_valid_rows(mask_ptr, t_next, B, offs_b, mb, HAS_MASK, BLOCK_B),
-                            rec, 0.0)
+            # dgh rows are zero where step k+1 lies past the sequence's end: no mask needed.
+            g_h += _matmul_w(_rows(dgh_ptr, t_next, B, NG * H), w_ptr, offs_b, offs_h, mb, mh,
+                             NG * H, H, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
         dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC)
                       + g_h, 0.0)
     direct = _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k,
@@ -508,7 +507,7 @@ def _persistent_bwd_step(w0, w1, w2, w3, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, 
     if NG == 4:
         rec += tl.dot(tl.load(d_base + 3 * H, mask=d_mask, other=0.0).to(w_ty), w3,
                       input_precision=PRECISION, out_dtype=ACC)
-    g_h += tl.where(_valid_rows(mask_ptr, t_next, B, offs_b, mb, HAS_MASK, BLOCK_B), rec, 0.0)
+    g_h += rec  # dgh rows are zero where step k+1 lies past the sequence's end
     valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
     dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC) + g_h,
                   0.0)

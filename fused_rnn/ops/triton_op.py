@@ -21,10 +21,16 @@ CELL_CODES = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
 # sequence, W_hh on chip, a grid barrier per step). "step" is the default until the persistent
 # kernel has been run and timed on a GPU: its spin barrier is unverified there.
 VARIANTS = ("step", "persistent")
-_variant = "step"
-# W_hh bytes a persistent program may keep on chip (of 227 KiB shared memory per block on
-# sm_90), leaving room for the h_{t-1} operand of its dots.
-_PERSISTENT_W_BYTES = 160 * 1024
+_variant = "step"  # read once per layer call, at forward time, and handed to both ops
+# A persistent program keeps its W_hh slices and one dot operand on chip: at most 180 KiB of
+# the 227 KiB of shared memory a block may have on sm_90. Limits read from sm_90 compiles
+# (python -m fused_rnn.ops.triton_compile): H padded to a power of two up to 256 (at 512 the
+# fp32 LSTM needs a 10 KB stack and 64-row batch tiles overflow shared memory), but up to 64
+# for fp32 with IEEE dots (no tensor cores: stack frames from 128 up); hidden tiles of at most 32
+# (bf16 LSTM at 64 needs a stack); batch tiles of 16 rows, the least tl.dot takes.
+_PERSISTENT_BYTES = 180 * 1024
+PERSISTENT_MAX_HP = {"ieee": 64, "tf32": 256}
+PERSISTENT_BLOCK_B = 16
 
 
 @contextlib.contextmanager
@@ -65,22 +71,40 @@ def _grid(B: int, width: int, cfg: dict):
     return (-(-B // cfg["BLOCK_B"]), -(-width // block)), block
 
 
-def _persistent_plan(B: int, H: int, NG: int, dtype: torch.dtype, device, cfg) -> Optional[dict]:
-    """Tile for the persistent forward, or None where it does not apply. Every program keeps
-    NG slices of (HP x BLOCK_H) weights; the grid must fit on the GPU at once (cooperative
-    launch), so the narrowest hidden tile whose grid fits is taken."""
+def persistent_tiles(NG: int, HP: int, elem: int, ieee_fp32: bool):
+    """Hidden-tile widths whose on-chip data fits a persistent program: NG weight slices of
+    HP x BLOCK_H plus the BLOCK_B x HP operand of its dots (h_{t-1}, or dgates per gate).
+    IEEE fp32 dots keep their operands in registers: 16 only (32 needs a stack)."""
+    return [block_h for block_h in ((16,) if ieee_fp32 else (16, 32))
+            if (NG * block_h + PERSISTENT_BLOCK_B) * HP * elem <= _PERSISTENT_BYTES]
+
+
+def _ieee_fp32(dtype: torch.dtype, precision: str) -> bool:
+    # The precision setting only changes fp32 dots (bf16/fp16/fp64 dots ignore it).
+    return dtype == torch.float32 and precision == "ieee"
+
+
+def persistent_max_hp(dtype: torch.dtype, precision: str) -> int:
+    """Largest padded H the persistent kernels take."""
+    return PERSISTENT_MAX_HP["ieee" if _ieee_fp32(dtype, precision) else "tf32"]
+
+
+def _persistent_plan(B: int, H: int, NG: int, dtype: torch.dtype, device) -> Optional[dict]:
+    """Tiles and grid for the persistent kernels, or None where they do not apply: padded H
+    over persistent_max_hp, or no tile whose grid fits on the GPU at once (a cooperative launch
+    needs every program resident). The narrowest fitting tile is taken."""
     import triton
     HP = max(16, triton.next_power_of_2(H))
-    elem = torch.empty((), dtype=dtype).element_size()
+    cfg = dict(_config(B, dtype), BLOCK_B=PERSISTENT_BLOCK_B)
+    if HP > persistent_max_hp(dtype, cfg["PRECISION"]):
+        return None
     sms = (torch.cuda.get_device_properties(device).multi_processor_count
            if device.type == "cuda" else None)
-    for block_h in (16, 32, 64):
-        if NG * HP * block_h * elem > _PERSISTENT_W_BYTES:
-            return None
-        programs = -(-B // cfg["BLOCK_B"]) * -(-H // block_h)
-        if sms is None or programs <= sms:
-            return dict(HP=HP, BLOCK_H=block_h,
-                        grid=(-(-B // cfg["BLOCK_B"]), -(-H // block_h)))
+    for block_h in persistent_tiles(NG, HP, torch.empty((), dtype=dtype).element_size(),
+                                    _ieee_fp32(dtype, cfg["PRECISION"])):
+        grid = (-(-B // PERSISTENT_BLOCK_B), -(-H // block_h))
+        if sms is None or grid[0] * grid[1] <= sms:
+            return dict(HP=HP, BLOCK_H=block_h, grid=grid, cfg=cfg)
     return None
 
 
@@ -96,12 +120,12 @@ def _step_times(T: int, reverse: bool):
 
 def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
                    b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],
-                   reverse: bool):
+                   reverse: bool, variant: str = "step"):
     """One layer and direction. gi (T, B, G·H) with b_ih; h0 (B, HK), c0 (B, H); w_hh
     (G·H, HK); b_hh (G·H,); w_hr (HK, H) for an LSTM with proj_size HK, else None (HK = H);
     mask (T, B) bool or None. Returns out (T, B, HK), h_n (B, HK), c_n (B, H) (empty unless
     LSTM), saved (T, B, S·H), hs (T+1, B, HK), cs (T+1, B, H) (empty unless LSTM), ms (T, B, H)
-    (the pre-projection outputs; empty without proj)."""
+    (the pre-projection outputs; empty without proj). variant: "step" or "persistent"."""
     K = _kernels()
     code = CELL_CODES[cell]
     T, B, _ = gi.shape
@@ -109,6 +133,7 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     HK = h0.shape[-1]
     acc = _acc_dtype(gi.dtype)
     gi, w_hh = gi.contiguous(), w_hh.contiguous()
+    b_hh = b_hh.contiguous() if b_hh is not None else None  # the kernels index it densely
     hs = _alloc.empty((T + 1, B, HK), like=gi)
     hs[0] = h0
     out = _alloc.empty((T, B, HK), like=gi)
@@ -121,8 +146,8 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     w_hr = w_hr.contiguous() if proj else None
     mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
     plan = None
-    if B > 0 and _variant == "persistent" and not proj:
-        plan = _persistent_plan(B, H, K.GATES[code], gi.dtype, gi.device, _config(B, gi.dtype))
+    if B > 0 and variant == "persistent" and not proj:
+        plan = _persistent_plan(B, H, K.GATES[code], gi.dtype, gi.device)
     if plan is not None:
         _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, reverse, plan)
     elif B > 0:
@@ -151,7 +176,7 @@ def _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, revers
     programs one after another, so a barrier would deadlock) one launch per step instead."""
     T, B, _ = gi.shape
     H = w_hh.shape[0] // K.GATES[code]
-    cfg = _config(B, gi.dtype)
+    cfg = plan["cfg"]
     sync = torch.zeros(1, dtype=torch.int32, device=gi.device)  # barrier counter, per launch
     args = (gi, w_hh, b_hh if b_hh is not None else gi, hs, cs if code == K.LSTM else gi, out,
             saved, mask_u8 if mask_u8 is not None else gi, sync)
@@ -171,7 +196,7 @@ def _bwd_persistent(K, code, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry
     """The whole backward in one cooperative launch (per step under the interpreter)."""
     T, B = dout.shape[0], dout.shape[1]
     H = w_hh.shape[0] // K.GATES[code]
-    cfg = _config(B, hs.dtype)
+    cfg = plan["cfg"]
     sync = torch.zeros(1, dtype=torch.int32, device=hs.device)
     args = (w_hh, dgh, dgi, dout, saved, hs, cs if code == K.LSTM else hs, carry_h, carry_c,
             mask_u8 if mask_u8 is not None else dout, sync)
@@ -189,7 +214,7 @@ def _bwd_persistent(K, code, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry
 def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
                    dc_n: Optional[Tensor], saved: Tensor, hs: Tensor, cs: Tensor, ms: Tensor,
                    w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor], reverse: bool,
-                   has_bias: bool):
+                   has_bias: bool, variant: str = "step"):
     """Backward of rnn_fwd_triton. Returns dgi (T, B, G·H), dh0 (B, HK), dc0 (empty unless
     LSTM), dw_hh, db_hh (empty without bias), dw_hr (empty without proj)."""
     K = _kernels()
@@ -212,8 +237,8 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
     mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
     times = _step_times(T, reverse)
     plan = None
-    if B > 0 and _variant == "persistent" and not proj:
-        plan = _persistent_plan(B, H, NG, hs.dtype, hs.device, _config(B, hs.dtype))
+    if B > 0 and variant == "persistent" and not proj:
+        plan = _persistent_plan(B, H, NG, hs.dtype, hs.device)
     if plan is not None:
         _bwd_persistent(K, code, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
                         reverse, plan)
@@ -236,11 +261,9 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
                 H=H, P=HK, CELL=code, NG=NG, NS=K.SAVED[code], HAS_NEXT=has_next and not proj,
                 HAS_MASK=mask is not None, HAS_PROJ=proj, BLOCK_H=block_h, BLOCK_N=32,
                 num_warps=4, **cfg)
-    # dh0 = what passed through the first step + the first step's gates through W_hh.
-    rec = dgh[times[0]] @ w_hh.to(acc)
-    if mask is not None:
-        rec = rec * mask[times[0]].to(acc)[:, None]
-    dh0 = (carry_h + rec).to(hs.dtype)
+    # dh0 = what passed through the first step + the first step's gates through W_hh (their
+    # rows are zero where that step lies past the sequence's end).
+    dh0 = (carry_h + dgh[times[0]] @ w_hh.to(acc)).to(hs.dtype)
     dc0 = carry_c.to(hs.dtype) if is_lstm else hs.new_empty(0)
     h_prev = hs[:T].flip(0) if reverse else hs[:T]  # state entering the step at time t
     flat = dgh.reshape(T * B, NG * H)
@@ -255,18 +278,19 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
 
 @torch.library.custom_op("fused_rnn::triton_rnn_fwd", mutates_args=())
 def _fwd_op(gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor, b_hh: Optional[Tensor],
-            w_hr: Optional[Tensor], mask: Optional[Tensor], cell: str, reverse: bool
-            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return rnn_fwd_triton(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse)
+            w_hr: Optional[Tensor], mask: Optional[Tensor], cell: str, reverse: bool,
+            variant: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return rnn_fwd_triton(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant)
 
 
 @_fwd_op.register_fake
-def _(gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse):
+def _(gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse, variant):
+    K = _kernels()
     T, B, _ = gi.shape
     HK = h0.shape[-1]
-    H = w_hh.shape[0] // {"LSTM": 4, "GRU": 3}.get(cell, 1)
+    H = w_hh.shape[0] // K.GATES[CELL_CODES[cell]]
     acc = _acc_dtype(gi.dtype)
-    n_saved = {"LSTM": 4, "GRU": 4}.get(cell, 1)
+    n_saved = K.SAVED[CELL_CODES[cell]]
     lstm = cell == "LSTM"
     return (gi.new_empty((T, B, HK)), gi.new_empty((B, HK)),
             gi.new_empty((B, H) if lstm else (0,)), gi.new_empty((T, B, n_saved * H), dtype=acc),
@@ -278,15 +302,15 @@ def _(gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse):
 def _bwd_op(dout: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor],
             saved: Tensor, hs: Tensor, cs: Tensor, ms: Tensor, w_hh: Tensor,
             w_hr: Optional[Tensor], mask: Optional[Tensor], cell: str, reverse: bool,
-            has_bias: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+            has_bias: bool, variant: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return rnn_bwd_triton(cell, dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, reverse,
-                          has_bias)
+                          has_bias, variant)
 
 
 @_bwd_op.register_fake
-def _(dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, cell, reverse, has_bias):
+def _(dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, cell, reverse, has_bias, variant):
     T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-    H = w_hh.shape[0] // {"LSTM": 4, "GRU": 3}.get(cell, 1)
+    H = w_hh.shape[0] // _kernels().GATES[CELL_CODES[cell]]
     return (hs.new_empty((T, B, w_hh.shape[0])), hs.new_empty((B, HK)),
             hs.new_empty((B, H) if cell == "LSTM" else (0,)), w_hh.new_empty(w_hh.shape),
             w_hh.new_empty((w_hh.shape[0],) if has_bias else (0,)),
@@ -294,10 +318,10 @@ def _(dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, cell, reverse, has_
 
 
 def _setup_context(ctx, inputs, output):
-    gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse = inputs
+    gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse, variant = inputs
     _, _, _, saved, hs, cs, ms = output
     ctx.save_for_backward(saved, hs, cs, ms, w_hh, w_hr, mask)
-    ctx.cell, ctx.reverse = cell, reverse
+    ctx.cell, ctx.reverse, ctx.variant = cell, reverse, variant
     ctx.has_c0, ctx.has_bias = c0 is not None, b_hh is not None
 
 
@@ -305,9 +329,9 @@ def _backward(ctx, dout, dh_n, dc_n, _dsaved, _dhs, _dcs, _dms):
     saved, hs, cs, ms, w_hh, w_hr, mask = ctx.saved_tensors
     dgi, dh0, dc0, dw_hh, db_hh, dw_hr = _bwd_op(
         dout, dh_n, dc_n if ctx.cell == "LSTM" else None, saved, hs, cs, ms, w_hh, w_hr, mask,
-        ctx.cell, ctx.reverse, ctx.has_bias)
+        ctx.cell, ctx.reverse, ctx.has_bias, ctx.variant)
     return (dgi, dh0, dc0 if ctx.has_c0 else None, dw_hh, db_hh if ctx.has_bias else None,
-            dw_hr if w_hr is not None else None, None, None, None)
+            dw_hr if w_hr is not None else None, None, None, None, None)
 
 
 torch.library.register_autograd("fused_rnn::triton_rnn_fwd", _backward,
@@ -318,5 +342,6 @@ def layer_triton(mode, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse):
     """ops/stack.py's layer function (signature of ops.naive.layer_naive) on the Triton
     kernels."""
     out, h_n, c_n, _, _, _, _ = _fwd_op(gi, h0, c0, w_hh, b_hh, w_hr,
-                                        None if mask is None else mask[..., 0], mode, reverse)
+                                        None if mask is None else mask[..., 0], mode, reverse,
+                                        _variant)
     return out, h_n, (c_n if mode == "LSTM" else None)
