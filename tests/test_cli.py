@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fused_rnn import cli, functional, ops
 
@@ -15,13 +16,16 @@ def test_info_lists_backends_and_why(capsys, monkeypatch):
     assert "torch" in out and "triton" in out and "GPU" in out
     for name in ("auto", "reference", "triton", "cuda", "cudnn"):
         assert re.search(rf"│ {name} +│", out), name
-    assert "picks 'reference' on cpu" in out
-    assert "it runs on CUDA tensors, and the input is on cpu" in out
+    if torch.cuda.is_available():
+        assert "picks 'triton' on cuda" in out
+    else:
+        assert "picks 'reference' on cpu" in out
+        assert "it runs on CUDA tensors, and the input is on cpu" in out
 
 
 def test_parity_passes_and_prints_a_table(capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # triton's parity: test_triton.py
-    assert cli.main(["parity", "--cases", "8"]) == 0
+    assert cli.main(["parity", "--cases", "8", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "worst err/bound" in out
     rows = [line for line in out.splitlines() if "reference" in line or "cudnn " in line]
@@ -35,14 +39,14 @@ def test_parity_exits_non_zero_when_a_backend_breaks_the_rule(capsys, monkeypatc
         return out * (1 + 1e-4), h, c
 
     monkeypatch.setitem(functional._LAYER_FNS, "reference", off_by_a_bit)
-    assert cli.main(["parity", "--cases", "4", "--backend", "reference"]) == 1
+    assert cli.main(["parity", "--cases", "4", "--backend", "reference", "--device", "cpu"]) == 1
     out = capsys.readouterr().out
     assert "FAIL reference" in out and "output: err" in out
 
 
 def test_parity_with_no_runnable_backend_fails(capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert cli.main(["parity", "--cases", "1", "--backend", "triton"]) == 2
+    assert cli.main(["parity", "--cases", "1", "--backend", "triton", "--device", "cpu"]) == 2
     assert "backend 'triton' skipped: it runs on CUDA tensors" in capsys.readouterr().out
 
 
