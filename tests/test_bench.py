@@ -100,7 +100,7 @@ def test_table_contents():
 def test_cli_bench_writes_json_plot_and_table(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     rc = cli.main(["bench", "--shapes", "5,2,6,6", "--cells", "GRU", "--out", str(tmp_path),
-                   "--name", "smoke"])
+                   "--name", "smoke", "--device", "cpu"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "GPU suite" in out and "needs CUDA" in out
