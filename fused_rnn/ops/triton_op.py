@@ -35,9 +35,9 @@ PERSISTENT_BLOCK_B = 16
 
 @contextlib.contextmanager
 def variant(name: str):
-    """Run the Triton forward as `name` ("step" or "persistent") inside the block. A call the
-    persistent kernel cannot take (projection, W_hh slice too large, more programs than SMs)
-    runs per step."""
+    """Run the Triton backend's recurrence, forward and backward, as `name` ("step" or
+    "persistent") for the layers called inside the block. A call the persistent kernels cannot
+    take (projection, H over their limit, more programs than SMs) runs per step."""
     global _variant
     if name not in VARIANTS:
         raise ValueError(f"variant: expected one of {VARIANTS}, got {name!r}")
@@ -171,44 +171,41 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     return out, hs[T].clone(), c_n, saved, hs, cs, ms
 
 
-def _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, reverse, plan):
-    """The whole sequence in one cooperative launch; under Triton's CPU interpreter (which runs
-    programs one after another, so a barrier would deadlock) one launch per step instead."""
-    T, B, _ = gi.shape
-    H = w_hh.shape[0] // K.GATES[code]
-    cfg = plan["cfg"]
-    sync = torch.zeros(1, dtype=torch.int32, device=gi.device)  # barrier counter, per launch
-    args = (gi, w_hh, b_hh if b_hh is not None else gi, hs, cs if code == K.LSTM else gi, out,
-            saved, mask_u8 if mask_u8 is not None else gi, sync)
-    kw = dict(H=H, HP=plan["HP"], CELL=code, NG=K.GATES[code], NS=K.SAVED[code],
-              HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None, REVERSE=reverse,
-              BLOCK_H=plan["BLOCK_H"], num_warps=4, **cfg)
+def _launch_persistent(kernel, K, code, args, T, B, H, reverse, plan, steps, **kw):
+    """One cooperative launch of a persistent kernel over the whole sequence (a barrier
+    counter, zeroed per launch, is appended to args). Triton's CPU interpreter runs programs
+    one after another, so a barrier would deadlock there: it gets one launch per step, in the
+    order `steps`, instead."""
+    sync = torch.zeros(1, dtype=torch.int32, device=args[0].device)
+    kw = dict(kw, H=H, HP=plan["HP"], CELL=code, NG=K.GATES[code], NS=K.SAVED[code],
+              REVERSE=reverse, BLOCK_H=plan["BLOCK_H"], num_warps=4, **plan["cfg"])
     if backends.triton_interpreted():
-        for k in range(T):
-            K._rnn_fwd_persistent_kernel[plan["grid"]](*args, k, T, B, ONE_STEP=True, **kw)
+        for k in steps:
+            kernel[plan["grid"]](*args, sync, k, T, B, ONE_STEP=True, **kw)
     else:
-        K._rnn_fwd_persistent_kernel[plan["grid"]](*args, 0, T, B, ONE_STEP=False,
-                                                   launch_cooperative_grid=True, **kw)
+        kernel[plan["grid"]](*args, sync, 0, T, B, ONE_STEP=False, launch_cooperative_grid=True,
+                             **kw)
+
+
+def _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, reverse, plan):
+    """The whole forward in one cooperative launch."""
+    T, B, _ = gi.shape
+    args = (gi, w_hh, b_hh if b_hh is not None else gi, hs, cs if code == K.LSTM else gi, out,
+            saved, mask_u8 if mask_u8 is not None else gi)
+    _launch_persistent(K._rnn_fwd_persistent_kernel, K, code, args, T, B,
+                       w_hh.shape[0] // K.GATES[code], reverse, plan, range(T),
+                       HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None)
 
 
 def _bwd_persistent(K, code, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
                     reverse, plan):
-    """The whole backward in one cooperative launch (per step under the interpreter)."""
+    """The whole backward in one cooperative launch."""
     T, B = dout.shape[0], dout.shape[1]
-    H = w_hh.shape[0] // K.GATES[code]
-    cfg = plan["cfg"]
-    sync = torch.zeros(1, dtype=torch.int32, device=hs.device)
     args = (w_hh, dgh, dgi, dout, saved, hs, cs if code == K.LSTM else hs, carry_h, carry_c,
-            mask_u8 if mask_u8 is not None else dout, sync)
-    kw = dict(H=H, HP=plan["HP"], CELL=code, NG=K.GATES[code], NS=K.SAVED[code],
-              HAS_MASK=mask_u8 is not None, REVERSE=reverse, BLOCK_H=plan["BLOCK_H"],
-              num_warps=4, **cfg)
-    if backends.triton_interpreted():
-        for k in range(T - 1, -1, -1):
-            K._rnn_bwd_persistent_kernel[plan["grid"]](*args, k, T, B, ONE_STEP=True, **kw)
-    else:
-        K._rnn_bwd_persistent_kernel[plan["grid"]](*args, 0, T, B, ONE_STEP=False,
-                                                   launch_cooperative_grid=True, **kw)
+            mask_u8 if mask_u8 is not None else dout)
+    _launch_persistent(K._rnn_bwd_persistent_kernel, K, code, args, T, B,
+                       w_hh.shape[0] // K.GATES[code], reverse, plan, range(T - 1, -1, -1),
+                       HAS_MASK=mask_u8 is not None)
 
 
 def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
