@@ -5,7 +5,9 @@
              kernels on the CPU), for comparison.
 "triton":    per-step fused Triton kernels (ops/triton_op.py): CUDA tensors, or CPU tensors in
              float32/float64 when TRITON_INTERPRET=1 (the interpreter, for tests).
-"cuda":      fused CUDA C++ kernels: not built yet.
+"cuda":      fused CUDA C++ kernels (csrc/, ops/cuda_op.py): CUDA tensors with a CUDA build of
+             torch, or CPU tensors in float32/float64 when FUSED_RNN_CUDA_EMULATE=1 (the
+             kernels emulated on the CPU, for tests).
 """
 import importlib.util
 import os
@@ -54,9 +56,22 @@ def why_not(backend: str, device: Optional[torch.device],
         return None
     if backend == "triton":
         return _why_not_triton(device, dtype)
+    return _why_not_cuda(device, dtype)
+
+
+def _why_not_cuda(device, dtype) -> Optional[str]:
+    from . import _ext
+    if _ext.emulated():
+        if device is not None and device.type != "cpu":
+            return (f"FUSED_RNN_CUDA_EMULATE=1 runs the emulated kernels on CPU tensors, and the "
+                    f"input is on {device}")
+        if dtype is not None and dtype not in (torch.float32, torch.float64):
+            return f"the emulated kernels run float32 and float64 only, got {dtype}"
+        return None
     if device is not None and device.type != "cuda":
-        return f"it runs on CUDA tensors, and the input is on {device}"
-    return "fused_rnn has no CUDA C++ kernels yet"
+        return (f"it runs on CUDA tensors (or on the CPU under FUSED_RNN_CUDA_EMULATE=1), and "
+                f"the input is on {device}")
+    return _ext.why_not_buildable()
 
 
 def resolve(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:

@@ -31,6 +31,9 @@ def _layer_fn(name: str):
     if name not in _LAYER_FNS and name == "triton":
         from .ops.triton_op import layer_triton  # imports triton: only when asked for
         _LAYER_FNS["triton"] = layer_triton
+    if name not in _LAYER_FNS and name == "cuda":
+        from .ops.cuda_op import layer_cuda  # the extension loads (or builds) on first call
+        _LAYER_FNS["cuda"] = layer_cuda
     return _LAYER_FNS[name]
 
 

@@ -6,7 +6,13 @@
 #   $NAME.json/.png  benchmark results and plot (NAME defaults to h100; commit them to
 #                    benchmarks/results/ when they matter)
 # A device call may run 10 minutes: pick stages with STAGES (default all, in this order):
-#   STAGES="tests parity" bash scripts/gpu_check.sh
+#   build     build the CUDA extension (torch.utils.cpp_extension, cached) and time it
+#   tests     the whole test suite (GPU tests included)
+#   cuda      the CUDA backend's tests only (tests/test_cuda_*.py)
+#   sanitize  compute-sanitizer memcheck and racecheck over the CUDA backend's small grid
+#   parity    fused-rnn parity on CUDA
+#   bench     the benchmark suite
+#   STAGES="build cuda sanitize" bash scripts/gpu_check.sh
 #   STAGES="bench" bash scripts/gpu_check.sh --quick      (extra arguments go to the bench)
 # The install stage always runs first.
 set -uo pipefail
@@ -30,7 +36,7 @@ stage() {  # stage NAME LIMIT_S CMD...: run, log, remember failure, never stop t
   [ "$rc" -eq 0 ] || status=1
 }
 
-STAGES=${STAGES:-info tests parity bench}
+STAGES=${STAGES:-info build tests sanitize parity bench}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 
 # --no-deps: the machine's torch stays as it is (it has rich, matplotlib, pytest already).
@@ -38,7 +44,18 @@ stage install 120 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 stage gpu 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
   --format=csv
 want info && stage info 60 "$PY" -m fused_rnn info
+want build && stage build 420 "$PY" -c "import time; t = time.time(); import fused_rnn._ext as e; \
+m = e.load(); print('CUDA extension ready in %.1f s:' % (time.time() - t), m.__file__, \
+m.device_info())"
 want tests && stage tests 540 "$PY" -m pytest -q -rs tests
+want cuda && stage cuda 540 "$PY" -m pytest -q -rs -s tests/test_cuda_kernels.py \
+  tests/test_cuda_gpu.py
+# Small grid under compute-sanitizer; its summary lines ("ERROR SUMMARY: n errors") are in log.
+for tool in memcheck racecheck; do
+  want sanitize && stage "sanitize-$tool" 420 compute-sanitizer --tool "$tool" --error-exitcode 1 \
+    --target-processes all --print-limit 20 "$PY" -m pytest -q -x \
+    tests/test_cuda_gpu.py -k sanitizer
+done
 want parity && stage parity 300 "$PY" -m fused_rnn parity --cases 48
 want bench && stage bench 540 "$PY" -m fused_rnn bench --out "$OUT" --name "$NAME" "$@"
 echo "gpu_check: overall status $status; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"

@@ -19,7 +19,8 @@ def test_default_gpu_grid_is_the_issue_grid():
                               (100, 256, 1024, 1024), (64, 32, 2048, 2048), (512, 16, 128, 128)]
     assert tuple(s.cells) == ("LSTM", "GRU") and tuple(s.dtypes) == ("fp32", "tf32", "bf16")
     assert tuple(s.modes) == ("fwd", "fwdbwd")
-    assert {"cudnn", "loop", "reference", "triton", "triton_persistent", "cuda"} \
+    assert {"cudnn", "loop", "reference", "triton", "triton_persistent", "cuda", "cuda_step",
+            "cuda_persistent"} \
         <= set(s.providers)
     assert set(S.default_suite(CUDA, quick=True).shapes) < set(s.shapes)
 

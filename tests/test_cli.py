@@ -6,21 +6,23 @@ import sys
 import pytest
 import torch
 
-from fused_rnn import cli, functional, ops
+from fused_rnn import backends, cli, functional, ops
 
 
 def test_info_lists_backends_and_why(capsys, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("FUSED_RNN_CUDA_EMULATE", raising=False)
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "triton" in out and "GPU" in out
     for name in ("auto", "reference", "triton", "cuda", "cudnn"):
         assert re.search(rf"│ {name} +│", out), name
     if torch.cuda.is_available():
-        assert "picks 'triton' on cuda" in out
+        cuda_ok = backends.why_not("cuda", torch.device("cuda")) is None
+        assert f"picks '{'cuda' if cuda_ok else 'triton'}' on cuda" in out
     else:
         assert "picks 'reference' on cpu" in out
-        assert "it runs on CUDA tensors, and the input is on cpu" in out
+        assert "it runs on CUDA tensors (or on the CPU under FUSED_RNN_CUDA_EMULATE=1)" in out
 
 
 def test_parity_passes_and_prints_a_table(capsys, monkeypatch):

@@ -36,9 +36,11 @@ CELLS = ("LSTM", "GRU", "RNN")
 DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
           "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False)}
 MODES = ("fwd", "fwdbwd")
-# "triton" runs the backend's default forward (per step); "triton_persistent" its persistent
-# forward (one launch per sequence) where the shape allows it.
-PROVIDERS = ("cudnn", "loop", "reference", "triton", "triton_persistent", "cuda")
+# A fused backend's name runs its default variant ("triton": per step; "cuda": persistent
+# where the shape fits, else per step); "<backend>_<variant>" pins the variant (the persistent
+# ones still run per step where the shape does not fit).
+PROVIDERS = ("cudnn", "loop", "reference", "triton", "triton_persistent", "cuda", "cuda_step",
+             "cuda_persistent")
 
 _MODULES = {"LSTM": (nn.LSTM, LSTM, nn.LSTMCell), "GRU": (nn.GRU, GRU, nn.GRUCell),
             "RNN": (nn.RNN, RNN, nn.RNNCell)}
@@ -85,7 +87,8 @@ def why_not(provider: str, device: torch.device, dtype: str) -> Optional[str]:
         return None
     reason = backends.why_not(provider.split("_")[0], device, DTYPES[dtype][0])
     if reason is None and provider != "reference" and device.type != "cuda":
-        return "on the CPU it runs in Triton's interpreter, which is for tests, not timing"
+        how = "Triton's interpreter" if provider.startswith("triton") else "CUDA emulation"
+        return f"on the CPU it runs in {how}, which is for tests, not timing"
     return reason
 
 
@@ -114,10 +117,13 @@ def build(provider: str, cell: str, shape: Shape, dtype: str,
         backend, _, variant = provider.partition("_")
         module = fused_cls(I, H, device=device, dtype=torch_dtype, backend=backend)
         if variant:
-            from ..ops import triton_op
+            if backend == "triton":
+                from ..ops.triton_op import variant as pin
+            else:
+                from ..ops.cuda_op import variant as pin
 
             def run(x):
-                with triton_op.variant(variant):
+                with pin(variant):
                     return module(x)[0]
             return run, list(module.parameters())
     return (lambda x: module(x)[0]), list(module.parameters())

@@ -9,12 +9,13 @@ T·B rows, db_hh = dgates summed. dgi goes back to autograd, which turns it into
 db_ih through the hoisted input GEMM (F.linear in ops/stack.py).
 """
 import contextlib
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .. import _alloc, backends
+from . import recurrence
 
 CELL_CODES = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
 # Forward variants: "step" (one launch per timestep) and "persistent" (one launch for the
@@ -108,16 +109,6 @@ def _persistent_plan(B: int, H: int, NG: int, dtype: torch.dtype, device) -> Opt
     return None
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation and saved-state dtype: fp32 for fp32/fp16/bf16 (the LSTM cell state is kept
-    in fp32), fp64 for fp64."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _step_times(T: int, reverse: bool):
-    return [T - 1 - k for k in range(T)] if reverse else list(range(T))
-
-
 def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
                    b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],
                    reverse: bool, variant: str = "step"):
@@ -131,18 +122,10 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     T, B, _ = gi.shape
     H = w_hh.shape[0] // K.GATES[code]
     HK = h0.shape[-1]
-    acc = _acc_dtype(gi.dtype)
     gi, w_hh = gi.contiguous(), w_hh.contiguous()
     b_hh = b_hh.contiguous() if b_hh is not None else None  # the kernels index it densely
-    hs = _alloc.empty((T + 1, B, HK), like=gi)
-    hs[0] = h0
-    out = _alloc.empty((T, B, HK), like=gi)
-    saved = _alloc.empty((T, B, K.SAVED[code] * H), like=gi.new_empty((), dtype=acc))
     is_lstm, proj = code == K.LSTM, w_hr is not None
-    cs = _alloc.empty((T + 1, B, H), like=saved) if is_lstm else saved.new_empty(0)
-    if is_lstm:
-        cs[0] = c0
-    ms = _alloc.empty((T, B, H), like=gi) if proj else gi.new_empty(0)
+    hs, out, saved, cs, ms = recurrence.fwd_buffers(cell, gi, h0, c0, H, proj)
     w_hr = w_hr.contiguous() if proj else None
     mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
     plan = None
@@ -155,7 +138,7 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
         grid, block_h = _grid(B, H, cfg)
         grid_p, block_p = _grid(B, HK, cfg)
         dummy = gi  # for pointer arguments a variant does not read
-        for k, t in enumerate(_step_times(T, reverse)):
+        for k, t in enumerate(recurrence.step_times(T, reverse)):
             K._rnn_fwd_step_kernel[grid](
                 gi, w_hh, b_hh if b_hh is not None else dummy, hs, cs if is_lstm else dummy, out,
                 saved, mask_u8 if mask_u8 is not None else dummy, ms if proj else dummy, t, k, B,
@@ -219,20 +202,15 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
     T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
     NG = K.GATES[code]
     H = w_hh.shape[0] // NG
-    acc = saved.dtype
     w_hh = w_hh.contiguous()
     proj = w_hr is not None
-    dout = torch.zeros_like(hs[1:]) if dout is None else dout.contiguous()
-    carry_h = (torch.zeros((B, HK), dtype=acc, device=hs.device) if dh_n is None
-               else dh_n.to(acc).contiguous().clone())
     is_lstm = code == K.LSTM
-    carry_c = ((torch.zeros((B, H), dtype=acc, device=hs.device) if dc_n is None
-                else dc_n.to(acc).contiguous().clone()) if is_lstm else carry_h)
+    dout, carry_h, carry_c = recurrence.bwd_carries(cell, dout, dh_n, dc_n, hs, H)
     dgh = _alloc.empty((T, B, NG * H), like=saved)
     dgi = _alloc.empty((T, B, NG * H), like=saved) if code == K.GRU else dgh
     dhs = _alloc.empty((T, B, HK), like=saved) if proj else None  # dL/dh_t, for dW_hr
     mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
-    times = _step_times(T, reverse)
+    times = recurrence.step_times(T, reverse)
     plan = None
     if B > 0 and variant == "persistent" and not proj:
         plan = _persistent_plan(B, H, NG, hs.dtype, hs.device)
@@ -258,81 +236,12 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
                 H=H, P=HK, CELL=code, NG=NG, NS=K.SAVED[code], HAS_NEXT=has_next and not proj,
                 HAS_MASK=mask is not None, HAS_PROJ=proj, BLOCK_H=block_h, BLOCK_N=32,
                 num_warps=4, **cfg)
-    # dh0 = what passed through the first step + the first step's gates through W_hh (their
-    # rows are zero where that step lies past the sequence's end).
-    dh0 = (carry_h + dgh[times[0]] @ w_hh.to(acc)).to(hs.dtype)
-    dc0 = carry_c.to(hs.dtype) if is_lstm else hs.new_empty(0)
-    h_prev = hs[:T].flip(0) if reverse else hs[:T]  # state entering the step at time t
-    flat = dgh.reshape(T * B, NG * H)
-    dw_hh = (flat.t() @ h_prev.reshape(T * B, HK).to(acc)).to(w_hh.dtype)
-    db_hh = flat.sum(0).to(w_hh.dtype) if has_bias else hs.new_empty(0)
-    dw_hr = ((dhs.reshape(T * B, HK).t() @ ms.reshape(T * B, H).to(acc)).to(w_hr.dtype)
-             if proj else hs.new_empty(0))
-    return dgi.to(hs.dtype), dh0, dc0, dw_hh, db_hh, dw_hr
+    return recurrence.finish_bwd(cell, dgh, dgi, dhs, carry_h, carry_c, hs, ms, w_hh, w_hr,
+                                 reverse, has_bias)
 
 
-# ------------------------------------------------------------------ custom ops and autograd
-
-@torch.library.custom_op("fused_rnn::triton_rnn_fwd", mutates_args=())
-def _fwd_op(gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor, b_hh: Optional[Tensor],
-            w_hr: Optional[Tensor], mask: Optional[Tensor], cell: str, reverse: bool,
-            variant: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return rnn_fwd_triton(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant)
-
-
-@_fwd_op.register_fake
-def _(gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse, variant):
-    K = _kernels()
-    T, B, _ = gi.shape
-    HK = h0.shape[-1]
-    H = w_hh.shape[0] // K.GATES[CELL_CODES[cell]]
-    acc = _acc_dtype(gi.dtype)
-    n_saved = K.SAVED[CELL_CODES[cell]]
-    lstm = cell == "LSTM"
-    return (gi.new_empty((T, B, HK)), gi.new_empty((B, HK)),
-            gi.new_empty((B, H) if lstm else (0,)), gi.new_empty((T, B, n_saved * H), dtype=acc),
-            gi.new_empty((T + 1, B, HK)), gi.new_empty((T + 1, B, H) if lstm else (0,), dtype=acc),
-            gi.new_empty((T, B, H) if w_hr is not None else (0,)))
-
-
-@torch.library.custom_op("fused_rnn::triton_rnn_bwd", mutates_args=())
-def _bwd_op(dout: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor],
-            saved: Tensor, hs: Tensor, cs: Tensor, ms: Tensor, w_hh: Tensor,
-            w_hr: Optional[Tensor], mask: Optional[Tensor], cell: str, reverse: bool,
-            has_bias: bool, variant: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return rnn_bwd_triton(cell, dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, reverse,
-                          has_bias, variant)
-
-
-@_bwd_op.register_fake
-def _(dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, cell, reverse, has_bias, variant):
-    T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-    H = w_hh.shape[0] // _kernels().GATES[CELL_CODES[cell]]
-    return (hs.new_empty((T, B, w_hh.shape[0])), hs.new_empty((B, HK)),
-            hs.new_empty((B, H) if cell == "LSTM" else (0,)), w_hh.new_empty(w_hh.shape),
-            w_hh.new_empty((w_hh.shape[0],) if has_bias else (0,)),
-            w_hh.new_empty(w_hr.shape if w_hr is not None else (0,)))
-
-
-def _setup_context(ctx, inputs, output):
-    gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse, variant = inputs
-    _, _, _, saved, hs, cs, ms = output
-    ctx.save_for_backward(saved, hs, cs, ms, w_hh, w_hr, mask)
-    ctx.cell, ctx.reverse, ctx.variant = cell, reverse, variant
-    ctx.has_c0, ctx.has_bias = c0 is not None, b_hh is not None
-
-
-def _backward(ctx, dout, dh_n, dc_n, _dsaved, _dhs, _dcs, _dms):
-    saved, hs, cs, ms, w_hh, w_hr, mask = ctx.saved_tensors
-    dgi, dh0, dc0, dw_hh, db_hh, dw_hr = _bwd_op(
-        dout, dh_n, dc_n if ctx.cell == "LSTM" else None, saved, hs, cs, ms, w_hh, w_hr, mask,
-        ctx.cell, ctx.reverse, ctx.has_bias, ctx.variant)
-    return (dgi, dh0, dc0 if ctx.has_c0 else None, dw_hh, db_hh if ctx.has_bias else None,
-            dw_hr if w_hr is not None else None, None, None, None, None)
-
-
-torch.library.register_autograd("fused_rnn::triton_rnn_fwd", _backward,
-                                setup_context=_setup_context)
+# The custom ops fused_rnn::triton_rnn_fwd / triton_rnn_bwd (ops/recurrence.py).
+_fwd_op = recurrence.make_ops("triton", rnn_fwd_triton, rnn_bwd_triton)
 
 
 def layer_triton(mode, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse):

@@ -1,0 +1,65 @@
+// Host-side helpers shared by the forward and backward launchers: dtype/cell dispatch and the
+// tiling plan (hidden units per block, persistent or per step).
+#pragma once
+#include <type_traits>
+
+#include "gemm.cuh"
+#include "launch.h"
+#include "params.h"
+#include "types.cuh"
+
+namespace frnn {
+
+template <typename T>
+struct TypeTag { using type = T; };
+
+// f(std::integral_constant<int, CELL>, TypeTag<T>) for the runtime cell and dtype.
+template <typename F>
+int dispatch(int dtype, int cell, F&& f) {
+  auto by_cell = [&](auto type_tag) -> int {
+    switch (cell) {
+      case kLSTM: return f(std::integral_constant<int, kLSTM>(), type_tag);
+      case kGRU: return f(std::integral_constant<int, kGRU>(), type_tag);
+      case kRNNTanh: return f(std::integral_constant<int, kRNNTanh>(), type_tag);
+      case kRNNRelu: return f(std::integral_constant<int, kRNNRelu>(), type_tag);
+      default: return kBadArgument;
+    }
+  };
+  switch (dtype) {
+    case kF32: return by_cell(TypeTag<float>());
+    case kF64: return by_cell(TypeTag<double>());
+#ifndef FRNN_EMULATE
+    case kF16: return by_cell(TypeTag<__half>());
+    case kBF16: return by_cell(TypeTag<__nv_bfloat16>());
+#endif
+    default: return kBadArgument;
+  }
+}
+
+// Shared memory of a block that keeps R weight rows of K elements on chip (persistent) or none
+// (per step), plus the GEMM's staging buffers.
+template <typename T>
+size_t block_smem_bytes(bool persistent, int R, int64_t K) {
+  const size_t w = persistent ? align16(size_t(R) * size_t(K + kSmemRowPad<T>) * sizeof(T)) : 0;
+  return w + gemm_smem_bytes(R, sizeof(acc_t<T>));
+}
+
+// Hidden units per block for n units over the device: one block per SM where it can (the
+// persistent kernels need every block resident; per step, more blocks than SMs only queue).
+// The per-step kernels cap it at kMaxStepUnits, which bounds their shared memory (the `pre`
+// tile: kBatchChunk x G.units accumulators, 32 KiB for fp64 LSTM) for any H.
+constexpr int kMaxStepUnits = 32;
+inline int units_per_block(int64_t n, int sms) {
+  int64_t u = (n + sms - 1) / sms;
+  return int(u < 1 ? 1 : u);
+}
+inline int step_units_per_block(int64_t n, int sms) {
+  const int u = units_per_block(n, sms);
+  return u < kMaxStepUnits ? u : kMaxStepUnits;
+}
+
+inline int64_t blocks_for(int64_t n, int units) { return (n + units - 1) / units; }
+
+inline int status_of(cudaError_t e) { return e == cudaSuccess ? kOk : int(e); }
+
+}  // namespace frnn

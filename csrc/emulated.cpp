@@ -1,0 +1,8 @@
+// The CUDA kernels built as host C++ (FRNN_EMULATE, see platform.cuh): the source of the
+// emulated extension that CI's CPU tests run. The kernels are the same files nvcc compiles.
+#ifndef FRNN_EMULATE
+#error "emulated.cpp is built with -DFRNN_EMULATE only"
+#endif
+#include "device.cu"
+#include "rnn_bwd.cu"
+#include "rnn_fwd.cu"

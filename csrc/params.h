@@ -1,0 +1,72 @@
+// Plain parameter structs shared by the kernels (.cu) and the torch binding (binding.cpp).
+// No CUDA and no torch headers here: both sides include this file, and the CPU build of torch
+// ships no CUDA headers.
+//
+// Layouts (all contiguous, as in fused_rnn/ops/triton_kernels.py, so both fused backends share
+// the Python glue): gi, out, saved, ms, dout, dgh, dgi, dhs are in time order (T, B, .); the
+// states hs (T+1, B, HK) and cs (T+1, B, H) are in processing order: hs[k] is the state before
+// the k-th step, which is at time k (forward) or T-1-k (reverse). A step past a sequence's
+// length (mask 0) keeps the state, writes a zero output and passes the gradient through.
+#pragma once
+#include <cstdint>
+
+namespace frnn {
+
+enum Cell : int { kLSTM = 0, kGRU = 1, kRNNTanh = 2, kRNNRelu = 3 };
+// Element types of gi/w_hh/hs/out. fp16/bf16/fp32 accumulate in fp32 (and keep the LSTM cell
+// state and the saved gates in fp32); fp64 in fp64.
+enum DType : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
+
+// Rows of W_hh per hidden unit, and values saved per unit for the backward
+// (LSTM i, f, g, o; GRU r, z, n, h.W_hn + b_hn; RNN h).
+// (Class constants rather than functions: device code may read them without annotations.)
+template <int CELL>
+struct CellSizes {
+  static constexpr int gates = CELL == kLSTM ? 4 : CELL == kGRU ? 3 : 1;
+  static constexpr int saved = CELL == kLSTM || CELL == kGRU ? 4 : 1;
+};
+
+// Forward of one layer and direction. gi = x.W_ihT + b_ih (T, B, G.H); w_hh (G.H, HK);
+// b_hh (G.H) or null; mask (T, B) uint8 or null; hs[0] and cs[0] hold h0, c0 on entry.
+// With a projection (LSTM proj_size HK < H): w_hr (HK, H), and the cell kernel writes
+// m_t = o.tanh(c_t) to ms (T, B, H), which the projection kernel turns into h_t.
+struct FwdParams {
+  const void* gi;
+  const void* w_hh;
+  const void* b_hh;
+  const void* w_hr;
+  const uint8_t* mask;
+  void* hs;     // (T+1, B, HK) element type
+  void* cs;     // (T+1, B, H) accumulation type, LSTM only
+  void* out;    // (T, B, HK) element type
+  void* saved;  // (T, B, S.H) accumulation type
+  void* ms;     // (T, B, H) element type, projection only
+  int64_t T, B, H, HK;
+  int cell, dtype, reverse;
+};
+
+// Backward of one layer and direction, in reverse processing order. carry_h (B, HK) holds
+// dh_n on entry (zeros if none), carry_c (B, H) dc_n (LSTM); both are accumulation type and are
+// updated in place. dgh (T, B, G.H): gradients of the recurrent pre-activations (the rows that
+// dW_hh and db_hh need); dgi: those of the input gates, equal to dgh except for GRU's n gate
+// (for other cells dgi may alias dgh). w_t = W_hh^T (HK, G.H), w_hr_t = W_hr^T (H, HK),
+// contiguous copies made by the caller so that every GEMM reads contiguous rows. dhs (T, B, HK)
+// receives dL/dh_t with a projection (for dW_hr), else may be null.
+struct BwdParams {
+  const void* w_t;
+  const void* w_hr_t;
+  const void* dout;  // (T, B, HK) element type
+  const void* saved;
+  const void* hs;
+  const void* cs;
+  const uint8_t* mask;
+  void* dgh;
+  void* dgi;
+  void* dhs;
+  void* carry_h;
+  void* carry_c;
+  int64_t T, B, H, HK;
+  int cell, dtype, reverse;
+};
+
+}  // namespace frnn

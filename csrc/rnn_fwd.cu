@@ -1,0 +1,178 @@
+// Forward kernels of LSTM / GRU / Elman RNN (one layer, one direction) and their launcher.
+//
+// A block owns `units` hidden units: for each, its NG gate rows of W_hh, so the whole cell
+// update of those units happens in the block. Per step it computes h_{t-1}.W_hhT for its rows
+// over all batch rows (in chunks of kBatchChunk), adds b_hh and the hoisted input gates
+// gi_t, applies the cell and writes h_t, c_t, out_t and the saved gates.
+//  - persistent (PERSIST): one cooperative launch runs every step; the block copies its W_hh
+//    rows to shared memory once, and a grid barrier separates the steps (h_t of every block
+//    goes through global memory / L2 to every block).
+//  - per step: one launch per timestep, weight rows read from global memory (L2-resident after
+//    the first step: W_hh of H=1024 in bf16 is 8 MB of the H100's 50 MB L2).
+// LSTM with proj_size (PROJ, per step only): the cell kernel writes m_t = o.tanh(c_t), and
+// _proj_fwd_kernel (grid over the HK output units) forms h_t = m_t.W_hrT.
+#include "cells.cuh"
+#include "dispatch.cuh"
+#include "gemm.cuh"
+
+namespace frnn {
+
+template <int CELL, typename T, bool PERSIST, bool PROJ>
+FRNN_GLOBAL void rnn_fwd_kernel(FwdParams p, int units, int64_t k_begin, int64_t k_end) {
+  using A = acc_t<T>;
+  constexpr int NG = CellSizes<CELL>::gates, NS = CellSizes<CELL>::saved;
+  const int64_t H = p.H, HK = p.HK, B = p.B, T_ = p.T;
+  const int64_t u0 = int64_t(blockIdx.x) * units;
+  const int nu = int(H - u0 < units ? H - u0 : units);
+  const int R = NG * units;
+  const int64_t ldw = HK + kSmemRowPad<T>;
+  const T* w_hh = static_cast<const T*>(p.w_hh);
+  const T* b_hh = static_cast<const T*>(p.b_hh);
+  const T* gi = static_cast<const T*>(p.gi);
+  // Written by other blocks during a persistent launch: plain (coherent) loads, no __restrict__.
+  T* hs = static_cast<T*>(p.hs);
+  A* cs = static_cast<A*>(p.cs);
+  T* out = static_cast<T*>(p.out);
+  T* ms = static_cast<T*>(p.ms);
+  A* saved = static_cast<A*>(p.saved);
+
+  unsigned char* smem = dynamic_smem<unsigned char>();
+  T* w_s = reinterpret_cast<T*>(smem);
+  A* a_s = reinterpret_cast<A*>(smem + (PERSIST ? align16(size_t(R) * ldw * sizeof(T)) : 0));
+  A* pre = a_s + kStageRows * kChunkK;
+
+  if constexpr (PERSIST) {  // this block's rows of W_hh, on chip for the whole sequence
+    for (int64_t idx = threadIdx.x; idx < int64_t(R) * HK; idx += blockDim.x) {
+      const int r = int(idx / HK), g = r / units, u = r % units;
+      const int64_t kk = idx % HK;
+      w_s[r * ldw + kk] = u < nu ? w_hh[(g * H + u0 + u) * HK + kk] : from_acc<T>(A(0));
+    }
+  }
+  auto wrow = [&](int r) -> const T* {
+    const int g = r / units, u = r % units;
+    if (u >= nu) return nullptr;
+    return PERSIST ? w_s + r * ldw : w_hh + (g * H + u0 + u) * HK;
+  };
+
+  for (int64_t k = k_begin; k < k_end; ++k) {
+    const int64_t t = p.reverse ? T_ - 1 - k : k;
+    for (int64_t b0 = 0; b0 < B; b0 += kBatchChunk) {
+      const int nb = int(B - b0 < kBatchChunk ? B - b0 : kBatchChunk);
+      rows_gemm(hs + at(k, B, b0, HK), HK, nb, HK, wrow, R, a_s, pre);
+      for (int idx = threadIdx.x; idx < nb * nu; idx += blockDim.x) {
+        const int bl = idx / nu, u = idx % nu;
+        const int64_t b = b0 + bl, j = u0 + u;
+        A a[4], x[4];
+        for (int g = 0; g < 4; ++g) a[g] = x[g] = A(0);
+        for (int g = 0; g < NG; ++g) {
+          a[g] = pre[bl * R + g * units + u] + (b_hh ? to_acc(b_hh[g * H + j]) : A(0));
+          x[g] = to_acc(gi[at(t, B, b, NG * H) + g * H + j]);
+        }
+        const A h_prev = PROJ ? A(0) : to_acc(hs[at(k, B, b, HK) + j]);
+        const A c_prev = CELL == kLSTM ? cs[at(k, B, b, H) + j] : A(0);
+        const CellFwd<A> o = cell_forward<CELL>(a, x, h_prev, c_prev);
+        const bool valid = p.mask == nullptr || p.mask[t * B + b] != 0;
+        if constexpr (PROJ) {
+          ms[at(t, B, b, H) + j] = from_acc<T>(o.h);
+        } else {
+          // Past the sequence's end the state is copied bit for bit and the output is zero.
+          hs[at(k + 1, B, b, HK) + j] = valid ? from_acc<T>(o.h) : hs[at(k, B, b, HK) + j];
+          out[at(t, B, b, HK) + j] = from_acc<T>(valid ? o.h : A(0));
+        }
+        for (int q = 0; q < NS; ++q) saved[at(t, B, b, NS * H) + q * H + j] = o.s[q];
+        if (CELL == kLSTM) cs[at(k + 1, B, b, H) + j] = valid ? o.c : c_prev;
+      }
+    }
+    if (PERSIST && k + 1 < k_end) grid_sync();
+  }
+}
+
+// h_t = m_t.W_hrT for `units` of the HK projected units per block; step k, time t.
+template <typename T>
+FRNN_GLOBAL void proj_fwd_kernel(FwdParams p, int units, int64_t k) {
+  using A = acc_t<T>;
+  const int64_t H = p.H, HK = p.HK, B = p.B;
+  const int64_t t = p.reverse ? p.T - 1 - k : k;
+  const int64_t u0 = int64_t(blockIdx.x) * units;
+  const int nu = int(HK - u0 < units ? HK - u0 : units);
+  const T* w_hr = static_cast<const T*>(p.w_hr);
+  const T* ms = static_cast<const T*>(p.ms);
+  T* hs = static_cast<T*>(p.hs);
+  T* out = static_cast<T*>(p.out);
+  A* a_s = dynamic_smem<A>();
+  A* pre = a_s + kStageRows * kChunkK;
+  auto wrow = [&](int r) -> const T* { return r < nu ? w_hr + (u0 + r) * H : nullptr; };
+  for (int64_t b0 = 0; b0 < B; b0 += kBatchChunk) {
+    const int nb = int(B - b0 < kBatchChunk ? B - b0 : kBatchChunk);
+    rows_gemm(ms + at(t, B, b0, H), H, nb, H, wrow, units, a_s, pre);
+    for (int idx = threadIdx.x; idx < nb * nu; idx += blockDim.x) {
+      const int bl = idx / nu, u = idx % nu;
+      const int64_t b = b0 + bl, j = u0 + u;
+      const bool valid = p.mask == nullptr || p.mask[t * B + b] != 0;
+      const A h = pre[bl * units + u];
+      hs[at(k + 1, B, b, HK) + j] = valid ? from_acc<T>(h) : hs[at(k, B, b, HK) + j];
+      out[at(t, B, b, HK) + j] = from_acc<T>(valid ? h : A(0));
+    }
+  }
+}
+
+template <int CELL, typename T>
+int rnn_fwd_typed(const FwdParams& p, int variant, cudaStream_t stream, int* used) {
+  constexpr int NG = CellSizes<CELL>::gates;
+  DeviceLimits lim;
+  cudaError_t e = device_limits(&lim);
+  if (e != cudaSuccess) return status_of(e);
+  const bool proj = p.w_hr != nullptr;
+  const dim3 block(lim.threads);
+  if (variant == kPersistent && !proj && lim.cooperative) {
+    const int units = units_per_block(p.H, lim.sms);
+    const int64_t blocks = blocks_for(p.H, units);
+    const size_t smem = block_smem_bytes<T>(true, NG * units, p.HK);
+    auto* kernel = rnn_fwd_kernel<CELL, T, true, false>;
+    if (smem <= lim.smem_optin &&
+        blocks <= int64_t(lim.sms) * blocks_per_sm(kernel, lim.threads, smem)) {
+      e = launch(kernel, dim3(unsigned(blocks)), block, smem, stream, true, p, units,
+                 int64_t(0), p.T);
+      if (!cooperative_refused(e)) {
+        if (used) *used = kPersistent;
+        return status_of(e);
+      }
+    }
+  }
+  if (used) *used = kStep;
+  const int units = step_units_per_block(p.H, lim.sms);
+  const unsigned blocks = unsigned(blocks_for(p.H, units));
+  const size_t smem = block_smem_bytes<T>(false, NG * units, p.HK);
+  const int units_p = step_units_per_block(p.HK, lim.sms);
+  const unsigned blocks_p = unsigned(blocks_for(p.HK, units_p));
+  const size_t smem_p = block_smem_bytes<T>(false, units_p, p.H);
+  for (int64_t k = 0; k < p.T; ++k) {
+    if constexpr (CELL == kLSTM) {
+      if (proj) {
+        e = launch(rnn_fwd_kernel<CELL, T, false, true>, dim3(blocks), block, smem, stream,
+                   false, p, units, k, k + 1);
+        if (e == cudaSuccess)
+          e = launch(proj_fwd_kernel<T>, dim3(blocks_p), block, smem_p, stream, false, p,
+                     units_p, k);
+        if (e != cudaSuccess) return status_of(e);
+        continue;
+      }
+    }
+    e = launch(rnn_fwd_kernel<CELL, T, false, false>, dim3(blocks), block, smem, stream, false,
+               p, units, k, k + 1);
+    if (e != cudaSuccess) return status_of(e);
+  }
+  return kOk;
+}
+
+int rnn_fwd(const FwdParams& p, int variant, void* stream, int* used_variant) {
+  if (p.T < 1 || p.B < 1 || p.H < 1 || p.HK < 1) return kBadArgument;
+  if (p.w_hr != nullptr && p.cell != kLSTM) return kBadArgument;
+  return dispatch(p.dtype, p.cell, [&](auto cell, auto type) {
+    using T = typename decltype(type)::type;
+    return rnn_fwd_typed<decltype(cell)::value, T>(p, variant, static_cast<cudaStream_t>(stream),
+                                                   used_variant);
+  });
+}
+
+}  // namespace frnn

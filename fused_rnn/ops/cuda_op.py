@@ -1,0 +1,114 @@
+"""The CUDA C++ backend (csrc/): launchers that allocate the buffers and call the extension,
+the custom ops fused_rnn::cuda_rnn_fwd / cuda_rnn_bwd (ops/recurrence.py), and the layer
+function that ops/stack.py drives.
+
+Variants of the recurrence, each way: "persistent" (the default: one cooperative launch per
+layer and direction, W_hh on chip, a grid barrier per step; the kernels fall back to "step"
+where the weights do not fit or with a projection) and "step" (one launch per timestep).
+Under FUSED_RNN_CUDA_EMULATE=1 the same kernels run emulated on CPU tensors (fused_rnn/_ext.py).
+"""
+import contextlib
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _alloc, _ext
+from . import recurrence
+from .cells import GATES
+
+CELL_CODES = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
+VARIANTS = {"step": 0, "persistent": 1}
+_variant = "persistent"
+# The variant each launcher ran last ("step" or "persistent"), for tests and the benchmark.
+last_used = {"fwd": None, "bwd": None}
+
+
+@contextlib.contextmanager
+def variant(name: str):
+    """Run the CUDA backend's recurrence as `name` ("persistent" or "step") for the layers
+    called inside the block."""
+    global _variant
+    if name not in VARIANTS:
+        raise ValueError(f"variant: expected one of {tuple(VARIANTS)}, got {name!r}")
+    previous, _variant = _variant, name
+    try:
+        yield
+    finally:
+        _variant = previous
+
+
+def _stream_and_device(t: Tensor):
+    """The current CUDA stream of t's device (0 for the emulated CPU build), and a context
+    that makes t's device current for the launch."""
+    if t.is_cuda:
+        return torch.cuda.current_stream(t.device).cuda_stream, torch.cuda.device(t.device)
+    return 0, contextlib.nullcontext()
+
+
+def _names(code: int) -> str:
+    return next(k for k, v in VARIANTS.items() if v == code)
+
+
+def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
+                 b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],
+                 reverse: bool, variant: str = "persistent"):
+    """One layer and direction: the forward contract of ops/recurrence.py. gi (T, B, G·H) with
+    b_ih; h0 (B, HK); c0 (B, H) (LSTM); w_hh (G·H, HK); b_hh (G·H,); w_hr (HK, H) or None;
+    mask (T, B) bool or None."""
+    T, B, _ = gi.shape
+    H = w_hh.shape[0] // GATES[cell]
+    proj = w_hr is not None
+    gi, w_hh = gi.contiguous(), w_hh.contiguous()
+    b_hh = b_hh.contiguous() if b_hh is not None else None
+    w_hr = w_hr.contiguous() if proj else None
+    hs, out, saved, cs, ms = recurrence.fwd_buffers(cell, gi, h0, c0, H, proj)
+    if B > 0:
+        mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
+        stream, device = _stream_and_device(gi)
+        with device:
+            used = _ext.load().rnn_fwd(gi, w_hh, b_hh, w_hr, mask_u8, hs, cs, out, saved, ms,
+                                       CELL_CODES[cell], reverse, VARIANTS[variant], stream)
+        last_used["fwd"] = _names(used)
+    c_n = cs[T].to(gi.dtype, copy=True) if cell == "LSTM" else gi.new_empty(0)
+    return out, hs[T].clone(), c_n, saved, hs, cs, ms
+
+
+def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
+                 dc_n: Optional[Tensor], saved: Tensor, hs: Tensor, cs: Tensor, ms: Tensor,
+                 w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor], reverse: bool,
+                 has_bias: bool, variant: str = "persistent"):
+    """Backward of rnn_fwd_cuda: the backward contract of ops/recurrence.py."""
+    T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+    NG = GATES[cell]
+    H = w_hh.shape[0] // NG
+    proj = w_hr is not None
+    dout, carry_h, carry_c = recurrence.bwd_carries(cell, dout, dh_n, dc_n, hs, H)
+    dgh = _alloc.empty((T, B, NG * H), like=saved)
+    dgi = _alloc.empty((T, B, NG * H), like=saved) if cell == "GRU" else dgh
+    dhs = _alloc.empty((T, B, HK), like=saved) if proj else None  # dL/dh_t, for dW_hr
+    if B > 0:
+        # Transposed copies: the kernels read rows of W_hhᵀ (columns of W_hh) and of W_hrᵀ.
+        w_t = w_hh.t().contiguous()
+        w_hr_t = w_hr.t().contiguous() if proj else None
+        mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
+        stream, device = _stream_and_device(hs)
+        with device:
+            used = _ext.load().rnn_bwd(w_t, w_hr_t, dout, saved, hs.contiguous(), cs, mask_u8,
+                                       dgh, dgi, dhs, carry_h, carry_c, CELL_CODES[cell],
+                                       reverse, VARIANTS[variant], stream)
+        last_used["bwd"] = _names(used)
+    return recurrence.finish_bwd(cell, dgh, dgi, dhs, carry_h, carry_c, hs, ms, w_hh, w_hr,
+                                 reverse, has_bias)
+
+
+_fwd_op = recurrence.make_ops("cuda", rnn_fwd_cuda, rnn_bwd_cuda)
+
+
+def layer_cuda(mode, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse):
+    """ops/stack.py's layer function (signature of ops.naive.layer_naive) on the CUDA
+    kernels."""
+    out, h_n, c_n, _, _, _, _ = _fwd_op(gi, h0, c0, w_hh, b_hh, w_hr,
+                                        None if mask is None else mask[..., 0], mode, reverse,
+                                        _variant)
+    return out, h_n, (c_n if mode == "LSTM" else None)

@@ -1,0 +1,153 @@
+"""What the fused backends (Triton, CUDA) share around their kernels: the buffers of a layer's
+forward, the weight gradients formed after the backward's time loop, and the torch.library
+custom ops with their fake (meta) implementations and autograd.
+
+Contract of a backend's kernels, one layer and direction (buffer layouts in
+ops/triton_kernels.py and csrc/params.h):
+  fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant)
+      -> out (T, B, HK), h_n (B, HK), c_n (B, H) (empty unless LSTM), saved (T, B, S·H),
+         hs (T+1, B, HK), cs (T+1, B, H) (empty unless LSTM), ms (T, B, H) (empty without proj)
+  bwd(cell, dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, reverse, has_bias, variant)
+      -> dgi (T, B, G·H), dh0 (B, HK), dc0 (empty unless LSTM), dw_hh, db_hh (empty without
+         bias), dw_hr (empty without proj)
+Both directions are custom ops, so torch.compile sees two opaque calls per layer instead of a
+host loop over timesteps.
+"""
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _alloc
+from .cells import GATES
+
+SAVED = {"LSTM": 4, "GRU": 4, "RNN_TANH": 1, "RNN_RELU": 1}  # values saved per unit
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation and saved-state dtype: fp32 for fp32/fp16/bf16 (the LSTM cell state is kept
+    in fp32), fp64 for fp64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def step_times(T: int, reverse: bool):
+    """Time index of each processing step."""
+    return [T - 1 - k for k in range(T)] if reverse else list(range(T))
+
+
+def fwd_buffers(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], H: int, proj: bool):
+    """hs (with hs[0] = h0), out, saved, cs (with cs[0] = c0; empty unless LSTM) and ms (empty
+    without a projection) for a forward over gi (T, B, G·H); NaN-poisoned when testing."""
+    T, B, _ = gi.shape
+    HK = h0.shape[-1]
+    acc = gi.new_empty((), dtype=acc_dtype(gi.dtype))
+    hs = _alloc.empty((T + 1, B, HK), like=gi)
+    hs[0] = h0
+    out = _alloc.empty((T, B, HK), like=gi)
+    saved = _alloc.empty((T, B, SAVED[cell] * H), like=acc)
+    cs = _alloc.empty((T + 1, B, H), like=acc) if cell == "LSTM" else acc.new_empty(0)
+    if cell == "LSTM":
+        cs[0] = c0
+    ms = _alloc.empty((T, B, H), like=gi) if proj else gi.new_empty(0)
+    return hs, out, saved, cs, ms
+
+
+def bwd_carries(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
+                dc_n: Optional[Tensor], hs: Tensor, H: int):
+    """dout (zeros if None, contiguous), carry_h = dh_n and carry_c = dc_n (LSTM; else
+    carry_h), in the accumulation dtype, as fresh buffers the kernels update in place."""
+    B, HK = hs.shape[1], hs.shape[2]
+    acc = acc_dtype(hs.dtype)
+    dout = torch.zeros_like(hs[1:]) if dout is None else dout.contiguous()
+    carry_h = (torch.zeros((B, HK), dtype=acc, device=hs.device) if dh_n is None
+               else dh_n.to(acc).contiguous().clone())
+    carry_c = carry_h
+    if cell == "LSTM":
+        carry_c = (torch.zeros((B, H), dtype=acc, device=hs.device) if dc_n is None
+                   else dc_n.to(acc).contiguous().clone())
+    return dout, carry_h, carry_c
+
+
+def finish_bwd(cell: str, dgh: Tensor, dgi: Tensor, dhs: Optional[Tensor], carry_h: Tensor,
+               carry_c: Tensor, hs: Tensor, ms: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
+               reverse: bool, has_bias: bool):
+    """After the backward's time loop: dh0, and the weight gradients as one GEMM each over all
+    T·B rows (dW_hh = dgatesᵀ·h_prev, db_hh = Σ dgates, dW_hr = dhᵀ·m). Returns the backward's
+    outputs (see the module docstring)."""
+    T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+    acc = dgh.dtype
+    times = step_times(T, reverse)
+    # dh0 = what passed through the first step + the first step's gates through W_hh (their
+    # rows are zero where that step lies past the sequence's end).
+    dh0 = (carry_h + dgh[times[0]] @ w_hh.to(acc)).to(hs.dtype)
+    dc0 = carry_c.to(hs.dtype) if cell == "LSTM" else hs.new_empty(0)
+    h_prev = hs[:T].flip(0) if reverse else hs[:T]  # state entering the step at time t
+    flat = dgh.reshape(T * B, dgh.shape[-1])
+    dw_hh = (flat.t() @ h_prev.reshape(T * B, HK).to(acc)).to(w_hh.dtype)
+    db_hh = flat.sum(0).to(w_hh.dtype) if has_bias else hs.new_empty(0)
+    dw_hr = ((dhs.reshape(T * B, HK).t() @ ms.reshape(T * B, ms.shape[-1]).to(acc)).to(w_hr.dtype)
+             if w_hr is not None else hs.new_empty(0))
+    return dgi.to(hs.dtype), dh0, dc0, dw_hh, db_hh, dw_hr
+
+
+def make_ops(backend: str, fwd: Callable, bwd: Callable) -> Callable:
+    """Registers fused_rnn::{backend}_rnn_fwd and _bwd (custom ops with fakes; the backward op
+    is the forward's autograd) around a backend's fwd/bwd and returns the forward op. Call once
+    per backend, at import of its module."""
+
+    @torch.library.custom_op(f"fused_rnn::{backend}_rnn_fwd", mutates_args=())
+    def fwd_op(gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
+               b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],
+               cell: str, reverse: bool,
+               variant: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant)
+
+    @fwd_op.register_fake
+    def _(gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse, variant):
+        T, B, _ = gi.shape
+        HK = h0.shape[-1]
+        H = w_hh.shape[0] // GATES[cell]
+        acc = acc_dtype(gi.dtype)
+        lstm = cell == "LSTM"
+        return (gi.new_empty((T, B, HK)), gi.new_empty((B, HK)),
+                gi.new_empty((B, H) if lstm else (0,)),
+                gi.new_empty((T, B, SAVED[cell] * H), dtype=acc), gi.new_empty((T + 1, B, HK)),
+                gi.new_empty((T + 1, B, H) if lstm else (0,), dtype=acc),
+                gi.new_empty((T, B, H) if w_hr is not None else (0,)))
+
+    @torch.library.custom_op(f"fused_rnn::{backend}_rnn_bwd", mutates_args=())
+    def bwd_op(dout: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor],
+               saved: Tensor, hs: Tensor, cs: Tensor, ms: Tensor, w_hh: Tensor,
+               w_hr: Optional[Tensor], mask: Optional[Tensor], cell: str, reverse: bool,
+               has_bias: bool,
+               variant: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return bwd(cell, dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, reverse,
+                   has_bias, variant)
+
+    @bwd_op.register_fake
+    def _(dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, cell, reverse, has_bias,
+          variant):
+        T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        H = w_hh.shape[0] // GATES[cell]
+        return (hs.new_empty((T, B, w_hh.shape[0])), hs.new_empty((B, HK)),
+                hs.new_empty((B, H) if cell == "LSTM" else (0,)), w_hh.new_empty(w_hh.shape),
+                w_hh.new_empty((w_hh.shape[0],) if has_bias else (0,)),
+                w_hh.new_empty(w_hr.shape if w_hr is not None else (0,)))
+
+    def setup_context(ctx, inputs, output):
+        gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse, variant = inputs
+        _, _, _, saved, hs, cs, ms = output
+        ctx.save_for_backward(saved, hs, cs, ms, w_hh, w_hr, mask)
+        ctx.cell, ctx.reverse, ctx.variant = cell, reverse, variant
+        ctx.has_c0, ctx.has_bias = c0 is not None, b_hh is not None
+
+    def backward(ctx, dout, dh_n, dc_n, _dsaved, _dhs, _dcs, _dms):
+        saved, hs, cs, ms, w_hh, w_hr, mask = ctx.saved_tensors
+        dgi, dh0, dc0, dw_hh, db_hh, dw_hr = bwd_op(
+            dout, dh_n, dc_n if ctx.cell == "LSTM" else None, saved, hs, cs, ms, w_hh, w_hr,
+            mask, ctx.cell, ctx.reverse, ctx.has_bias, ctx.variant)
+        return (dgi, dh0, dc0 if ctx.has_c0 else None, dw_hh, db_hh if ctx.has_bias else None,
+                dw_hr if w_hr is not None else None, None, None, None, None)
+
+    fwd_op.register_autograd(backward, setup_context=setup_context)
+    return fwd_op

@@ -1,0 +1,169 @@
+"""The CUDA C++ kernels (csrc/) through backend="cuda", forward and backward, both variants,
+against float64 torch and the reference backend. On a machine without a GPU they run emulated
+(FUSED_RNN_CUDA_EMULATE=1: the same kernel sources built as host C++, one std::thread per CUDA
+thread, an emulated device of 3 SMs and 48 KiB of shared memory, so tiny shapes already split
+over several blocks and batch chunks); on a GPU, for real. The GPU-only grid (fp16/bf16, >= 200
+cases per cell) is tests/test_cuda_gpu.py."""
+import pytest
+import torch
+import torch.nn as nn
+
+import fused_rnn
+from fused_rnn import _ext, testing
+from fused_rnn.testing import Case
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _emulate_without_gpu(monkeypatch):
+    if DEVICE == "cpu":
+        monkeypatch.setenv("FUSED_RNN_CUDA_EMULATE", "1")
+    elif _ext.why_not_buildable() is not None:
+        pytest.skip(f"CUDA extension: {_ext.why_not_buildable()}")
+
+
+def _cuda_op():
+    from fused_rnn.ops import cuda_op
+    return cuda_op
+
+
+GRID = testing.random_cases(40, seed=505, with_dropout=DEVICE == "cpu")
+# Several blocks and batch chunks even on the emulated device (3 SMs -> H/3 units per block,
+# batch chunks of 3 rows); H=40 fp64 LSTM persistent needs 4 x 14 rows x 41 x 8 B of shared
+# memory: over the emulated 48 KiB, so it runs per step even when asked for persistent.
+TILED = [Case("LSTM", T=3, B=7, I=9, H=33, bidirectional=True, packed="unsorted", seed=1),
+         Case("GRU", T=4, B=5, I=40, H=34, num_layers=2, seed=2),
+         Case("RNN_TANH", T=3, B=8, I=5, H=48, packed="sorted", seed=3),
+         Case("RNN_RELU", T=2, B=5, I=3, H=65, bidirectional=True, seed=4),
+         Case("LSTM", T=4, B=7, I=6, H=40, proj_size=33, num_layers=2, bidirectional=True,
+              packed="unsorted", seed=5),
+         Case("LSTM", T=5, B=4, I=6, H=20, num_layers=2, seed=6)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("case", GRID + TILED, ids=[c.label() for c in GRID + TILED])
+def test_cuda_matches_torch(case, dtype):
+    res = testing.check(case, "cuda", dtype, DEVICE)
+    assert res.ok, res.failures()
+
+
+@pytest.mark.parametrize("variant", ["persistent", "step"])
+@pytest.mark.parametrize("case", TILED, ids=[c.label() for c in TILED])
+def test_cuda_variants_match_reference_backend(case, variant):
+    cuda_op = _cuda_op()
+    cuda_op.last_used.update(fwd=None, bwd=None)
+    with cuda_op.variant(variant):
+        diffs = testing.compare_backends(case, "cuda", "reference", torch.float64, DEVICE)
+    assert max(diffs.values()) <= 1e-10, diffs
+    # The persistent kernels take everything here but projections and, emulated, the
+    # H=40 LSTM (over 48 KiB of shared memory).
+    fits = not case.proj_size and (DEVICE == "cuda" or case.H * 4 * 8 * 4 // 3 < 44 * 1024)
+    expected = "persistent" if variant == "persistent" and fits else "step"
+    assert cuda_op.last_used == {"fwd": expected, "bwd": expected}, cuda_op.last_used
+
+
+@pytest.mark.parametrize("cell,base", [("LSTMCell", nn.LSTMCell), ("GRUCell", nn.GRUCell),
+                                       ("RNNCell", nn.RNNCell)])
+def test_cuda_cells(cell, base):
+    ref = base(6, 13, dtype=torch.float64, device=DEVICE)
+    ours = fused_rnn.convert(base(6, 13, dtype=torch.float64, device=DEVICE), "cuda")
+    ours.load_state_dict(ref.state_dict())
+    results = []
+    for module in (ours, ref):
+        gen = torch.Generator(DEVICE).manual_seed(1)
+        x = torch.randn(5, 6, dtype=torch.float64, device=DEVICE, generator=gen).requires_grad_()
+        hx = torch.randn(5, 13, dtype=torch.float64, device=DEVICE,
+                         generator=gen).requires_grad_()
+        state = (hx, hx.flip(0) * 0.5) if cell == "LSTMCell" else hx
+        out = module(x, state)
+        outs = out if isinstance(out, tuple) else (out,)
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype, device=DEVICE)
+                    .view_as(o)).sum() for o in outs)
+        grads = torch.autograd.grad(loss, [x, hx] + list(module.parameters()))
+        results.append([t.detach() for t in outs + tuple(grads)])
+    for u, v in zip(*results):
+        assert (u - v).abs().max().item() <= 1e-10
+
+
+def test_cuda_empty_batch():
+    m = fused_rnn.LSTM(3, 4, backend="cuda", dtype=torch.float64, device=DEVICE)
+    x = torch.randn(5, 0, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    out, (h, c) = m(x)
+    assert out.shape == (5, 0, 4) and h.shape == c.shape == (1, 0, 4)
+    out.sum().backward()
+
+
+def test_cuda_backward_is_bitwise_reproducible():
+    """Every output element has one owner thread and a fixed summation order (csrc/gemm.cuh)."""
+    case = TILED[1]
+    first = testing.run(fused_rnn.convert(testing.torch_module(case), "cuda"), case,
+                        torch.float32, DEVICE)
+    second = testing.run(fused_rnn.convert(testing.torch_module(case), "cuda"), case,
+                         torch.float32, DEVICE)
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+def test_binding_checks_name_the_argument():
+    ext = _ext.load()
+    T, B, H = 2, 3, 4
+    f = torch.float64
+    gi = torch.randn(T, B, 4 * H, dtype=f, device=DEVICE)
+    w = torch.randn(4 * H, H, dtype=f, device=DEVICE)
+    hs = torch.zeros(T + 1, B, H, dtype=f, device=DEVICE)
+    cs = torch.zeros(T + 1, B, H, dtype=f, device=DEVICE)
+    out = torch.empty(T, B, H, dtype=f, device=DEVICE)
+    saved = torch.empty(T, B, 4 * H, dtype=f, device=DEVICE)
+    ms = torch.empty(0, dtype=f, device=DEVICE)
+
+    def fwd(**kw):
+        args = dict(gi=gi, w_hh=w, b_hh=None, w_hr=None, mask=None, hs=hs, cs=cs, out=out,
+                    saved=saved, ms=ms)
+        args.update(kw)
+        return ext.rnn_fwd(*args.values(), 0, False, 1, 0)
+
+    assert fwd() in (0, 1)  # the well-formed call runs
+    with pytest.raises(RuntimeError, match=r"hs: expected shape \[3, 3, 4\], got \[4, 3, 4\]"):
+        fwd(hs=torch.zeros(T + 2, B, H, dtype=f, device=DEVICE))
+    with pytest.raises(RuntimeError, match=r"w_hh: expected shape \[16, 5\], got \[16, 4\]"):
+        fwd(hs=torch.zeros(T + 1, B, 5, dtype=f, device=DEVICE))
+    with pytest.raises(RuntimeError, match=r"hs: expected a state width equal to H = 4 \(without "
+                                           r"a projection\), got 5"):
+        fwd(w_hh=torch.randn(4 * H, 5, dtype=f, device=DEVICE),
+            hs=torch.zeros(T + 1, B, 5, dtype=f, device=DEVICE))
+    with pytest.raises(RuntimeError, match=r"saved: expected dtype Double, got Float"):
+        fwd(saved=saved.float())
+    with pytest.raises(RuntimeError, match=r"w_hh: expected a contiguous tensor"):
+        fwd(w_hh=torch.randn(H, 4 * H, dtype=f, device=DEVICE).t())
+    with pytest.raises(RuntimeError, match=r"mask: expected shape \[2, 3\]"):
+        fwd(mask=torch.ones(T, B + 1, dtype=torch.uint8, device=DEVICE))
+    with pytest.raises(RuntimeError, match=r"w_hr: a projection needs an LSTM"):
+        ext.rnn_fwd(gi[..., :3 * H].contiguous(), w[:3 * H].contiguous(), None, w[:H], None, hs,
+                    cs, out, saved, ms, 1, False, 1, 0)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="CPU-only behaviour")
+def test_emulated_dtype_and_no_emulation_errors(monkeypatch):
+    m = fused_rnn.LSTM(3, 4, backend="cuda").to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="emulated kernels run float32 and float64 only"):
+        m(torch.randn(2, 1, 3, dtype=torch.bfloat16))
+    monkeypatch.delenv("FUSED_RNN_CUDA_EMULATE")
+    with pytest.raises(RuntimeError, match=r"CUDA tensors \(or on the CPU under "
+                                           r"FUSED_RNN_CUDA_EMULATE=1\), and the input is on cpu"):
+        fused_rnn.LSTM(3, 4, backend="cuda")(torch.randn(2, 1, 3))
+
+
+def test_variant_names_are_checked():
+    with pytest.raises(ValueError, match="variant: expected one of"):
+        with _cuda_op().variant("fast"):
+            pass
+
+
+def test_bench_cuda_providers_pin_the_variant():
+    from fused_rnn.bench import suite as S
+    cuda_op = _cuda_op()
+    for provider, expected in (("cuda_step", "step"), ("cuda_persistent", "persistent")):
+        fn, _ = S.build(provider, "GRU", (3, 2, 4, 8), "fp32", torch.device(DEVICE))
+        fn(torch.randn(3, 2, 4, device=DEVICE, requires_grad=True)).sum().backward()
+        assert cuda_op.last_used == {"fwd": expected, "bwd": expected}
