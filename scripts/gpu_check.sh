@@ -8,7 +8,8 @@
 # A device call may run 10 minutes: pick stages with STAGES (default all, in this order):
 #   build     build the CUDA extension (torch.utils.cpp_extension, cached) and time it
 #   tests     the whole test suite (GPU tests included)
-#   cuda      the CUDA backend's tests only (tests/test_cuda_*.py)
+#   cuda      the CUDA backend's tests but its parity grid (tests/test_cuda_*.py)
+#   cuda-fp32, cuda-bf16, cuda-fp16   the CUDA backend's GPU parity grid, one dtype each
 #   sanitize  compute-sanitizer memcheck and racecheck over the CUDA backend's small grid
 #   parity    fused-rnn parity on CUDA
 #   bench     the benchmark suite
@@ -49,7 +50,11 @@ m = e.load(); print('CUDA extension ready in %.1f s:' % (time.time() - t), m.__f
 m.device_info())"
 want tests && stage tests 540 "$PY" -m pytest -q -rs tests
 want cuda && stage cuda 540 "$PY" -m pytest -q -rs -s tests/test_cuda_kernels.py \
-  tests/test_cuda_gpu.py
+  tests/test_cuda_gpu.py -k "not parity_grid"
+for dt in fp32 bf16 fp16; do
+  want "cuda-$dt" && stage "cuda-$dt" 540 "$PY" -m pytest -q -rs -s tests/test_cuda_gpu.py \
+    -k "parity_grid and $dt"
+done
 # Small grid under compute-sanitizer; its summary lines ("ERROR SUMMARY: n errors") are in log.
 for tool in memcheck racecheck; do
   want sanitize && stage "sanitize-$tool" 420 compute-sanitizer --tool "$tool" --error-exitcode 1 \

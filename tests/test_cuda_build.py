@@ -46,3 +46,21 @@ def test_cuda_sources_compile_for_sm80_and_sm90(tmp_path):
         assert all(s == 0 and l == 0 for s, l in spills), f"{name} spills registers"
     # 4 cells x 4 dtypes x 2 variants each way, plus the projection kernels, per arch.
     assert kernels >= 2 * 2 * 32, kernels
+
+
+def test_binding_compiles_for_the_gpu_build():
+    """binding.cpp as the GPU build compiles it (no FRNN_EMULATE), against this torch's headers:
+    it includes no CUDA header, so the CPU wheel's headers suffice. The emulated build, which
+    tests/test_cuda_kernels.py links and runs, covers the other branch."""
+    import sysconfig
+
+    from torch.utils.cpp_extension import include_paths
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    incs = [f"-I{p}" for p in include_paths() + [sysconfig.get_paths()["include"],
+                                                 str(_ext.CSRC)]]
+    res = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", "-DTORCH_EXTENSION_NAME=_C", *incs,
+                          str(_ext.CSRC / "binding.cpp")], capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-5000:]
