@@ -40,8 +40,10 @@ def _sources_dir() -> Path:
     return CSRC
 
 
+@functools.lru_cache(maxsize=None)
 def why_not_buildable() -> Optional[str]:
-    """None if the GPU extension can be loaded or built here, else the reason."""
+    """None if the GPU extension can be loaded or built here, else the reason (cached: the
+    backend choice asks on every call)."""
     try:
         importlib.import_module("fused_rnn._C")
         return None
@@ -66,7 +68,7 @@ def _load(emulate: bool):
         return cpp_extension.load(
             name="fused_rnn_emulated", sources=[str(src / "binding.cpp"), str(src / "emulated.cpp")],
             extra_cflags=["-O2", "-DFRNN_EMULATE", "-pthread"], extra_ldflags=["-pthread"],
-            extra_include_paths=[str(src)], verbose=False)
+            extra_include_paths=[str(src)], verbose=_verbose())
     try:
         return importlib.import_module("fused_rnn._C")
     except ImportError:
@@ -79,13 +81,16 @@ def _load(emulate: bool):
             name="fused_rnn_cuda",
             sources=[str(src / "binding.cpp")] + [str(src / f) for f in CUDA_SOURCES],
             extra_cflags=["-O3"], extra_cuda_cflags=list(NVCC_FLAGS),
-            extra_include_paths=[str(src)], verbose=False)
-    except Exception as e:  # a compiler error: say where the log is and how to retry
+            extra_include_paths=[str(src)], verbose=_verbose())
+    except Exception as e:  # a compiler error: say how to see it
         raise RuntimeError(
-            f"building fused_rnn's CUDA extension failed ({type(e).__name__}: {e}). Run "
-            f"`python -c \"import fused_rnn._ext as e; e.load(verbose=True)\"` to see the "
-            f"compiler output; the build directory is "
-            f"{cpp_extension._get_build_directory('fused_rnn_cuda', False)}") from e
+            f"building fused_rnn's CUDA extension failed ({type(e).__name__}: {e}). Set "
+            f"FUSED_RNN_BUILD_VERBOSE=1 to see the compiler's output; the build is cached under "
+            f"TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions)") from e
+
+
+def _verbose() -> bool:
+    return os.environ.get("FUSED_RNN_BUILD_VERBOSE", "0") not in ("", "0")
 
 
 def load():
