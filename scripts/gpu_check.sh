@@ -7,9 +7,10 @@
 #                    benchmarks/results/ when they matter)
 # A device call may run 10 minutes: pick stages with STAGES (default all, in this order):
 #   build     build the CUDA extension (torch.utils.cpp_extension, cached) and time it
-#   tests     the whole test suite (GPU tests included)
+#   tests     the whole test suite but the GPU parity grids (those have stages of their own)
 #   cuda      the CUDA backend's tests but its parity grid (tests/test_cuda_*.py)
-#   cuda-fp32, cuda-bf16, cuda-fp16   the CUDA backend's GPU parity grid, one dtype each
+#   cuda-fp32, cuda-bf16, cuda-fp16         the CUDA backend's GPU parity grid, one dtype each
+#   triton-fp32, triton-bf16, triton-fp16   the same for the Triton backend
 #   sanitize  compute-sanitizer memcheck and racecheck over the CUDA backend's small grid
 #   parity    fused-rnn parity on CUDA
 #   bench     the benchmark suite
@@ -48,12 +49,14 @@ want info && stage info 60 "$PY" -m fused_rnn info
 want build && stage build 420 "$PY" -c "import time; t = time.time(); import fused_rnn._ext as e; \
 m = e.load(); print('CUDA extension ready in %.1f s:' % (time.time() - t), m.__file__, \
 m.device_info())"
-want tests && stage tests 540 "$PY" -m pytest -q -rs tests
+want tests && stage tests 540 "$PY" -m pytest -q -rs tests -k "not parity_grid"
 want cuda && stage cuda 540 "$PY" -m pytest -q -rs -s tests/test_cuda_kernels.py \
   tests/test_cuda_gpu.py -k "not parity_grid"
-for dt in fp32 bf16 fp16; do
-  want "cuda-$dt" && stage "cuda-$dt" 540 "$PY" -m pytest -q -rs -s tests/test_cuda_gpu.py \
-    -k "parity_grid and $dt"
+for backend in cuda triton; do
+  for dt in fp32 bf16 fp16; do
+    want "$backend-$dt" && stage "$backend-$dt" 540 "$PY" -m pytest -q -rs -s \
+      "tests/test_${backend}_gpu.py" -k "parity_grid and $dt"
+  done
 done
 # Small grid under compute-sanitizer; its summary lines ("ERROR SUMMARY: n errors") are in log.
 for tool in memcheck racecheck; do
