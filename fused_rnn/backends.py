@@ -11,6 +11,7 @@
 """
 import importlib.util
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -74,6 +75,23 @@ def _why_not_cuda(device, dtype) -> Optional[str]:
     return _ext.why_not_buildable()
 
 
+def _cuda_extension_loads() -> bool:
+    """For "auto": whether the CUDA extension loads (it builds on first use). A failed build
+    warns once and lets "auto" go on to the next backend; backend="cuda" raises instead."""
+    from . import _ext
+    try:
+        _ext.load()
+        return True
+    except RuntimeError as e:
+        if not _ext_failure_warned:
+            _ext_failure_warned.append(True)
+            warnings.warn(f"fused_rnn: backend 'auto' skips 'cuda': {e}", RuntimeWarning)
+        return False
+
+
+_ext_failure_warned: list = []
+
+
 def resolve(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
     """The concrete backend for a call. An explicit backend that cannot run the call raises
     RuntimeError saying why; "auto" takes the fastest fused backend that can run on CUDA
@@ -82,8 +100,8 @@ def resolve(backend: str, device: torch.device, dtype: Optional[torch.dtype] = N
     if backend == "auto":
         if device.type != "cuda":
             return "reference"
-        return next((b for b in _AUTO_ORDER if why_not(b, device, dtype) is None),
-                    "reference")
+        return next((b for b in _AUTO_ORDER if why_not(b, device, dtype) is None
+                     and (b != "cuda" or _cuda_extension_loads())), "reference")
     reason = why_not(backend, device, dtype)
     if reason is not None:
         raise RuntimeError(f"backend={backend!r} cannot run this call: {reason}")

@@ -114,3 +114,18 @@ def test_gpu_backend_on_cpu_tensors_says_why(name, monkeypatch):
     cell = fused_rnn.GRUCell(3, 4, backend=name)
     with pytest.raises(RuntimeError, match=rf"backend='{name}'"):
         cell(torch.randn(1, 3))
+
+
+def test_auto_skips_a_cuda_extension_that_fails_to_build(monkeypatch):
+    """On a CUDA device whose extension does not build, "auto" warns once and takes the next
+    fused backend instead of failing the call."""
+    from fused_rnn import _ext
+
+    def fail(_emulate):
+        raise RuntimeError("building fused_rnn's CUDA extension failed (test)")
+    monkeypatch.setattr(backends, "why_not", lambda b, d, t=None: None)
+    monkeypatch.setattr(_ext, "_load", fail)
+    monkeypatch.setattr(backends, "_ext_failure_warned", [])
+    with pytest.warns(RuntimeWarning, match="'auto' skips 'cuda': building"):
+        assert backends.resolve("auto", torch.device("cuda")) == "triton"
+    assert backends.resolve("auto", torch.device("cuda")) == "triton"  # warned once only
