@@ -62,4 +62,25 @@ inline int64_t blocks_for(int64_t n, int units) { return (n + units - 1) / units
 
 inline int status_of(cudaError_t e) { return e == cudaSuccess ? kOk : int(e); }
 
+// The persistent variant of a launcher: `kernel` over blocks of `units` hidden units each,
+// keeping R weight rows of K elements per block in shared memory, all T steps in one
+// cooperative launch. Returns false where it cannot run (shared memory over the opt-in limit,
+// more blocks than fit on the GPU at once, a refused cooperative launch): the caller then runs
+// per step. Else true, with the launch status in *status.
+template <typename T, typename P>
+bool launch_persistent(void (*kernel)(P, int, int64_t, int64_t), const DeviceLimits& lim,
+                       const P& p, int64_t n_units, int units, int R, int64_t K,
+                       cudaStream_t stream, int* status) {
+  const int64_t blocks = blocks_for(n_units, units);
+  const size_t smem = block_smem_bytes<T>(true, R, K);
+  if (!lim.cooperative || smem > lim.smem_optin ||
+      blocks > int64_t(lim.sms) * blocks_per_sm(kernel, lim.threads, smem))
+    return false;
+  const cudaError_t e = launch(kernel, dim3(unsigned(blocks)), dim3(lim.threads), smem, stream,
+                               true, p, units, int64_t(0), p.T);
+  if (cooperative_refused(e)) return false;
+  *status = status_of(e);
+  return true;
+}
+
 }  // namespace frnn

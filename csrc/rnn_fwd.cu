@@ -124,19 +124,13 @@ int rnn_fwd_typed(const FwdParams& p, int variant, cudaStream_t stream, int* use
   if (e != cudaSuccess) return status_of(e);
   const bool proj = p.w_hr != nullptr;
   const dim3 block(lim.threads);
-  if (variant == kPersistent && !proj && lim.cooperative) {
+  if (variant == kPersistent && !proj) {
     const int units = units_per_block(p.H, lim.sms);
-    const int64_t blocks = blocks_for(p.H, units);
-    const size_t smem = block_smem_bytes<T>(true, NG * units, p.HK);
-    auto* kernel = rnn_fwd_kernel<CELL, T, true, false>;
-    if (smem <= lim.smem_optin &&
-        blocks <= int64_t(lim.sms) * blocks_per_sm(kernel, lim.threads, smem)) {
-      e = launch(kernel, dim3(unsigned(blocks)), block, smem, stream, true, p, units,
-                 int64_t(0), p.T);
-      if (!cooperative_refused(e)) {
-        if (used) *used = kPersistent;
-        return status_of(e);
-      }
+    int status = kOk;
+    if (launch_persistent<T>(rnn_fwd_kernel<CELL, T, true, false>, lim, p, p.H, units,
+                             NG * units, p.HK, stream, &status)) {
+      if (used) *used = kPersistent;
+      return status;
     }
   }
   if (used) *used = kStep;

@@ -212,3 +212,39 @@ def compare_backends(case: Case, a: str, b: str, dtype=torch.float64, device="cp
     ra = run(convert(copy.deepcopy(ref), backend=a), case, dtype, device)
     rb = run(convert(copy.deepcopy(ref), backend=b), case, dtype, device)
     return {k: _max_err(ra[k], rb[k]) for k in ra}
+
+
+def compare_cells(base, backend: str, device="cpu", input_size: int = 6,
+                  hidden_size: int = 13) -> float:
+    """Max abs difference, over the outputs and the gradients of the input, the state and every
+    parameter, between torch's cell `base` (nn.LSTMCell/GRUCell/RNNCell) and a copy converted to
+    `backend`, in float64 on the same inputs."""
+    ref = base(input_size, hidden_size, dtype=torch.float64, device=device)
+    ours = convert(copy.deepcopy(ref), backend)
+    results = []
+    for module in (ours, ref):
+        x = torch.randn(5, input_size, dtype=torch.float64, device=device,
+                        generator=torch.Generator(device).manual_seed(1)).requires_grad_()
+        hx = torch.randn(5, hidden_size, dtype=torch.float64, device=device,
+                         generator=torch.Generator(device).manual_seed(2)).requires_grad_()
+        state = (hx, hx.flip(0) * 0.5) if isinstance(ref, nn.LSTMCell) else hx
+        out = module(x, state)
+        outs = out if isinstance(out, tuple) else (out,)
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype, device=device)
+                    .view_as(o)).sum() for o in outs)
+        grads = torch.autograd.grad(loss, [x, hx] + list(module.parameters()))
+        results.append([t.detach() for t in outs + tuple(grads)])
+    return max(_max_err(u, v) for u, v in zip(*results))
+
+
+def autocast_run(backend: str, cell: str):
+    """A 2-layer nn.<cell> (64 -> 128) and a copy converted to `backend`, run on the same input
+    under torch.autocast("cuda", dtype=torch.bfloat16). Returns (ours, expected, our module)."""
+    torch.manual_seed(0)
+    ref = getattr(nn, cell)(64, 128, num_layers=2).cuda()
+    ours = convert(copy.deepcopy(ref), backend)
+    x = torch.randn(20, 4, 64, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        expected, _ = ref(x)
+        got, _ = ours(x)
+    return got, expected, ours

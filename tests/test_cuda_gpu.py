@@ -72,18 +72,7 @@ def test_cuda_sanitizer_grid(case, dtype, variant):
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_cuda_autocast_matches_torch_dtype(cell):
     """Under CUDA autocast nn.LSTM runs cuDNN in bf16; the CUDA backend runs in bf16 too."""
-    import copy
-
-    import torch.nn as nn
-
-    import fused_rnn
-    torch.manual_seed(0)
-    ref = getattr(nn, cell)(64, 128, num_layers=2).cuda()
-    ours = fused_rnn.convert(copy.deepcopy(ref), "cuda")
-    x = torch.randn(20, 4, 64, device="cuda")
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        expected, _ = ref(x)
-        got, _ = ours(x)
+    got, expected, ours = testing.autocast_run("cuda", cell)
     assert got.dtype == expected.dtype == torch.bfloat16
     assert (got.float() - expected.float()).abs().max().item() < 0.05
     got.float().sum().backward()

@@ -55,25 +55,7 @@ def test_grid_covers_cells_and_options():
 @pytest.mark.parametrize("cell,base", [("LSTMCell", nn.LSTMCell), ("GRUCell", nn.GRUCell),
                                        ("RNNCell", nn.RNNCell)])
 def test_triton_cells(cell, base):
-    torch.manual_seed(0)
-    ref = base(6, 33, dtype=torch.float64, device=DEVICE)
-    ours = fused_rnn.convert(base(6, 33, dtype=torch.float64, device=DEVICE), "triton")
-    ours.load_state_dict(ref.state_dict())
-    results = []
-    for module in (ours, ref):
-        x = torch.randn(5, 6, dtype=torch.float64, device=DEVICE,
-                        generator=torch.Generator(DEVICE).manual_seed(1)).requires_grad_()
-        hx = torch.randn(5, 33, dtype=torch.float64, device=DEVICE,
-                         generator=torch.Generator(DEVICE).manual_seed(2)).requires_grad_()
-        state = (hx, hx.flip(0) * 0.5) if cell == "LSTMCell" else hx
-        out = module(x, state)
-        outs = out if isinstance(out, tuple) else (out,)
-        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype, device=DEVICE)
-                    .view_as(o)).sum() for o in outs)
-        grads = torch.autograd.grad(loss, [x, hx] + list(module.parameters()))
-        results.append([t.detach() for t in outs + tuple(grads)])
-    for u, v in zip(*results):
-        assert (u - v).abs().max().item() <= 1e-10
+    assert testing.compare_cells(base, "triton", DEVICE, hidden_size=33) <= 1e-10
 
 
 def test_triton_empty_batch():

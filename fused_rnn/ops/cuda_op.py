@@ -18,24 +18,13 @@ from . import recurrence
 from .cells import GATES
 
 CELL_CODES = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
-VARIANTS = {"step": 0, "persistent": 1}
-_variant = "persistent"
+VARIANTS = ("step", "persistent")  # their codes in csrc/launch.h are their positions
+_variants = recurrence.Variants(VARIANTS, "persistent")
+# `with variant(name):` runs the CUDA backend's recurrence as `name` ("persistent" or "step")
+# for the layers called inside the block.
+variant = _variants.use
 # The variant each launcher ran last ("step" or "persistent"), for tests and the benchmark.
 last_used = {"fwd": None, "bwd": None}
-
-
-@contextlib.contextmanager
-def variant(name: str):
-    """Run the CUDA backend's recurrence as `name` ("persistent" or "step") for the layers
-    called inside the block."""
-    global _variant
-    if name not in VARIANTS:
-        raise ValueError(f"variant: expected one of {tuple(VARIANTS)}, got {name!r}")
-    previous, _variant = _variant, name
-    try:
-        yield
-    finally:
-        _variant = previous
 
 
 def _stream_and_device(t: Tensor):
@@ -44,10 +33,6 @@ def _stream_and_device(t: Tensor):
     if t.is_cuda:
         return torch.cuda.current_stream(t.device).cuda_stream, torch.cuda.device(t.device)
     return 0, contextlib.nullcontext()
-
-
-def _names(code: int) -> str:
-    return next(k for k, v in VARIANTS.items() if v == code)
 
 
 def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
@@ -68,8 +53,8 @@ def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: 
         stream, device = _stream_and_device(gi)
         with device:
             used = _ext.load().rnn_fwd(gi, w_hh, b_hh, w_hr, mask_u8, hs, cs, out, saved, ms,
-                                       CELL_CODES[cell], reverse, VARIANTS[variant], stream)
-        last_used["fwd"] = _names(used)
+                                       CELL_CODES[cell], reverse, VARIANTS.index(variant), stream)
+        last_used["fwd"] = VARIANTS[used]
     c_n = cs[T].to(gi.dtype, copy=True) if cell == "LSTM" else gi.new_empty(0)
     return out, hs[T].clone(), c_n, saved, hs, cs, ms
 
@@ -96,8 +81,8 @@ def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
         with device:
             used = _ext.load().rnn_bwd(w_t, w_hr_t, dout, saved, hs.contiguous(), cs, mask_u8,
                                        dgh, dgi, dhs, carry_h, carry_c, CELL_CODES[cell],
-                                       reverse, VARIANTS[variant], stream)
-        last_used["bwd"] = _names(used)
+                                       reverse, VARIANTS.index(variant), stream)
+        last_used["bwd"] = VARIANTS[used]
     return recurrence.finish_bwd(cell, dgh, dgi, dhs, carry_h, carry_c, hs, ms, w_hh, w_hr,
                                  reverse, has_bias)
 
@@ -105,10 +90,5 @@ def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
 _fwd_op = recurrence.make_ops("cuda", rnn_fwd_cuda, rnn_bwd_cuda)
 
 
-def layer_cuda(mode, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse):
-    """ops/stack.py's layer function (signature of ops.naive.layer_naive) on the CUDA
-    kernels."""
-    out, h_n, c_n, _, _, _, _ = _fwd_op(gi, h0, c0, w_hh, b_hh, w_hr,
-                                        None if mask is None else mask[..., 0], mode, reverse,
-                                        _variant)
-    return out, h_n, (c_n if mode == "LSTM" else None)
+# ops/stack.py's layer function on the CUDA kernels.
+layer_cuda = recurrence.make_layer(_fwd_op, _variants)

@@ -13,7 +13,8 @@ ops/triton_kernels.py and csrc/params.h):
 Both directions are custom ops, so torch.compile sees two opaque calls per layer instead of a
 host loop over timesteps.
 """
-from typing import Callable, Optional, Tuple
+import contextlib
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -151,3 +152,34 @@ def make_ops(backend: str, fwd: Callable, bwd: Callable) -> Callable:
 
     fwd_op.register_autograd(backward, setup_context=setup_context)
     return fwd_op
+
+
+class Variants:
+    """Which variant of its recurrence a fused backend runs. `use(name)` is a context manager
+    that selects it for the layers called inside the block; the layer function reads `current`
+    once per call, at forward time, and hands it to both ops."""
+
+    def __init__(self, names: Sequence[str], default: str):
+        self.names, self.current = tuple(names), default
+
+    @contextlib.contextmanager
+    def use(self, name: str):
+        if name not in self.names:
+            raise ValueError(f"variant: expected one of {self.names}, got {name!r}")
+        previous, self.current = self.current, name
+        try:
+            yield
+        finally:
+            self.current = previous
+
+
+def make_layer(fwd_op: Callable, variants: Variants) -> Callable:
+    """ops/stack.py's layer function (signature of ops.naive.layer_naive) on a backend's
+    forward op (from make_ops)."""
+
+    def layer(mode, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse):
+        out, h_n, c_n, _, _, _, _ = fwd_op(gi, h0, c0, w_hh, b_hh, w_hr,
+                                           None if mask is None else mask[..., 0], mode,
+                                           reverse, variants.current)
+        return out, h_n, (c_n if mode == "LSTM" else None)
+    return layer

@@ -8,7 +8,6 @@ Weight gradients come after the time loop as one GEMM each: dW_hh = dgatesᵀ·h
 T·B rows, db_hh = dgates summed. dgi goes back to autograd, which turns it into dx, dW_ih and
 db_ih through the hoisted input GEMM (F.linear in ops/stack.py).
 """
-import contextlib
 from typing import Optional
 
 import torch
@@ -22,7 +21,7 @@ CELL_CODES = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
 # sequence, W_hh on chip, a grid barrier per step). "step" is the default until the persistent
 # kernel has been run and timed on a GPU: its spin barrier is unverified there.
 VARIANTS = ("step", "persistent")
-_variant = "step"  # read once per layer call, at forward time, and handed to both ops
+_variants = recurrence.Variants(VARIANTS, "step")
 # A persistent program keeps its W_hh slices and one dot operand on chip: at most 180 KiB of
 # the 227 KiB of shared memory a block may have on sm_90. Limits read from sm_90 compiles
 # (python -m fused_rnn.ops.triton_compile): H padded to a power of two up to 256 (at 512 the
@@ -34,19 +33,10 @@ PERSISTENT_MAX_HP = {"ieee": 64, "tf32": 256}
 PERSISTENT_BLOCK_B = 16
 
 
-@contextlib.contextmanager
-def variant(name: str):
-    """Run the Triton backend's recurrence, forward and backward, as `name` ("step" or
-    "persistent") for the layers called inside the block. A call the persistent kernels cannot
-    take (projection, H over their limit, more programs than SMs) runs per step."""
-    global _variant
-    if name not in VARIANTS:
-        raise ValueError(f"variant: expected one of {VARIANTS}, got {name!r}")
-    previous, _variant = _variant, name
-    try:
-        yield
-    finally:
-        _variant = previous
+# `with variant(name):` runs the Triton backend's recurrence, forward and backward, as `name`
+# ("step" or "persistent") for the layers called inside the block. A call the persistent
+# kernels cannot take (projection, H over their limit, more programs than SMs) runs per step.
+variant = _variants.use
 
 
 def _kernels():
@@ -244,10 +234,5 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
 _fwd_op = recurrence.make_ops("triton", rnn_fwd_triton, rnn_bwd_triton)
 
 
-def layer_triton(mode, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse):
-    """ops/stack.py's layer function (signature of ops.naive.layer_naive) on the Triton
-    kernels."""
-    out, h_n, c_n, _, _, _, _ = _fwd_op(gi, h0, c0, w_hh, b_hh, w_hr,
-                                        None if mask is None else mask[..., 0], mode, reverse,
-                                        _variant)
-    return out, h_n, (c_n if mode == "LSTM" else None)
+# ops/stack.py's layer function on the Triton kernels.
+layer_triton = recurrence.make_layer(_fwd_op, _variants)
