@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "launch.h"
 
@@ -66,6 +67,43 @@ const uint8_t* mask_ptr(const std::optional<at::Tensor>& mask, const at::Tensor&
   return mask->data_ptr<uint8_t>();
 }
 
+// The regularisation masks of a step (fused_rnn/ops/regularize.py, StepMasks; params.h): each
+// uint8, contiguous, on gi's device, or absent. scales: h_scale, g_scale, c_scale, zc_p, zh_p.
+frnn::StepMasks step_masks(const std::optional<at::Tensor>& m_h,
+                           const std::optional<at::Tensor>& m_g,
+                           const std::optional<at::Tensor>& m_c,
+                           const std::optional<at::Tensor>& m_zc,
+                           const std::optional<at::Tensor>& m_zh,
+                           const std::vector<double>& scales, const at::Tensor& like,
+                           int64_t cell, int64_t T, int64_t B, int64_t H, int64_t HK) {
+  TORCH_CHECK(scales.size() == 5, "scales: expected 5 values (h_scale, g_scale, c_scale, zc_p, "
+              "zh_p), got ", scales.size());
+  const bool lstm = cell == frnn::kLSTM, gated = cell == frnn::kLSTM || cell == frnn::kGRU;
+  auto get = [&](const std::optional<at::Tensor>& m, const char* name,
+                 at::IntArrayRef shape) -> const uint8_t* {
+    if (!m.has_value()) return nullptr;
+    check(*m, name, like, at::kByte);
+    check_shape(*m, name, shape);
+    return m->data_ptr<uint8_t>();
+  };
+  TORCH_CHECK(gated || !m_g.has_value(), "m_g: recurrent dropout needs an LSTM or a GRU");
+  TORCH_CHECK(lstm || !m_c.has_value(), "m_c: rnndrop needs an LSTM");
+  TORCH_CHECK(lstm || (!m_zc.has_value() && scales[3] == 0.0),
+              "m_zc, zc_p: zoneout of the cell needs an LSTM");
+  frnn::StepMasks r{};
+  r.h = get(m_h, "m_h", {B, HK});
+  r.g = get(m_g, "m_g", {T, B, H});
+  r.c = get(m_c, "m_c", {B, H});
+  r.zc = get(m_zc, "m_zc", {T, B, H});
+  r.zh = get(m_zh, "m_zh", {T, B, HK});
+  r.h_scale = scales[0];
+  r.g_scale = scales[1];
+  r.c_scale = scales[2];
+  r.zc_p = scales[3];
+  r.zh_p = scales[4];
+  return r;
+}
+
 at::ScalarType acc_type(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -78,11 +116,16 @@ int cell_gates(int64_t cell) {
 int saved_values(int64_t cell) { return cell <= frnn::kGRU ? 4 : 1; }
 
 // Forward of one layer and direction; fills hs[1:], cs[1:], out, saved (and ms with a
-// projection). Returns the variant that ran (0 per step, 1 persistent).
-int64_t rnn_fwd(const at::Tensor& gi, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_hh,
-                const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& mask,
-                at::Tensor& hs, at::Tensor& cs, at::Tensor& out, at::Tensor& saved,
-                at::Tensor& ms, int64_t cell, bool reverse, int64_t variant, int64_t stream) {
+// projection). m_h .. scales: the regularisation (step_masks). Returns the variant that ran
+// (0 per step, 1 persistent).
+int64_t rnn_fwd(const at::Tensor& gi, const at::Tensor& w_hh,
+                const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
+                const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& m_h,
+                const std::optional<at::Tensor>& m_g, const std::optional<at::Tensor>& m_c,
+                const std::optional<at::Tensor>& m_zc, const std::optional<at::Tensor>& m_zh,
+                const std::vector<double>& scales, at::Tensor& hs, at::Tensor& cs,
+                at::Tensor& out, at::Tensor& saved, at::Tensor& ms, int64_t cell, bool reverse,
+                int64_t variant, int64_t stream) {
   const int G = cell_gates(cell);
   TORCH_CHECK(gi.dim() == 3, "gi: expected (T, B, G*H), got ", gi.sizes());
   const int64_t T = gi.size(0), B = gi.size(1), H = w_hh.size(0) / G, HK = hs.size(-1);
@@ -122,6 +165,7 @@ int64_t rnn_fwd(const at::Tensor& gi, const at::Tensor& w_hh, const std::optiona
   p.out = out.data_ptr();
   p.saved = saved.data_ptr();
   p.ms = w_hr ? ms.data_ptr() : nullptr;
+  p.reg = step_masks(m_h, m_g, m_c, m_zc, m_zh, scales, gi, cell, T, B, H, HK);
   p.T = T; p.B = B; p.H = H; p.HK = HK;
   p.cell = int(cell);
   p.dtype = dtype_code(gi, "gi");
@@ -134,10 +178,14 @@ int64_t rnn_fwd(const at::Tensor& gi, const at::Tensor& w_hh, const std::optiona
 }
 
 // Backward of rnn_fwd: fills dgh, dgi (GRU), dhs (projection) and updates carry_h, carry_c
-// in place. Returns the variant that ran.
-int64_t rnn_bwd(const at::Tensor& w_t, const std::optional<at::Tensor>& w_hr_t, const at::Tensor& dout,
-                const at::Tensor& saved, const at::Tensor& hs, const at::Tensor& cs,
-                const std::optional<at::Tensor>& mask, at::Tensor& dgh, at::Tensor& dgi,
+// in place. The masks are the forward's. Returns the variant that ran.
+int64_t rnn_bwd(const at::Tensor& w_t, const std::optional<at::Tensor>& w_hr_t,
+                const at::Tensor& dout, const at::Tensor& saved, const at::Tensor& hs,
+                const at::Tensor& cs, const std::optional<at::Tensor>& mask,
+                const std::optional<at::Tensor>& m_h, const std::optional<at::Tensor>& m_g,
+                const std::optional<at::Tensor>& m_c, const std::optional<at::Tensor>& m_zc,
+                const std::optional<at::Tensor>& m_zh, const std::vector<double>& scales,
+                at::Tensor& dgh, at::Tensor& dgi,
                 const std::optional<at::Tensor>& dhs, at::Tensor& carry_h, at::Tensor& carry_c,
                 int64_t cell, bool reverse, int64_t variant, int64_t stream) {
   const int G = cell_gates(cell);
@@ -184,6 +232,7 @@ int64_t rnn_bwd(const at::Tensor& w_t, const std::optional<at::Tensor>& w_hr_t, 
   p.hs = hs.data_ptr();
   p.cs = cell == frnn::kLSTM ? cs.data_ptr() : nullptr;
   p.mask = mask_ptr(mask, hs, T, B);
+  p.reg = step_masks(m_h, m_g, m_c, m_zc, m_zh, scales, hs, cell, T, B, H, HK);
   p.dgh = dgh.data_ptr();
   p.dgi = cell == frnn::kGRU ? dgi.data_ptr() : dgh.data_ptr();
   p.dhs = dhs ? dhs->data_ptr() : nullptr;

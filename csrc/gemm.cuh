@@ -2,10 +2,13 @@
 //   pre[b * R + r] = sum_k A[b, k] . W_r[k]     (b < nb batch rows, r < R weight rows)
 // where the block's weight rows W_r are either kept in shared memory for a whole sequence
 // (persistent kernels) or read from global memory / L2 (per-step kernels). A is staged through
-// shared memory in chunks of kChunkK columns, converted to the accumulation type once.
+// shared memory in chunks of kChunkK columns, converted to the accumulation type once (and, if
+// the caller asks, multiplied there by a per-element factor: the variational dropout mask).
 // Each thread owns whole outputs (kRowsPerThread batch rows of one weight row), so `pre` needs
 // no atomics and the sum order is fixed: results are bitwise reproducible run to run.
 #pragma once
+#include <type_traits>
+
 #include "platform.cuh"
 #include "types.cuh"
 
@@ -31,12 +34,16 @@ inline size_t gemm_smem_bytes(int R, size_t acc_bytes) {
 template <typename T>
 constexpr int kSmemRowPad = sizeof(T) >= 4 ? 1 : 2;
 
+// The default factor of A's elements in rows_gemm: none (A is used as it is).
+struct NoFactor {};
+
 // wrow(r) returns a pointer to weight row r (K elements), or nullptr for a row the block does
 // not compute. a_s: kStageRows x kChunkK, pre: kBatchChunk x R, both in shared memory.
+// a_factor(b, k), if given, multiplies A[b, k] (b < nb, k < K) as it is staged.
 // All threads of the block must call it (it synchronises); `pre` is ready when it returns.
-template <typename TA, typename WRow, typename A>
+template <typename TA, typename WRow, typename A, typename AFactor = NoFactor>
 FRNN_DEVICE void rows_gemm(const TA* a, int64_t lda, int nb, int64_t K, WRow wrow, int R,
-                           A* a_s, A* pre) {
+                           A* a_s, A* pre, AFactor a_factor = AFactor()) {
   const int tid = threadIdx.x, nthreads = blockDim.x;
   const int groups = (nb + kRowsPerThread - 1) / kRowsPerThread;
   for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
@@ -44,7 +51,12 @@ FRNN_DEVICE void rows_gemm(const TA* a, int64_t lda, int nb, int64_t K, WRow wro
     block_sync();  // earlier readers of a_s and pre are done
     for (int idx = tid; idx < groups * kRowsPerThread * kc; idx += nthreads) {
       const int b = idx / kc, kk = idx % kc;
-      a_s[b * kChunkK + kk] = b < nb ? to_acc(a[b * lda + k0 + kk]) : A(0);
+      A v = A(0);
+      if (b < nb) {
+        v = to_acc(a[b * lda + k0 + kk]);
+        if constexpr (!std::is_same_v<AFactor, NoFactor>) v = v * a_factor(b, k0 + kk);
+      }
+      a_s[b * kChunkK + kk] = v;
     }
     block_sync();
     // Consecutive threads take consecutive weight rows of the same batch rows: A is broadcast

@@ -6,7 +6,8 @@
 // the Python glue): gi, out, saved, ms, dout, dgh, dgi, dhs are in time order (T, B, .); the
 // states hs (T+1, B, HK) and cs (T+1, B, H) are in processing order: hs[k] is the state before
 // the k-th step, which is at time k (forward) or T-1-k (reverse). A step past a sequence's
-// length (mask 0) keeps the state, writes a zero output and passes the gradient through.
+// length (mask 0) keeps the state, writes a zero output and passes the gradient through,
+// whatever the regularisation masks say.
 #pragma once
 #include <cstdint>
 
@@ -26,6 +27,20 @@ struct CellSizes {
   static constexpr int saved = CELL == kLSTM || CELL == kGRU ? 4 : 1;
 };
 
+// The regularisation a layer's recurrence applies per step (fused_rnn/ops/regularize.py,
+// StepMasks, has the step math). Each mask is uint8, contiguous, or null where none is drawn:
+// its factor is then 1 (dropouts) or the constant keep weight zc_p / zh_p (zoneout; 0 is off).
+// Dropout factors are m.scale; masks with a T dimension are indexed by time t, like gi.
+// Zero-initialised, it is no regularisation (a scale is read only with its mask).
+struct StepMasks {
+  const uint8_t* h;   // (B, HK) variational dropout of h_{t-1} on its way into W_hh
+  const uint8_t* g;   // (T, B, H) recurrent dropout of the candidate (LSTM g, GRU n)
+  const uint8_t* c;   // (B, H) rnndrop of the LSTM cell update
+  const uint8_t* zc;  // (T, B, H) zoneout of the LSTM cell (1: keep c_{t-1})
+  const uint8_t* zh;  // (T, B, HK) zoneout of the hidden state (1: keep h_{t-1})
+  double h_scale, g_scale, c_scale, zc_p, zh_p;
+};
+
 // Forward of one layer and direction. gi = x.W_ihT + b_ih (T, B, G.H); w_hh (G.H, HK);
 // b_hh (G.H) or null; mask (T, B) uint8 or null; hs[0] and cs[0] hold h0, c0 on entry.
 // With a projection (LSTM proj_size HK < H): w_hr (HK, H), and the cell kernel writes
@@ -41,17 +56,20 @@ struct FwdParams {
   void* out;    // (T, B, HK) element type
   void* saved;  // (T, B, S.H) accumulation type
   void* ms;     // (T, B, H) element type, projection only
+  StepMasks reg;
   int64_t T, B, H, HK;
   int cell, dtype, reverse;
 };
 
 // Backward of one layer and direction, in reverse processing order. carry_h (B, HK) holds
 // dh_n on entry (zeros if none), carry_c (B, H) dc_n (LSTM); both are accumulation type and are
-// updated in place. dgh (T, B, G.H): gradients of the recurrent pre-activations (the rows that
-// dW_hh and db_hh need); dgi: those of the input gates, equal to dgh except for GRU's n gate
-// (for other cells dgi may alias dgh). w_t = W_hh^T (HK, G.H), w_hr_t = W_hr^T (H, HK),
-// contiguous copies made by the caller so that every GEMM reads contiguous rows. dhs (T, B, HK)
-// receives dL/dh_t with a projection (for dW_hr), else may be null.
+// updated in place. On exit carry_h is the part of dL/dh0 that does not go through W_hh (the
+// caller adds the first step's term, masked by reg.h), carry_c dL/dc0. dgh (T, B, G.H):
+// gradients of the recurrent pre-activations (the rows that dW_hh and db_hh need); dgi: those
+// of the input gates, equal to dgh except for GRU's n gate (for other cells dgi may alias dgh).
+// w_t = W_hh^T (HK, G.H), w_hr_t = W_hr^T (H, HK), contiguous copies made by the caller so
+// that every GEMM reads contiguous rows. dhs (T, B, HK) receives, with a projection, dL/dh~_t,
+// the gradient of the projection's output before zoneout (for dW_hr), else may be null.
 struct BwdParams {
   const void* w_t;
   const void* w_hr_t;
@@ -65,6 +83,7 @@ struct BwdParams {
   void* dhs;
   void* carry_h;
   void* carry_c;
+  StepMasks reg;
   int64_t T, B, H, HK;
   int cell, dtype, reverse;
 };

@@ -1,11 +1,15 @@
 // Backward kernels (reverse processing order) and their launcher. Mirrors rnn_fwd.cu: a block
 // owns `units` hidden units j; per step it finishes dL/dh_t for them (dout_t, the carry, and
 // the recurrent term dgates_{t+1}.W_hh[:, j], a GEMM over all G.H gate rows of the next step),
-// then goes back through the cell and writes dgates_t. The weight rows it reads are rows of
-// W_hhT (columns of W_hh), kept in shared memory by the persistent kernel. Weight gradients are
-// not formed here: they are single GEMMs over all T.B rows after the loop (Python side).
-// LSTM with proj_size, per step: _proj_bwd_dh_kernel forms dh_t (HK units) from dout, the
-// carry and dgates_{t+1}.W_hh, then the cell kernel (PROJ) starts from dm_t = dh_t.W_hr.
+// then goes back through zoneout of h and the cell and writes dgates_t. The variational mask
+// hm of h_{t-1} multiplies the recurrent term only (h_in = h.hm feeds W_hh alone); the carry
+// holds the rest of dL/dh_{t-1} (zoneout's part, GRU's z.dh). The weight rows the GEMM reads
+// are rows of W_hhT (columns of W_hh), kept in shared memory by the persistent kernel. Weight
+// gradients are not formed here: they are single GEMMs over all T.B rows after the loop
+// (Python side, which also applies hm to dW_hh and dh0).
+// LSTM with proj_size, per step: proj_bwd_dh_kernel forms dh_t (HK units) from dout, the
+// carry and dgates_{t+1}.W_hh and goes back through zoneout of h, then the cell kernel (PROJ)
+// starts from dm_t = dh~_t.W_hr.
 #include "cells.cuh"
 #include "dispatch.cuh"
 #include "gemm.cuh"
@@ -64,29 +68,36 @@ FRNN_GLOBAL void rnn_bwd_kernel(BwdParams p, int units, int64_t i_begin, int64_t
         const int bl = idx / nu, u = idx % nu;
         const int64_t b = b0 + bl, j = u0 + u;
         const bool valid = p.mask == nullptr || p.mask[t * B + b] != 0;
-        A dh, g_h = A(0);
+        // dh: dL/dh~_t, the gradient of the cell's output before zoneout of h.
+        A dh, dh_t = A(0), g_h = A(0);
+        Zoneout<A> zh{};
         if constexpr (PROJ) {
           dh = pre[bl * units + u];  // dhs is zero past the sequence's end
         } else {
-          g_h = carry_h[b * HK + j] + (has_next ? pre[bl * units + u] : A(0));
-          dh = valid ? to_acc(dout[at(t, B, b, HK) + j]) + g_h : A(0);
+          const A hm = dropout_factor<A>(p.reg.h, b * HK + j, p.reg.h_scale);
+          g_h = carry_h[b * HK + j] + (has_next ? hm * pre[bl * units + u] : A(0));
+          dh_t = valid ? to_acc(dout[at(t, B, b, HK) + j]) + g_h : A(0);
+          zh = zoneout<A>(p.reg.zh, at(t, B, b, HK) + j, p.reg.zh_p);
+          dh = zh.grad_next(dh_t);
         }
         A s[4];
         for (int q = 0; q < 4; ++q) s[q] = q < NS ? saved[at(t, B, b, NS * H) + q * H + j] : A(0);
-        A c = A(0), c_prev = A(0), g_c = A(0), h_prev = A(0);
+        const CellMasks<A> m = cell_masks<CELL, A>(p.reg, t, b, j, B, H);
+        A cu = A(0), c_prev = A(0), g_c = A(0), h_prev = A(0);
         if (CELL == kLSTM) {
-          c = cs[at(k + 1, B, b, H) + j];
           c_prev = cs[at(k, B, b, H) + j];
+          // c_t is the update itself unless the cell has zoneout; else recompute the update.
+          cu = m.zc.on ? lstm_update(s[0], s[1], s[2], c_prev, m) : cs[at(k + 1, B, b, H) + j];
           g_c = carry_c[b * H + j];
         }
         if (CELL == kGRU) h_prev = to_acc(hs[at(k, B, b, HK) + j]);
-        const CellBwd<A> o = cell_backward<CELL>(dh, s, c, c_prev, h_prev, g_c);
+        const CellBwd<A> o = cell_backward<CELL>(dh, s, cu, c_prev, h_prev, g_c, m);
         for (int g = 0; g < NG; ++g) {
           dgh[at(t, B, b, NGH) + g * H + j] = valid ? o.dgh[g] : A(0);
           if (CELL == kGRU) dgi[at(t, B, b, NGH) + g * H + j] = valid ? o.dgi[g] : A(0);
         }
         if (CELL == kLSTM) carry_c[b * H + j] = valid ? o.carry_c : g_c;
-        if (!PROJ) carry_h[b * HK + j] = valid ? o.direct : g_h;
+        if (!PROJ) carry_h[b * HK + j] = valid ? zh.grad_prev(dh_t) + o.direct : g_h;
       }
     }
     if (PERSIST && i + 1 < i_end) grid_sync();
@@ -94,8 +105,9 @@ FRNN_GLOBAL void rnn_bwd_kernel(BwdParams p, int units, int64_t i_begin, int64_t
 }
 
 // First half of a backward step with a projection, grid over the HK projected units:
-// dh_t = dout_t + carry + dgates_{t+1}.W_hh (zero past the sequence's end) into dhs[t]; the
-// carry keeps what passes through masked steps.
+// dh_t = dout_t + carry + hm.(dgates_{t+1}.W_hh) (zero past the sequence's end), and through
+// zoneout of h: dh~_t = (1 - wh).dh_t into dhs[t], wh.dh_t into the carry. Past the sequence's
+// end the carry keeps what passes through.
 template <typename T>
 FRNN_GLOBAL void proj_bwd_dh_kernel(BwdParams p, int units, int64_t k) {
   using A = acc_t<T>;
@@ -120,9 +132,12 @@ FRNN_GLOBAL void proj_bwd_dh_kernel(BwdParams p, int units, int64_t k) {
       const int bl = idx / nu, u = idx % nu;
       const int64_t b = b0 + bl, j = u0 + u;
       const bool valid = p.mask == nullptr || p.mask[t * B + b] != 0;
-      const A g = carry_h[b * HK + j] + (has_next ? pre[bl * units + u] : A(0));
-      dhs[at(t, B, b, HK) + j] = valid ? to_acc(dout[at(t, B, b, HK) + j]) + g : A(0);
-      carry_h[b * HK + j] = valid ? A(0) : g;
+      const A hm = dropout_factor<A>(p.reg.h, b * HK + j, p.reg.h_scale);
+      const A g = carry_h[b * HK + j] + (has_next ? hm * pre[bl * units + u] : A(0));
+      const A dh = valid ? to_acc(dout[at(t, B, b, HK) + j]) + g : A(0);
+      const Zoneout<A> zh = zoneout<A>(p.reg.zh, at(t, B, b, HK) + j, p.reg.zh_p);
+      dhs[at(t, B, b, HK) + j] = zh.grad_next(dh);
+      carry_h[b * HK + j] = valid ? zh.grad_prev(dh) : g;
     }
   }
   (void)H;

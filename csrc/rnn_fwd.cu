@@ -3,14 +3,16 @@
 // A block owns `units` hidden units: for each, its NG gate rows of W_hh, so the whole cell
 // update of those units happens in the block. Per step it computes h_{t-1}.W_hhT for its rows
 // over all batch rows (in chunks of kBatchChunk), adds b_hh and the hoisted input gates
-// gi_t, applies the cell and writes h_t, c_t, out_t and the saved gates.
+// gi_t, applies the cell and writes h_t, c_t, out_t and the saved gates. The regularisation
+// masks (params.h, StepMasks) act there too: variational dropout of h_{t-1} as the GEMM stages
+// it, the cell's masks in cells.cuh, zoneout of h after the cell (or after the projection).
 //  - persistent (PERSIST): one cooperative launch runs every step; the block copies its W_hh
 //    rows to shared memory once, and a grid barrier separates the steps (h_t of every block
 //    goes through global memory / L2 to every block).
 //  - per step: one launch per timestep, weight rows read from global memory (L2-resident after
 //    the first step: W_hh of H=1024 in bf16 is 8 MB of the H100's 50 MB L2).
 // LSTM with proj_size (PROJ, per step only): the cell kernel writes m_t = o.tanh(c_t), and
-// _proj_fwd_kernel (grid over the HK output units) forms h_t = m_t.W_hrT.
+// proj_fwd_kernel (grid over the HK output units) forms h_t = m_t.W_hrT and its zoneout.
 #include "cells.cuh"
 #include "dispatch.cuh"
 #include "gemm.cuh"
@@ -58,7 +60,15 @@ FRNN_GLOBAL void rnn_fwd_kernel(FwdParams p, int units, int64_t k_begin, int64_t
     const int64_t t = p.reverse ? T_ - 1 - k : k;
     for (int64_t b0 = 0; b0 < B; b0 += kBatchChunk) {
       const int nb = int(B - b0 < kBatchChunk ? B - b0 : kBatchChunk);
-      rows_gemm(hs + at(k, B, b0, HK), HK, nb, HK, wrow, R, a_s, pre);
+      const T* h_in = hs + at(k, B, b0, HK);
+      if (p.reg.h == nullptr) {
+        rows_gemm(h_in, HK, nb, HK, wrow, R, a_s, pre);
+      } else {  // variational dropout: h_{t-1}.hm into W_hh
+        const uint8_t* m_h = p.reg.h + b0 * HK;
+        const A h_scale = A(p.reg.h_scale);
+        rows_gemm(h_in, HK, nb, HK, wrow, R, a_s, pre,
+                  [&](int bl, int64_t kk) { return A(m_h[bl * HK + kk]) * h_scale; });
+      }
       for (int idx = threadIdx.x; idx < nb * nu; idx += blockDim.x) {
         const int bl = idx / nu, u = idx % nu;
         const int64_t b = b0 + bl, j = u0 + u;
@@ -70,14 +80,16 @@ FRNN_GLOBAL void rnn_fwd_kernel(FwdParams p, int units, int64_t k_begin, int64_t
         }
         const A h_prev = PROJ ? A(0) : to_acc(hs[at(k, B, b, HK) + j]);
         const A c_prev = CELL == kLSTM ? cs[at(k, B, b, H) + j] : A(0);
-        const CellFwd<A> o = cell_forward<CELL>(a, x, h_prev, c_prev);
+        const CellFwd<A> o =
+            cell_forward<CELL>(a, x, h_prev, c_prev, cell_masks<CELL, A>(p.reg, t, b, j, B, H));
         const bool valid = p.mask == nullptr || p.mask[t * B + b] != 0;
         if constexpr (PROJ) {
           ms[at(t, B, b, H) + j] = from_acc<T>(o.h);
         } else {
+          const A h = zoneout<A>(p.reg.zh, at(t, B, b, HK) + j, p.reg.zh_p).mix(h_prev, o.h);
           // Past the sequence's end the state is copied bit for bit and the output is zero.
-          hs[at(k + 1, B, b, HK) + j] = valid ? from_acc<T>(o.h) : hs[at(k, B, b, HK) + j];
-          out[at(t, B, b, HK) + j] = from_acc<T>(valid ? o.h : A(0));
+          hs[at(k + 1, B, b, HK) + j] = valid ? from_acc<T>(h) : hs[at(k, B, b, HK) + j];
+          out[at(t, B, b, HK) + j] = from_acc<T>(valid ? h : A(0));
         }
         for (int q = 0; q < NS; ++q) saved[at(t, B, b, NS * H) + q * H + j] = o.s[q];
         if (CELL == kLSTM) cs[at(k + 1, B, b, H) + j] = valid ? o.c : c_prev;
@@ -87,7 +99,8 @@ FRNN_GLOBAL void rnn_fwd_kernel(FwdParams p, int units, int64_t k_begin, int64_t
   }
 }
 
-// h_t = m_t.W_hrT for `units` of the HK projected units per block; step k, time t.
+// h_t = m_t.W_hrT, then zoneout of h, for `units` of the HK projected units per block; step k,
+// time t.
 template <typename T>
 FRNN_GLOBAL void proj_fwd_kernel(FwdParams p, int units, int64_t k) {
   using A = acc_t<T>;
@@ -109,7 +122,9 @@ FRNN_GLOBAL void proj_fwd_kernel(FwdParams p, int units, int64_t k) {
       const int bl = idx / nu, u = idx % nu;
       const int64_t b = b0 + bl, j = u0 + u;
       const bool valid = p.mask == nullptr || p.mask[t * B + b] != 0;
-      const A h = pre[bl * units + u];
+      const A h_prev = to_acc(hs[at(k, B, b, HK) + j]);
+      const A h = zoneout<A>(p.reg.zh, at(t, B, b, HK) + j, p.reg.zh_p)
+                      .mix(h_prev, pre[bl * units + u]);
       hs[at(k + 1, B, b, HK) + j] = valid ? from_acc<T>(h) : hs[at(k, B, b, HK) + j];
       out[at(t, B, b, HK) + j] = from_acc<T>(valid ? h : A(0));
     }

@@ -3,6 +3,7 @@ __version__ = "0.1.0"
 
 from . import functional
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, convert
+from .ops.regularize import Regularization
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "functional",
-           "__version__"]
+           "Regularization", "__version__"]

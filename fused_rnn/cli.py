@@ -114,11 +114,14 @@ def cmd_bench(args) -> int:
     if any(len(s) != 4 for s in shapes):
         raise SystemExit("--shapes: expected T,B,I,H for each shape, e.g. 256,16,512,512")
     suite = bench.default_suite(device, quick=args.quick, cells=args.cells, dtypes=args.dtypes,
-                                modes=args.modes, providers=args.providers, shapes=shapes)
+                                modes=args.modes, providers=args.providers, shapes=shapes,
+                                options=args.options, option_dtypes=args.option_dtypes)
     results = bench.run_suite(suite, progress=lambda jobs: track(
         jobs, description="benchmarking", console=out, transient=True))
     results["meta"]["command"] = "fused-rnn " + " ".join(args.argv)
     out.print(bench.table(results))
+    if bench.option_costs(results["rows"]):
+        out.print(bench.option_table(results))
     for what, reason in results["meta"]["skipped"].items():
         out.print(f"skipped {what}: {reason}")
     name = args.name or suite.name
@@ -154,6 +157,10 @@ def main(argv=None) -> int:
     b.add_argument("--providers", nargs="+", choices=bench.suite.PROVIDERS,
                    help="default all; unavailable ones are listed as skipped, with the reason")
     b.add_argument("--shapes", nargs="+", metavar="T,B,I,H", help="instead of the default grid")
+    b.add_argument("--options", nargs="+", choices=list(bench.suite.OPTIONS),
+                   help="regularisation rows (default on CUDA: all, on the quick shapes, bf16)")
+    b.add_argument("--option-dtypes", nargs="+", choices=list(bench.suite.DTYPES),
+                   help="dtypes of the regularisation rows (default bf16)")
     b.add_argument("--quick", action="store_true", help="a small subset of the grid")
     b.add_argument("--out", default="fused-rnn-results", help="output folder")
     b.add_argument("--name", help="file name stem (default: the suite's name, e.g. gpu, cpu)")

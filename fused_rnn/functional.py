@@ -7,6 +7,7 @@ Empty inputs: a batch of size 0 gives empty outputs of the right shapes, as nn.L
 sequence of length 0 is an error, as in nn.LSTM ("input: sequence length must be at least 1").
 """
 import contextlib
+import warnings
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -19,6 +20,8 @@ from .ops.cells import GATES
 from .ops.naive import layer_naive
 from .ops.native import cell_native, run_native
 from .ops import cells as _cells
+from .ops import regularize
+from .ops.regularize import Regularization
 from .ops.stack import group_weights, run_stack
 
 __all__ = ["lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell"]
@@ -220,12 +223,58 @@ def _cast(dtype, x, seq, h0, c0, weights):
     return cast(x), seq, cast(h0), cast(c0), [cast(w) for w in weights]
 
 
+def _check_layer_norm(mode, ln, *, groups, H, like: Tensor, label="layer_norm"):
+    """The LayerNorm parameters: per (layer, direction) ih_weight, ih_bias, hh_weight, hh_bias
+    (G·H,) and for LSTM c_weight, c_bias (H,), with the weights' dtype and device."""
+    if ln is None:
+        return None
+    if mode not in ("LSTM", "GRU"):
+        raise ValueError(f"{label}: LayerNorm cells are LSTM and GRU (Ba et al. 2016), got {mode}")
+    if not isinstance(ln, (list, tuple)) or not all(isinstance(t, Tensor) for t in ln):
+        raise TypeError(f"{label}: expected a list of Tensors (ih_weight, ih_bias, hh_weight, "
+                        f"hh_bias[, c_weight, c_bias] per layer and direction)")
+    G = GATES[mode]
+    shapes = [(G * H,)] * 4 + ([(H,)] * 2 if mode == "LSTM" else [])
+    if len(ln) != groups * len(shapes):
+        raise ValueError(f"{label}: expected {groups * len(shapes)} tensors "
+                         f"({len(shapes)} per layer and direction), got {len(ln)}")
+    for k, t in enumerate(ln):
+        shape = shapes[k % len(shapes)]
+        if _shape(t) != shape:
+            raise ValueError(f"{label}[{k}]: expected shape {shape}, got {_shape(t)}")
+        if t.dtype != like.dtype or t.device != like.device:
+            raise ValueError(f"{label}[{k}]: expected dtype {like.dtype} on {like.device} like "
+                             f"the weights, got {t.dtype} on {t.device}")
+    return list(ln)
+
+
+def _resolve(backend, device, dtype, ln) -> str:
+    """backends.resolve, but a LayerNorm cell runs on the reference backend only so far ("auto"
+    takes it, and on CUDA tensors says so once: it is a per-step loop, not a fused kernel)."""
+    if ln is None:
+        return backends.resolve(backend, device, dtype)
+    if backend == "auto" and device.type == "cuda" and not _ln_warned:
+        _ln_warned.append(True)
+        warnings.warn("fused_rnn: layer_norm runs on the reference backend (a per-step loop in "
+                      "plain torch) until its fused kernels exist", RuntimeWarning)
+    if backend in ("auto", "reference"):
+        return "reference"
+    raise RuntimeError(f"backend={backend!r} cannot run this call: layer_norm runs on the "
+                       f"reference backend only so far (no fused kernel takes it yet)")
+
+
+_ln_warned: list = []
+
+
 def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, training,
-         bidirectional, proj_size, backend):
+         bidirectional, proj_size, backend, reg: Regularization = None, ln=None):
     backends.check_name(backend)
     _check_options(mode, num_layers, dropout, proj_size, bidirectional, bias, batch_first)
+    reg = regularize.check_options(mode, reg)
     I, H = _check_weights(mode, weights, num_layers=num_layers, bidirectional=bidirectional,
                           bias=bias, proj_size=proj_size)
+    ln = _check_layer_norm(mode, ln, groups=num_layers * (2 if bidirectional else 1), H=H,
+                           like=weights[0])
     x, seq, unbatched = _check_input(input, input_size=I, weight=weights[0],
                                      batch_first=batch_first)
     like = x if seq is None else seq.data
@@ -238,7 +287,10 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
     h0, c0 = states[0], (states[1] if mode == "LSTM" else None)
 
     target = _autocast_dtype(like)
-    name = backends.resolve(backend, like.device, target or like.dtype)
+    name = _resolve(backend, like.device, target or like.dtype, ln)
+    if name == "cudnn" and reg.any:
+        raise RuntimeError(f"backend='cudnn' cannot run this call: it is torch's own RNN, which "
+                           f"has no regularisation options; got {_active(reg)}")
     if name == "cudnn":  # ATen applies autocast to its own kernels
         output, h_n, c_n = run_native(mode, x if seq is None else seq, h0, c0, list(weights),
                                       bias=bias, num_layers=num_layers, dropout=float(dropout),
@@ -246,11 +298,12 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
     else:
         if target is not None:
             x, seq, h0, c0, weights = _cast(target, x, seq, h0, c0, weights)
+            ln = None if ln is None else [t.to(target) for t in ln]
         with _autocast_off(like.device):
             output, h_n, c_n = _run_layers(mode, x, seq, h0, c0, weights, name, bias=bias,
                                            proj=proj_size > 0, num_layers=num_layers,
                                            dropout=dropout, training=training,
-                                           bidirectional=bidirectional)
+                                           bidirectional=bidirectional, reg=reg, ln=ln)
     if seq is None:
         if unbatched:
             output = output.squeeze(1)
@@ -261,18 +314,31 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
     return output, h_n, c_n
 
 
+def _active(reg: Regularization) -> str:
+    return ", ".join(f"{k}={v}" for k, v in vars(reg).items() if v)
+
+
 def _run_layers(mode, x, seq, h0, c0, weights, name, *, bias, proj, num_layers, dropout,
-                training, bidirectional):
-    """The layer-by-layer backends (ops/stack.py): unpack and mask packed input, run, repack."""
+                training, bidirectional, reg, ln):
+    """The layer-by-layer backends (ops/stack.py): unpack and mask packed input, draw the
+    regularisation masks, run, repack."""
     mask = None
     if seq is not None:
         x = _packing.unpack(seq)
         steps = torch.arange(x.shape[0], device=x.device)
         mask = (steps[:, None] < _packing.lengths(seq)[None, :]).unsqueeze(-1)
-    groups = group_weights(weights, h0.shape[0], bias, proj)
+    groups = group_weights(weights, h0.shape[0], bias, proj, ln)
+    masks = None
+    if reg.any:
+        masks = regularize.draw(reg, training=training, num_layers=num_layers,
+                                num_directions=2 if bidirectional else 1, T=x.shape[0],
+                                B=x.shape[1], input_size=x.shape[2], H=groups[0].w_hh.shape[0]
+                                // GATES[mode], HK=h0.shape[-1], gates=GATES[mode],
+                                device=x.device)
     output, h_n, c_n = run_stack(mode, x, h0, c0, groups, num_layers=num_layers,
                                  bidirectional=bidirectional, dropout=dropout,
-                                 training=training, mask=mask, layer_fn=_layer_fn(name))
+                                 training=training, mask=mask, layer_fn=_layer_fn(name),
+                                 masks=masks)
     if seq is not None:
         output = _packing.pack_like(output, seq)
     return output, h_n, c_n
@@ -284,7 +350,9 @@ _Input = Union[Tensor, PackedSequence]
 def lstm(input: _Input, weights: Sequence[Tensor], hx: Optional[Tuple[Tensor, Tensor]] = None, *,
          bias: bool = True, num_layers: int = 1, batch_first: bool = False,
          dropout: float = 0.0, training: bool = False, bidirectional: bool = False,
-         proj_size: int = 0, backend: str = "auto"):
+         proj_size: int = 0, backend: str = "auto",
+         regularization: Optional[Regularization] = None,
+         layer_norm: Optional[Sequence[Tensor]] = None):
     """Multi-layer LSTM, as nn.LSTM computes it.
 
     input: (T, B, I), (B, T, I) if batch_first, (T, I) unbatched, or a PackedSequence.
@@ -292,34 +360,46 @@ def lstm(input: _Input, weights: Sequence[Tensor], hx: Optional[Tuple[Tensor, Te
       weight_hh (4H, H_out), [bias_ih (4H,), bias_hh (4H,)], [weight_hr (P, H)].
     hx: (h_0 (L·D, B, H_out), c_0 (L·D, B, H)), batch dim dropped if unbatched; zeros if None.
     H_out is proj_size if > 0 else H; D is 2 if bidirectional else 1.
+    regularization: fused_rnn.Regularization (variational_dropout, weight_drop,
+      recurrent_dropout, rnndrop, zoneout_cell, zoneout_hidden); masks drawn in training only.
+    layer_norm: a LayerNorm LSTM (Ba et al. 2016): per layer and direction ih_weight, ih_bias,
+      hh_weight, hh_bias (4H,), c_weight, c_bias (H,); gates LN(x·W_ihᵀ) + LN(h·W_hhᵀ) + b,
+      h = o·tanh(LN(c)). Reference backend only so far ("auto" takes it).
     Returns output (T, B, D·H_out) (same layout and kind as input), (h_n, c_n).
     """
     out, h_n, c_n = _rnn("LSTM", input, weights, hx, bias=bias, num_layers=num_layers,
                          batch_first=batch_first, dropout=dropout, training=training,
-                         bidirectional=bidirectional, proj_size=proj_size, backend=backend)
+                         bidirectional=bidirectional, proj_size=proj_size, backend=backend,
+                         reg=regularization, ln=layer_norm)
     return out, (h_n, c_n)
 
 
 def gru(input: _Input, weights: Sequence[Tensor], hx: Optional[Tensor] = None, *,
         bias: bool = True, num_layers: int = 1, batch_first: bool = False, dropout: float = 0.0,
-        training: bool = False, bidirectional: bool = False, backend: str = "auto"):
+        training: bool = False, bidirectional: bool = False, backend: str = "auto",
+        regularization: Optional[Regularization] = None,
+        layer_norm: Optional[Sequence[Tensor]] = None):
     """Multi-layer GRU (gates r, z, n), as nn.GRU. Shapes as lstm() with 3H gate rows and no
-    c state. Returns output, h_n (L·D, B, H)."""
+    c state; regularization as lstm() without rnndrop and zoneout_cell; layer_norm as lstm()
+    without c_weight, c_bias. Returns output, h_n (L·D, B, H)."""
     out, h_n, _ = _rnn("GRU", input, weights, hx, bias=bias, num_layers=num_layers,
                        batch_first=batch_first, dropout=dropout, training=training,
-                       bidirectional=bidirectional, proj_size=0, backend=backend)
+                       bidirectional=bidirectional, proj_size=0, backend=backend,
+                       reg=regularization, ln=layer_norm)
     return out, h_n
 
 
 def rnn(input: _Input, weights: Sequence[Tensor], hx: Optional[Tensor] = None, *,
         nonlinearity: str = "tanh", bias: bool = True, num_layers: int = 1,
         batch_first: bool = False, dropout: float = 0.0, training: bool = False,
-        bidirectional: bool = False, backend: str = "auto"):
-    """Multi-layer Elman RNN with tanh or relu, as nn.RNN. Shapes as gru() with H gate rows."""
+        bidirectional: bool = False, backend: str = "auto",
+        regularization: Optional[Regularization] = None):
+    """Multi-layer Elman RNN with tanh or relu, as nn.RNN. Shapes as gru() with H gate rows;
+    regularization as gru() without recurrent_dropout."""
     out, h_n, _ = _rnn(_rnn_mode(nonlinearity), input, weights, hx, bias=bias,
                        num_layers=num_layers, batch_first=batch_first, dropout=dropout,
                        training=training, bidirectional=bidirectional, proj_size=0,
-                       backend=backend)
+                       backend=backend, reg=regularization)
     return out, h_n
 
 
@@ -331,8 +411,10 @@ def _rnn_mode(nonlinearity) -> str:
 
 # ---------------------------------------------------------------------------- single-step cells
 
-def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
+def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, training=False, reg=None,
+          ln=None):
     backends.check_name(backend)
+    reg = regularize.check_options(mode, reg)
     if (b_ih is None) != (b_hh is None):
         raise ValueError("b_ih, b_hh: expected both or neither, got only one")
     weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
@@ -363,20 +445,34 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
     if unbatched:
         hx = [h.unsqueeze(0) for h in hx]
     h, c = hx[0], (hx[1] if mode == "LSTM" else None)
+    ln = _check_layer_norm(mode, ln, groups=1, H=H, like=w_ih)
     target = _autocast_dtype(x)
-    name = backends.resolve(backend, x.device, target or x.dtype)
+    name = _resolve(backend, x.device, target or x.dtype, ln)
+    if name == "cudnn" and reg.any:
+        raise RuntimeError(f"backend='cudnn' cannot run this call: it is torch's own cell, "
+                           f"which has no regularisation options; got {_active(reg)}")
+    masks = (regularize.draw_cell(reg, training=training, B=x.shape[0], H=H, device=x.device)
+             if reg.any else regularize.NO_MASKS)
     if name == "cudnn":  # ATen applies autocast to its own kernels
         h, c = cell_native(mode, x, h, c, w_ih, w_hh, b_ih, b_hh)
     else:
         if target is not None:
             x, _, h, c, (w_ih, w_hh, b_ih, b_hh) = _cast(target, x, None, h, c,
                                                           [w_ih, w_hh, b_ih, b_hh])
+            ln = None if ln is None else [t.to(target) for t in ln]
+        ln = None if ln is None else _cells.LayerNormWeights(*ln)
         with _autocast_off(x.device):
-            gi = F.linear(x, w_ih, b_ih)
+            gi = _cells.input_gates(x, w_ih, b_ih, ln)
             if name == "reference":
-                h, c = _cells.step(mode, gi, F.linear(h, w_hh, b_hh), h, c)
+                dt = gi.dtype
+                h_new, c = _cells.step(mode, gi, _cells.recurrent_gates(h, w_hh, b_hh, ln), h, c,
+                                       masks.factor("g", dt, 0), 1.0, masks.factor("zc", dt, 0),
+                                       _cells.cell_norm(ln))
+                h = _cells.zone(h, h_new, masks.factor("zh", dt, 0))
             else:  # a fused backend: one step of its layer recurrence
-                _, h, c = _layer_fn(name)(mode, gi[None], h, c, w_hh, b_hh, None, None, False)
+                kw = {"masks": masks} if masks.active else {}
+                _, h, c = _layer_fn(name)(mode, gi[None], h, c, w_hh, b_hh, None, None, False,
+                                          **kw)
     if unbatched:
         h, c = h.squeeze(0), (None if c is None else c.squeeze(0))
     return h, c
@@ -384,22 +480,35 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
 
 def lstm_cell(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], w_ih: Tensor, w_hh: Tensor,
               b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
-              backend: str = "auto") -> Tuple[Tensor, Tensor]:
+              backend: str = "auto", training: bool = False,
+              regularization: Optional[Regularization] = None,
+              layer_norm: Optional[Sequence[Tensor]] = None) -> Tuple[Tensor, Tensor]:
     """One LSTM step, as nn.LSTMCell: input (B, I) or (I,), hx (h, c) each (B, H) or (H,) or
-    None (zeros); w_ih (4H, I), w_hh (4H, H), b_ih/b_hh (4H,). Returns (h', c')."""
-    return _cell("LSTM", input, hx, w_ih, w_hh, b_ih, b_hh, backend)
+    None (zeros); w_ih (4H, I), w_hh (4H, H), b_ih/b_hh (4H,). regularization: only
+    recurrent_dropout, zoneout_cell and zoneout_hidden (masks drawn per call, in training).
+    layer_norm: ih_weight, ih_bias, hh_weight, hh_bias, c_weight, c_bias as lstm().
+    Returns (h', c')."""
+    return _cell("LSTM", input, hx, w_ih, w_hh, b_ih, b_hh, backend, training, regularization,
+                 layer_norm)
 
 
 def gru_cell(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
              b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
-             backend: str = "auto") -> Tensor:
+             backend: str = "auto", training: bool = False,
+             regularization: Optional[Regularization] = None,
+             layer_norm: Optional[Sequence[Tensor]] = None) -> Tensor:
     """One GRU step, as nn.GRUCell: input (B, I) or (I,), hx (B, H) or (H,) or None; w_ih (3H, I),
-    w_hh (3H, H). Returns h'."""
-    return _cell("GRU", input, hx, w_ih, w_hh, b_ih, b_hh, backend)[0]
+    w_hh (3H, H); regularization: recurrent_dropout, zoneout_hidden; layer_norm as gru().
+    Returns h'."""
+    return _cell("GRU", input, hx, w_ih, w_hh, b_ih, b_hh, backend, training,
+                 regularization, layer_norm)[0]
 
 
 def rnn_cell(input: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
              b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
-             nonlinearity: str = "tanh", backend: str = "auto") -> Tensor:
-    """One Elman RNN step, as nn.RNNCell (tanh or relu). Returns h'."""
-    return _cell(_rnn_mode(nonlinearity), input, hx, w_ih, w_hh, b_ih, b_hh, backend)[0]
+             nonlinearity: str = "tanh", backend: str = "auto", training: bool = False,
+             regularization: Optional[Regularization] = None) -> Tensor:
+    """One Elman RNN step, as nn.RNNCell (tanh or relu); regularization: zoneout_hidden.
+    Returns h'."""
+    return _cell(_rnn_mode(nonlinearity), input, hx, w_ih, w_hh, b_ih, b_hh, backend, training,
+                 regularization)[0]

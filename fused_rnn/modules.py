@@ -1,22 +1,133 @@
 """Drop-in subclasses of nn.LSTM/GRU/RNN and their cells.
 
-They add nothing but the `backend` choice: constructor arguments, parameter names, shapes,
-initialisation and state_dict are nn.LSTM's own (super().__init__ does all of it), and forward
-hands the parameters to fused_rnn.functional, which checks the arguments and picks the backend.
+They add the `backend` choice and the regularisation options (ops/regularize.py); constructor
+arguments, parameter names, shapes, initialisation and state_dict are nn.LSTM's own
+(super().__init__ does all of it), and forward hands the parameters to fused_rnn.functional,
+which checks the arguments and picks the backend.
 """
 import torch.nn as nn
 
 from . import backends
 from . import functional as F
+from .ops.regularize import CELL_OPTIONS, Regularization, check_options
+
+_REG_DOC = """
+    Regularisation, each a probability, 0.0 (off) by default, active in training mode only
+    (in eval mode each is a no-op, except zoneout, which then uses its expectation):
+      variational_dropout: one mask per sequence on each layer's input and on h_{t-1} (Gal &
+        Ghahramani 2016).
+      weight_drop: DropConnect on W_hh, one mask per forward call (Wan et al. 2013; AWD-LSTM).
+      recurrent_dropout: dropout of the candidate (LSTM g, GRU n) before it enters the state
+        (Semeniuta et al. 2016). Not for RNN.
+      rnndrop: one 0/1 mask per sequence on the LSTM cell update, not rescaled (Moon et al.
+        2015). LSTM only.
+      zoneout: per unit and step, keep the previous value instead of the update (Krueger et
+        al. 2017); sets zoneout_cell (LSTM) and zoneout_hidden unless they are given.
+    layer_norm=True (LSTM, GRU): a LayerNorm cell (Ba et al. 2016) with its own gains and
+      biases (parameters layer_norm_{ih,hh,c}_{weight,bias}_l<k>); reference backend only so
+      far, which backend="auto" then takes.
+    The masks come from torch's default generator, so a fixed seed gives every backend on the
+    same device the same ones; backend="cudnn" takes none of these options.
+"""
+
+
+def _regularization(mode: str, variational_dropout=0.0, weight_drop=0.0, recurrent_dropout=0.0,
+                    rnndrop=0.0, zoneout=0.0, zoneout_cell=None,
+                    zoneout_hidden=None) -> Regularization:
+    """The options checked for `mode`; zoneout fills in zoneout_cell (LSTM) and zoneout_hidden
+    where they are None."""
+    if zoneout_cell is None:
+        zoneout_cell = zoneout if mode == "LSTM" else 0.0
+    if zoneout_hidden is None:
+        zoneout_hidden = zoneout
+    return check_options(mode, Regularization(variational_dropout, weight_drop,
+                                              recurrent_dropout, rnndrop, zoneout_cell,
+                                              zoneout_hidden))
+
+
+def _mode_of(module) -> str:
+    if isinstance(module, (nn.LSTM, nn.LSTMCell)):
+        return "LSTM"
+    if isinstance(module, (nn.GRU, nn.GRUCell)):
+        return "GRU"
+    return "RNN_TANH" if module.nonlinearity == "tanh" else "RNN_RELU"
 
 
 class _Backend:
     """The `backend` keyword and attribute: a checked backend name (see fused_rnn.backends).
     Every other constructor argument goes to the torch.nn class unchanged."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
+    def __init__(self, *args, backend: str = "auto", variational_dropout: float = 0.0,
+                 weight_drop: float = 0.0, recurrent_dropout: float = 0.0, rnndrop: float = 0.0,
+                 zoneout: float = 0.0, zoneout_cell=None, zoneout_hidden=None,
+                 layer_norm: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
+        self.regularization = _regularization(
+            _mode_of(self), variational_dropout, weight_drop, recurrent_dropout, rnndrop,
+            zoneout, zoneout_cell, zoneout_hidden)
+        if not isinstance(layer_norm, bool):
+            raise ValueError(f"layer_norm: expected a bool, got {layer_norm!r}")
+        if layer_norm and _mode_of(self) not in ("LSTM", "GRU"):
+            raise ValueError(f"layer_norm: LayerNorm cells are LSTM and GRU (Ba et al. 2016), "
+                             f"got {type(self).__name__}")
+        self._layer_norm_names = []
+        if layer_norm:
+            self._add_layer_norm()
+
+    @property
+    def layer_norm(self) -> bool:
+        """Whether this is a LayerNorm LSTM/GRU (its gains and biases are parameters)."""
+        return bool(self.__dict__.get("_layer_norm_names"))
+
+    def _add_layer_norm(self):
+        """Per layer and direction: LayerNorm gains (ones) and biases (zeros) of the input and
+        recurrent gate pre-activations (G·H each) and, for LSTM, of the cell (H)."""
+        w = self.weight_ih_l0 if isinstance(self, nn.RNNBase) else self.weight_ih
+        parts = ("ih", "hh", "c") if _mode_of(self) == "LSTM" else ("ih", "hh")
+        if isinstance(self, nn.RNNBase):
+            D = 2 if self.bidirectional else 1
+            tags = [f"_l{k // D}" + ("_reverse" if k % D else "")
+                    for k in range(self.num_layers * D)]
+        else:
+            tags = [""]
+        for tag in tags:
+            for part in parts:
+                n = w.shape[0] if part != "c" else self.hidden_size
+                for kind in ("weight", "bias"):
+                    name = f"layer_norm_{part}_{kind}{tag}"
+                    self.register_parameter(name, nn.Parameter(w.new_empty(n)))
+                    self._layer_norm_names.append(name)
+        self._reset_layer_norm()
+
+    def _reset_layer_norm(self):
+        for name in self.__dict__.get("_layer_norm_names", []):
+            nn.init.ones_(getattr(self, name)) if "weight" in name else \
+                nn.init.zeros_(getattr(self, name))
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        self._reset_layer_norm()  # nn.RNNBase's reset draws every parameter uniformly
+
+    def _layer_norm_weights(self):
+        names = self.__dict__.get("_layer_norm_names")
+        return [getattr(self, name) for name in names] if names else None
+
+    @property
+    def regularization(self) -> Regularization:
+        """The regularisation options (a frozen fused_rnn.Regularization); assign a new one to
+        change them."""
+        return self.__dict__.get("_regularization") or Regularization()
+
+    @regularization.setter
+    def regularization(self, reg: Regularization):
+        reg = check_options(_mode_of(self), reg)
+        if isinstance(self, nn.RNNCellBase):
+            for name in ("variational_dropout", "weight_drop", "rnndrop"):
+                if getattr(reg, name):
+                    raise ValueError(f"{name}: needs a whole sequence; cells take only "
+                                     f"{', '.join(CELL_OPTIONS)}")
+        self.__dict__["_regularization"] = reg
 
     @property
     def backend(self) -> str:
@@ -27,7 +138,9 @@ class _Backend:
         self.__dict__["_backend"] = backends.check_name(name)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, backend={self.backend!r}"
+        reg = "".join(f", {k}={v}" for k, v in vars(self.regularization).items() if v)
+        ln = ", layer_norm=True" if self.layer_norm else ""
+        return f"{super().extra_repr()}, backend={self.backend!r}{reg}{ln}"
 
 
 class _FusedRNNBase(_Backend):
@@ -36,47 +149,63 @@ class _FusedRNNBase(_Backend):
         weights = [getattr(self, name) for name in self._flat_weights_names]
         kw = dict(bias=self.bias, num_layers=self.num_layers, batch_first=self.batch_first,
                   dropout=float(self.dropout), training=self.training,
-                  bidirectional=self.bidirectional, backend=self.backend)
+                  bidirectional=self.bidirectional, backend=self.backend,
+                  regularization=self.regularization)
         if self.mode == "LSTM":
-            return F.lstm(input, weights, hx, proj_size=self.proj_size, **kw)
+            return F.lstm(input, weights, hx, proj_size=self.proj_size,
+                          layer_norm=self._layer_norm_weights(), **kw)
         if self.mode == "GRU":
-            return F.gru(input, weights, hx, **kw)
+            return F.gru(input, weights, hx, layer_norm=self._layer_norm_weights(), **kw)
         return F.rnn(input, weights, hx, nonlinearity=self.nonlinearity, **kw)
 
 
 class LSTM(_FusedRNNBase, nn.LSTM):
-    """nn.LSTM with fused_rnn backends. Same arguments as nn.LSTM, plus backend="auto"."""
+    """nn.LSTM with fused_rnn backends. Same arguments as nn.LSTM, plus backend="auto" and
+    the regularisation options below.
+    """
+    __doc__ = (__doc__ or "") + _REG_DOC  # (no docstrings under python -OO)
 
 
 class GRU(_FusedRNNBase, nn.GRU):
-    """nn.GRU with fused_rnn backends. Same arguments as nn.GRU, plus backend="auto"."""
+    """nn.GRU with fused_rnn backends. Same arguments as nn.GRU, plus backend="auto" and
+    the regularisation options below.
+    """
+    __doc__ = (__doc__ or "") + _REG_DOC  # (no docstrings under python -OO)
 
 
 class RNN(_FusedRNNBase, nn.RNN):
-    """nn.RNN with fused_rnn backends. Same arguments as nn.RNN, plus backend="auto"."""
+    """nn.RNN with fused_rnn backends. Same arguments as nn.RNN, plus backend="auto" and
+    the regularisation options below.
+    """
+    __doc__ = (__doc__ or "") + _REG_DOC  # (no docstrings under python -OO)
 
 
 class _FusedCellBase(_Backend):
     def forward(self, input, hx=None):
         """As nn.LSTMCell/GRUCell/RNNCell.forward: (h', c') for LSTMCell, else h'."""
         args = (input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        kw = dict(backend=self.backend, training=self.training,
+                  regularization=self.regularization)
         if isinstance(self, nn.LSTMCell):
-            return F.lstm_cell(*args, backend=self.backend)
+            return F.lstm_cell(*args, layer_norm=self._layer_norm_weights(), **kw)
         if isinstance(self, nn.GRUCell):
-            return F.gru_cell(*args, backend=self.backend)
-        return F.rnn_cell(*args, nonlinearity=self.nonlinearity, backend=self.backend)
+            return F.gru_cell(*args, layer_norm=self._layer_norm_weights(), **kw)
+        return F.rnn_cell(*args, nonlinearity=self.nonlinearity, **kw)
 
 
 class LSTMCell(_FusedCellBase, nn.LSTMCell):
-    """nn.LSTMCell with fused_rnn backends, plus backend="auto"."""
+    """nn.LSTMCell with fused_rnn backends, plus backend="auto" and recurrent_dropout, zoneout,
+    zoneout_cell, zoneout_hidden (masks drawn per call; see fused_rnn.LSTM)."""
 
 
 class GRUCell(_FusedCellBase, nn.GRUCell):
-    """nn.GRUCell with fused_rnn backends, plus backend="auto"."""
+    """nn.GRUCell with fused_rnn backends, plus backend="auto" and recurrent_dropout, zoneout
+    (zoneout_hidden), masks drawn per call."""
 
 
 class RNNCell(_FusedCellBase, nn.RNNCell):
-    """nn.RNNCell with fused_rnn backends, plus backend="auto"."""
+    """nn.RNNCell with fused_rnn backends, plus backend="auto" and zoneout (zoneout_hidden),
+    masks drawn per call."""
 
 
 _FUSED = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN,

@@ -7,18 +7,23 @@ rounded to the tested dtype first, so the truth is exact for the values each run
 the output, h_n, c_n and the gradients of the input, h_0, c_0 and every parameter, through a
 loss with random (never all-ones) cotangents. In float64 on the CPU, torch is the truth itself,
 so the bound is the atol alone: 1e-10.
+
+Cases with regularisation options (Case.reg) have no torch counterpart: there the truth is our
+reference backend in float64 and "torch's error" is the reference backend's in the tested
+dtype, all on the tested device, with the masks drawn alike for every run (the same seed).
 """
 import copy
 import dataclasses
 import random
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from .modules import convert
+from .ops.regularize import Regularization
 
 # The "tiny atol" of the rule, per dtype. Half types only run on the GPU.
 ATOL = {torch.float64: 1e-10, torch.float32: 1e-6, torch.bfloat16: 1e-3, torch.float16: 1e-3}
@@ -44,6 +49,12 @@ class Case:
     with_hx: bool = True
     dropout: float = 0.0
     seed: int = 0
+    reg: Optional[Regularization] = None  # regularisation options (training mode)
+    train: bool = True  # with reg: training (masks drawn) or eval mode
+
+    @property
+    def training(self) -> bool:
+        return self.dropout > 0 or (self.reg is not None and self.train)
 
     def label(self) -> str:
         d = dataclasses.asdict(self)
@@ -54,6 +65,9 @@ class Case:
         flags += [f"packed-{self.packed}"] if self.packed else []
         flags += [] if self.with_hx else ["hx=None"]
         flags += [f"dropout{self.dropout}"] if self.dropout else []
+        if self.reg is not None:
+            flags += [f"{k}{v}" for k, v in vars(self.reg).items() if v]
+            flags += [] if self.train else ["eval"]
         return " ".join([base] + flags)
 
 
@@ -126,7 +140,7 @@ def _inputs(case: Case, dtype):
 def run(module: nn.Module, case: Case, dtype, device="cpu") -> Dict[str, torch.Tensor]:
     """Forward and backward of `module` on the case's inputs in `dtype` on `device`.
     Returns every checked tensor, as float64 on the CPU."""
-    module = copy.deepcopy(module).to(device=device, dtype=dtype).train(case.dropout > 0)
+    module = copy.deepcopy(module).to(device=device, dtype=dtype).train(case.training)
     x, lengths, states = _inputs(case, dtype)
     x = x.to(device=device, dtype=dtype).requires_grad_()
     states = [s.to(device=device, dtype=dtype).requires_grad_() for s in states]
@@ -135,7 +149,7 @@ def run(module: nn.Module, case: Case, dtype, device="cpu") -> Dict[str, torch.T
         inp = pack_padded_sequence(x, lengths, batch_first=case.batch_first,
                                    enforce_sorted=case.packed == "sorted")
     hx = None if not states else (tuple(states) if case.cell == "LSTM" else states[0])
-    torch.manual_seed(case.seed + 2)  # the dropout masks
+    torch.manual_seed(case.seed + 2)  # the dropout and regularisation masks
     out, state = module(inp, hx)
     h_n, c_n = state if case.cell == "LSTM" else (state, None)
     result = {"output": out.data if isinstance(out, PackedSequence) else out, "h_n": h_n}
@@ -191,14 +205,27 @@ class Result:
 def check(case: Case, backend: str, dtype=torch.float64, device="cpu") -> Result:
     """Run the case through fused_rnn with `backend` and through torch, both in dtype on device,
     and measure both against the float64 CPU truth."""
+    ref = torch_module(case)
+    rounded = copy.deepcopy(ref).to(dtype).double()
+    if case.reg is not None:
+        def fused(name):
+            module = convert(copy.deepcopy(rounded), backend=name)
+            module.regularization = case.reg
+            return module
+        truth = run(fused("reference"), case, torch.float64, device)
+        theirs = run(fused("reference"), case, dtype, device)
+        ours = run(fused(backend), case, dtype, device)
+        return _result(case, backend, dtype, ours, truth, theirs)
     if case.dropout and torch.device(device).type != "cpu":
         raise ValueError(f"case: dropout in training draws different masks on {device} than in "
                          f"the CPU truth; use random_cases(with_dropout=False) there")
-    ref = torch_module(case)
-    rounded = copy.deepcopy(ref).to(dtype).double()
     truth = run(rounded, case, torch.float64, "cpu")
     ours = run(convert(copy.deepcopy(rounded), backend=backend), case, dtype, device)
     theirs = run(rounded, case, dtype, device)
+    return _result(case, backend, dtype, ours, truth, theirs)
+
+
+def _result(case, backend, dtype, ours, truth, theirs) -> Result:
     if set(ours) != set(truth):
         raise AssertionError(f"{backend} returned {sorted(ours)}, torch {sorted(truth)}")
     return Result(case, backend, dtype, {k: _max_err(ours[k], truth[k]) for k in truth},
@@ -209,8 +236,11 @@ def compare_backends(case: Case, a: str, b: str, dtype=torch.float64, device="cp
                      ) -> Dict[str, float]:
     """Max abs difference of every checked tensor between backends a and b on the same inputs."""
     ref = torch_module(case)
-    ra = run(convert(copy.deepcopy(ref), backend=a), case, dtype, device)
-    rb = run(convert(copy.deepcopy(ref), backend=b), case, dtype, device)
+    modules = [convert(copy.deepcopy(ref), backend=name) for name in (a, b)]
+    if case.reg is not None:
+        for module in modules:
+            module.regularization = case.reg
+    ra, rb = (run(module, case, dtype, device) for module in modules)
     return {k: _max_err(ra[k], rb[k]) for k in ra}
 
 

@@ -8,8 +8,8 @@ from fused_rnn import cli
 from fused_rnn.bench import report, suite as S
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-ROW_KEYS = {"cell", "dtype", "T", "B", "I", "H", "mode", "provider", "median_ms", "p20_ms",
-            "p80_ms", "peak_mb"}
+ROW_KEYS = {"cell", "dtype", "T", "B", "I", "H", "mode", "provider", "option", "median_ms",
+            "p20_ms", "p80_ms", "peak_mb"}
 
 
 def test_default_gpu_grid_is_the_issue_grid():
@@ -23,6 +23,12 @@ def test_default_gpu_grid_is_the_issue_grid():
             "cuda_persistent"} \
         <= set(s.providers)
     assert set(S.default_suite(CUDA, quick=True).shapes) < set(s.shapes)
+    # Regularisation rows: every option, bf16, the quick shapes, the fused default providers.
+    assert set(s.options) == {"variational_dropout", "weight_drop", "recurrent_dropout",
+                              "rnndrop", "zoneout"}
+    assert (tuple(s.option_dtypes), tuple(s.option_shapes), tuple(s.option_providers)) == \
+        (("bf16",), tuple(S.GPU_QUICK), ("triton", "cuda"))
+    assert S.default_suite(CPU).options == ()
 
 
 def test_cpu_suite_and_overrides():
@@ -33,7 +39,8 @@ def test_cpu_suite_and_overrides():
 
 
 @pytest.mark.parametrize("field,value", [("cells", ["LSTMX"]), ("dtypes", ["fp8"]),
-                                         ("modes", ["bwd"]), ("providers", ["cudnn", "magic"])])
+                                         ("modes", ["bwd"]), ("providers", ["cudnn", "magic"]),
+                                         ("options", ["dropconnect"])])
 def test_bad_selection_names_the_option(field, value):
     with pytest.raises(ValueError, match=field):
         S.default_suite(CPU, **{field: value})
@@ -133,3 +140,29 @@ def test_a_failing_row_is_reported_not_fatal(monkeypatch):
     assert {r["provider"] for r in res["rows"]} == {"cudnn", "reference"}
     assert res["meta"]["skipped"]["loop fp32 GRU 3,2,4,4"] == \
         "failed: RuntimeError: out of resources: shared memory"
+
+
+def test_option_rows_and_their_cost():
+    """Option rows run in training mode with the option on, next to the same provider without
+    it, and report their cost as the ratio of the two."""
+    s = S.default_suite(CPU, shapes=[(6, 3, 5, 5)], cells=["LSTM", "RNN"], modes=["fwdbwd"],
+                        providers=["cudnn", "reference"], options=["rnndrop", "zoneout"],
+                        option_dtypes=["fp32"], option_providers=["reference"])
+    rows = S.run_suite(s)["rows"]
+    opts = {(r["cell"], r["option"]) for r in rows if r["option"]}
+    assert opts == {("LSTM", "rnndrop"), ("LSTM", "zoneout"), ("RNN", "zoneout")}
+    costs = report.option_costs(rows)
+    assert len(costs) == 3 and all(c["provider"] == "reference" and c["cost"] > 0 for c in costs)
+    assert all(c["cost"] == pytest.approx(c["median_ms"] / c["plain_ms"]) for c in costs)
+    # The speedup table leaves the option rows out.
+    assert all(len(config) == 2 for config in report.by_config(rows).values())
+
+
+def test_option_cost_table():
+    from rich.console import Console
+    rows = [dict(_row("cuda", 2.0, mode="fwdbwd"), option=""),
+            dict(_row("cuda", 2.1, mode="fwdbwd"), option="zoneout")]
+    console = Console(width=200, record=True)
+    console.print(report.option_table({"rows": rows}))
+    text = console.export_text()
+    assert "zoneout" in text and "1.050" in text

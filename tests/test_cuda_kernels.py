@@ -63,6 +63,88 @@ def test_cuda_variants_match_reference_backend(case, variant):
     assert cuda_op.last_used == {"fwd": expected, "bwd": expected}, cuda_op.last_used
 
 
+# Regularisation masks of a step (ops/regularize.py, StepMasks): each kind alone, all at once,
+# and eval mode (zoneout by its constant weights, no masks), for the layers they apply to.
+MASK_KINDS = {"LSTM": ("h", "g", "c", "zc", "zh", "all", "eval"),
+              "GRU": ("h", "g", "zh", "all", "eval"),
+              "RNN_TANH": ("h", "zh", "all", "eval"), "RNN_RELU": ("h", "zh", "all", "eval")}
+MASKED = [(cell, proj, kind) for cell, kinds in MASK_KINDS.items()
+          for proj in ((False, True) if cell == "LSTM" else (False,)) for kind in kinds]
+
+
+def _step_masks(kind, cell, T, B, H, HK, gen):
+    from fused_rnn.ops.regularize import StepMasks
+
+    def u8(shape, p):
+        return torch.empty(shape, dtype=torch.uint8).bernoulli_(p, generator=gen).to(DEVICE)
+    if kind == "eval":
+        return StepMasks(zh_p=0.25, zc_p=0.35 if cell == "LSTM" else 0.0)
+    kw = {}
+    if kind in ("h", "all"):
+        kw.update(h=u8((B, HK), 0.7), h_scale=1 / 0.7)
+    if kind in ("g", "all") and cell in ("LSTM", "GRU"):
+        kw.update(g=u8((T, B, H), 0.6), g_scale=1 / 0.6)
+    if kind in ("c", "all") and cell == "LSTM":
+        kw.update(c=u8((B, H), 0.8), c_scale=1 / 0.8)
+    if kind in ("zc", "all") and cell == "LSTM":
+        kw.update(zc=u8((T, B, H), 0.3))
+    if kind in ("zh", "all"):
+        kw.update(zh=u8((T, B, HK), 0.4))
+    return StepMasks(**kw)
+
+
+def _masked_layer_run(layer, cell, inputs, mask, reverse, masks, dtype, gen_seed):
+    """Outputs and gradients (of gi, h0, c0, w_hh, b_hh, w_hr: `inputs`, None where absent) of
+    one call of a layer function (ops/naive.py's signature) in dtype, as float64."""
+    leaves = [None if t is None else t.to(dtype).requires_grad_() for t in inputs]
+    out, h_n, c_n = layer(cell, *leaves, mask, reverse, masks=masks)
+    outs = [out, h_n] + ([c_n] if c_n is not None else [])
+    g = torch.Generator().manual_seed(gen_seed)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o)).sum()
+               for o in outs)
+    grads = torch.autograd.grad(loss, [t for t in leaves if t is not None])
+    return [t.detach().double() for t in outs + list(grads)]
+
+
+@pytest.mark.parametrize("variant", ["persistent", "step"])
+@pytest.mark.parametrize("cell,proj,kind", MASKED,
+                         ids=[f"{c}{'-proj' if p else ''}-{k}" for c, p, k in MASKED])
+def test_cuda_step_masks_match_reference(cell, proj, kind, variant):
+    """The kernels apply the regularisation masks of ops/regularize.py exactly as the reference
+    layer does: outputs and every gradient (autograd through ops/naive.py is the truth), both
+    directions, packed (unsorted lengths, one of them full), in fp64 to <= 1e-10. fp32 and the
+    2x rule: tests/test_regularization.py, through the modules."""
+    dtype = torch.float64
+    from fused_rnn.ops.cells import GATES
+    from fused_rnn.ops.naive import layer_naive
+    cuda_op = _cuda_op()
+    seed = 1000 + MASKED.index((cell, proj, kind))
+    gen = torch.Generator().manual_seed(seed)
+    T, B, H = 5, 7, 8  # emulated: 3 blocks of units, 3 batch chunks
+    HK = 5 if proj else H
+    G = GATES[cell]
+
+    def rand(*shape, scale=1.0):  # rounded to dtype, so the float64 truth sees the same values
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype).to(
+            DEVICE, torch.float64)
+    inputs = [rand(T, B, G * H), rand(B, HK), rand(B, H) if cell == "LSTM" else None,
+              rand(G * H, HK, scale=0.4), rand(G * H), rand(HK, H, scale=0.5) if proj else None]
+    lengths = torch.tensor([5, 2, 4, 1, 5, 3, 5])
+    mask = (torch.arange(T)[:, None] < lengths[None]).unsqueeze(-1).to(DEVICE)
+    masks = _step_masks(kind, cell, T, B, H, HK, gen)
+    expected = "persistent" if variant == "persistent" and not proj else "step"
+    for reverse in (False, True):
+        cuda_op.last_used.update(fwd=None, bwd=None)
+        with cuda_op.variant(variant):
+            ours = _masked_layer_run(cuda_op.layer_cuda, cell, inputs, mask, reverse, masks,
+                                     dtype, seed)
+        assert cuda_op.last_used == {"fwd": expected, "bwd": expected}, cuda_op.last_used
+        truth = _masked_layer_run(layer_naive, cell, inputs, mask, reverse, masks,
+                                  torch.float64, seed)
+        errs = [(a - b).abs().max().item() for a, b in zip(ours, truth)]
+        assert max(errs) <= 1e-10, (reverse, errs)
+
+
 @pytest.mark.parametrize("cell,base", [("LSTMCell", nn.LSTMCell), ("GRUCell", nn.GRUCell),
                                        ("RNNCell", nn.RNNCell)])
 def test_cuda_cells(cell, base):
@@ -100,11 +182,15 @@ def test_binding_checks_name_the_argument():
     saved = torch.empty(T, B, 4 * H, dtype=f, device=DEVICE)
     ms = torch.empty(0, dtype=f, device=DEVICE)
 
-    def fwd(**kw):
-        args = dict(gi=gi, w_hh=w, b_hh=None, w_hr=None, mask=None, hs=hs, cs=cs, out=out,
-                    saved=saved, ms=ms)
+    def fwd(cell=0, **kw):
+        args = dict(gi=gi, w_hh=w, b_hh=None, w_hr=None, mask=None, m_h=None, m_g=None,
+                    m_c=None, m_zc=None, m_zh=None, scales=[1.0, 1.0, 1.0, 0.0, 0.0], hs=hs,
+                    cs=cs, out=out, saved=saved, ms=ms)
         args.update(kw)
-        return ext.rnn_fwd(*args.values(), 0, False, 1, 0)
+        return ext.rnn_fwd(*args.values(), cell, False, 1, 0)
+
+    def u8(*shape):
+        return torch.ones(shape, dtype=torch.uint8, device=DEVICE)
 
     assert fwd() in (0, 1)  # the well-formed call runs
     with pytest.raises(RuntimeError, match=r"hs: expected shape \[3, 3, 4\], got \[4, 3, 4\]"):
@@ -122,8 +208,22 @@ def test_binding_checks_name_the_argument():
     with pytest.raises(RuntimeError, match=r"mask: expected shape \[2, 3\]"):
         fwd(mask=torch.ones(T, B + 1, dtype=torch.uint8, device=DEVICE))
     with pytest.raises(RuntimeError, match=r"w_hr: a projection needs an LSTM"):
-        ext.rnn_fwd(gi[..., :3 * H].contiguous(), w[:3 * H].contiguous(), None, w[:H], None, hs,
-                    cs, out, saved, ms, 1, False, 1, 0)
+        fwd(gi=gi[..., :3 * H].contiguous(), w_hh=w[:3 * H].contiguous(), w_hr=w[:H], cell=1)
+    # The regularisation masks (ops/regularize.StepMasks), each named.
+    assert fwd(m_h=u8(B, H), m_g=u8(T, B, H), m_c=u8(B, H), m_zc=u8(T, B, H),
+               m_zh=u8(T, B, H), scales=[2.0, 2.0, 2.0, 0.0, 0.5]) in (0, 1)
+    with pytest.raises(RuntimeError, match=r"m_h: expected shape \[3, 4\], got \[3, 5\]"):
+        fwd(m_h=u8(B, H + 1))
+    with pytest.raises(RuntimeError, match=r"m_g: expected shape \[2, 3, 4\], got \[3, 4\]"):
+        fwd(m_g=u8(B, H))
+    with pytest.raises(RuntimeError, match=r"m_zh: expected dtype Byte, got Bool"):
+        fwd(m_zh=u8(T, B, H).bool())
+    with pytest.raises(RuntimeError, match=r"m_zc: expected a contiguous tensor"):
+        fwd(m_zc=u8(T, H, B).transpose(1, 2))
+    with pytest.raises(RuntimeError, match=r"m_c: rnndrop needs an LSTM"):
+        fwd(gi=gi[..., :3 * H].contiguous(), w_hh=w[:3 * H].contiguous(), m_c=u8(B, H), cell=1)
+    with pytest.raises(RuntimeError, match=r"scales: expected 5 values"):
+        fwd(scales=[1.0])
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="CPU-only behaviour")

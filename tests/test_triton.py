@@ -1,6 +1,7 @@
 """The Triton kernels on the CPU, in Triton's interpreter (TRITON_INTERPRET=1, set by conftest
-when there is no GPU), against float64 torch and the reference backend, forward and backward;
-and compiled for sm_90, which catches what the interpreter lets through."""
+when there is no GPU), against float64 torch and the reference backend, forward and backward,
+with and without the regularisation step masks; and compiled for sm_90, which catches what the
+interpreter lets through."""
 import os
 import subprocess
 import sys
@@ -126,6 +127,8 @@ def test_persistent_plan_limits():
     assert plan(4, 256, 4, torch.float64, cpu) is not None
     assert plan(4, 257, 1, torch.float64, cpu) is None  # padded H <= 256
     assert plan(40, 33, 3, torch.float64, cpu)["grid"] == (3, 3)  # batch tiles of 16
+    assert plan(4, 64, 4, torch.float32, cpu, True) is not None
+    assert plan(4, 65, 4, torch.float64, cpu, True) is None  # step masks: padded H <= 64
 
 
 def test_bench_persistent_provider_runs_persistent_both_ways(monkeypatch):
@@ -139,3 +142,83 @@ def test_bench_persistent_provider_runs_persistent_both_ways(monkeypatch):
     fn, _ = S.build("triton_persistent", "LSTM", (3, 2, 4, 8), "fp32", torch.device(DEVICE))
     fn(torch.randn(3, 2, 4, device=DEVICE, requires_grad=True)).sum().backward()
     assert ran == ["_fwd_persistent", "_bwd_persistent"]
+
+
+# Step masks (ops/regularize.StepMasks) per kind, and the layers each is checked on: (cell,
+# projection, packed, reverse, bias). rnndrop and zoneout of the cell need an LSTM, recurrent
+# dropout a gated candidate.
+MASK_KINDS = ("h", "g", "c", "zc", "zh", "eval", "all")
+MASK_LAYERS = [("LSTM", False, True, True, True), ("LSTM", True, True, False, False),
+               ("GRU", False, True, False, True), ("RNN_TANH", False, False, True, False),
+               ("RNN_RELU", False, True, True, True)]
+
+
+def _step_masks(kind: str, cell: str, T: int, B: int, H: int, HK: int):
+    from fused_rnn.ops.regularize import StepMasks
+
+    def keep(shape, p):
+        return torch.empty(shape, dtype=torch.uint8, device=DEVICE).bernoulli_(p)
+
+    lstm = cell == "LSTM"
+    kw = {}
+    if kind in ("h", "all"):
+        kw.update(h=keep((B, HK), 0.7), h_scale=1 / 0.7)
+    if kind in ("g", "all") and not cell.startswith("RNN"):
+        kw.update(g=keep((T, B, H), 0.6), g_scale=1 / 0.6)
+    if kind in ("c", "all") and lstm:
+        kw.update(c=keep((B, H), 0.8), c_scale=1 / 0.8)
+    if kind in ("zc", "all") and lstm:
+        kw.update(zc=keep((T, B, H), 0.3))
+    if kind in ("zh", "all"):
+        kw.update(zh=keep((T, B, HK), 0.4))
+    if kind == "eval":
+        kw.update(zh_p=0.25, zc_p=0.35 if lstm else 0.0)
+    return StepMasks(**kw)
+
+
+@pytest.mark.parametrize("variant", ["step", "persistent"])
+@pytest.mark.parametrize("kind", MASK_KINDS)
+def test_step_masks_match_reference(kind, variant, monkeypatch):
+    """layer_triton with step masks against autograd through ops/naive.layer_naive, float64:
+    outputs and every gradient."""
+    from fused_rnn.ops import triton_op
+    from fused_rnn.ops.cells import GATES
+    from fused_rnn.ops.naive import layer_naive
+    launches = []
+    for name in ("_fwd_persistent", "_bwd_persistent"):
+        original = getattr(triton_op, name)
+        monkeypatch.setattr(triton_op, name, lambda *a, _n=name, _f=original, **k:
+                            launches.append(_n) or _f(*a, **k))
+    torch.manual_seed(MASK_KINDS.index(kind))
+    dt, T, B, H = torch.float64, 5, 4, 7
+    for cell, proj, packed, reverse, bias in MASK_LAYERS:
+        if (kind in ("c", "zc") and cell != "LSTM") or (kind == "g" and cell.startswith("RNN")):
+            continue
+        HK, G = (4 if proj else H), GATES[cell]
+
+        def leaf(*shape, scale=1.0):
+            return (torch.randn(*shape, dtype=dt, device=DEVICE) * scale).requires_grad_()
+
+        gi, h0, w_hh = leaf(T, B, G * H), leaf(B, HK), leaf(G * H, HK, scale=0.4)
+        c0 = leaf(B, H) if cell == "LSTM" else None
+        b_hh = leaf(G * H) if bias else None
+        w_hr = leaf(HK, H, scale=0.5) if proj else None
+        lengths = torch.tensor([5, 2, 4, 1], device=DEVICE)
+        mask = ((torch.arange(T, device=DEVICE)[:, None] < lengths).unsqueeze(-1) if packed
+                else None)
+        masks = _step_masks(kind, cell, T, B, H, HK)
+        leaves = [x for x in (gi, h0, c0, w_hh, b_hh, w_hr) if x is not None]
+        results = []
+        for layer in (layer_naive, triton_op.layer_triton):
+            with triton_op.variant(variant):
+                out, h_n, c_n = layer(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse,
+                                      masks=masks)
+            outs = [out, h_n] + ([c_n] if c_n is not None else [])
+            g = torch.Generator(device=DEVICE).manual_seed(3)
+            loss = sum((o * torch.randn(o.shape, generator=g, dtype=dt, device=DEVICE)).sum()
+                       for o in outs)
+            results.append([o.detach() for o in outs] + list(torch.autograd.grad(loss, leaves)))
+        err = max((a - b).abs().max().item() for a, b in zip(*results))
+        assert err <= 1e-10, (cell, proj, packed, reverse, bias, err)
+    if variant == "persistent":  # (a projection runs per step)
+        assert {"_fwd_persistent", "_bwd_persistent"} <= set(launches), launches

@@ -13,17 +13,37 @@ def _key(row) -> Tuple:
     return tuple(row[k] for k in ROW_KEYS)
 
 
+def plain(rows: List[dict]) -> List[dict]:
+    """The rows without a regularisation option (the speedup tables and plots)."""
+    return [r for r in rows if not r.get("option")]
+
+
+def option_costs(rows: List[dict]) -> List[dict]:
+    """Per regularisation row: its time over the same provider's time without the option
+    (same config and mode); the issue's bar is <= 1.10 in training (fwdbwd)."""
+    base = {(_key(r), r["provider"]): r["median_ms"] for r in plain(rows)}
+    out = []
+    for r in rows:
+        ref = base.get((_key(r), r["provider"]))
+        if r.get("option") and ref:
+            out.append(dict({k: r[k] for k in ROW_KEYS}, provider=r["provider"],
+                            option=r["option"], median_ms=r["median_ms"], plain_ms=ref,
+                            cost=r["median_ms"] / ref))
+    return out
+
+
 def by_config(rows: List[dict]) -> Dict[Tuple, Dict[str, dict]]:
-    """{(cell, dtype, T, B, I, H, mode): {provider: row}} in first-seen order."""
+    """{(cell, dtype, T, B, I, H, mode): {provider: row}} in first-seen order (rows without a
+    regularisation option)."""
     table: Dict[Tuple, Dict[str, dict]] = {}
-    for row in rows:
+    for row in plain(rows):
         table.setdefault(_key(row), {})[row["provider"]] = row
     return table
 
 
 def providers(rows: List[dict]) -> List[str]:
     """Providers present, the baseline first."""
-    seen = list(dict.fromkeys(r["provider"] for r in rows))
+    seen = list(dict.fromkeys(r["provider"] for r in plain(rows)))
     return sorted(seen, key=lambda p: p != BASELINE)
 
 
@@ -80,6 +100,20 @@ def table(results: dict):
     return t
 
 
+def option_table(results: dict):
+    """A rich Table of the regularisation rows: ms with the option, ms without, and the ratio."""
+    from rich.table import Table
+
+    t = Table(title="regularisation cost: time with the option / time without (same provider)")
+    for col in ROW_KEYS + ("provider", "option", "ms", "plain ms", "cost"):
+        t.add_column(col, justify="right" if col in ("T", "B", "I", "H", "ms", "plain ms",
+                                                     "cost") else "left")
+    for c in option_costs(results["rows"]):
+        t.add_row(*[str(c[k]) for k in ROW_KEYS], c["provider"], c["option"],
+                  f"{c['median_ms']:.3f}", f"{c['plain_ms']:.3f}", f"{c['cost']:.3f}")
+    return t
+
+
 def write_json(results: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1) + "\n")
@@ -94,7 +128,7 @@ def plot(results: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter
 
-    rows = results["rows"]
+    rows = plain(results["rows"])
     others = [p for p in providers(rows) if p != BASELINE]
     panels = list(dict.fromkeys((r["mode"], r["dtype"]) for r in rows))
     fig, axes = plt.subplots(len(panels), 1, squeeze=False,

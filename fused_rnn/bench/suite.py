@@ -42,6 +42,14 @@ MODES = ("fwd", "fwdbwd")
 PROVIDERS = ("cudnn", "loop", "reference", "triton", "triton_persistent", "cuda", "cuda_step",
              "cuda_persistent")
 
+# Regularisation rows (issue 6): one option at p = 0.25, in training mode, timed for the fused
+# default providers against the same provider without it. OPTION_* is where they run on the GPU.
+OPTIONS = {"variational_dropout": dict(variational_dropout=0.25),
+           "weight_drop": dict(weight_drop=0.25), "recurrent_dropout": dict(recurrent_dropout=0.25),
+           "rnndrop": dict(rnndrop=0.25), "zoneout": dict(zoneout=0.25)}
+OPTION_PROVIDERS = ("triton", "cuda")
+OPTION_DTYPES = ("bf16",)
+
 _MODULES = {"LSTM": (nn.LSTM, LSTM, nn.LSTMCell), "GRU": (nn.GRU, GRU, nn.GRUCell),
             "RNN": (nn.RNN, RNN, nn.RNNCell)}
 
@@ -56,6 +64,12 @@ class Suite:
     providers: Sequence[str]
     shapes: Sequence[Shape]
     name: str
+    # Regularisation rows: each option on option_shapes x option_dtypes for the providers of
+    # option_providers in the suite (rnndrop: LSTM only; recurrent_dropout: not RNN).
+    options: Sequence[str] = ()
+    option_shapes: Sequence[Shape] = ()
+    option_dtypes: Sequence[str] = OPTION_DTYPES
+    option_providers: Sequence[str] = OPTION_PROVIDERS
 
 
 def default_suite(device: torch.device, quick: bool = False, **overrides) -> Suite:
@@ -66,11 +80,15 @@ def default_suite(device: torch.device, quick: bool = False, **overrides) -> Sui
               providers=PROVIDERS,
               shapes=(GPU_QUICK if quick else GPU_SHAPES) if gpu else
               (CPU_QUICK if quick else CPU_SHAPES),
-              name=("gpu" if gpu else "cpu") + ("-quick" if quick else ""))
+              name=("gpu" if gpu else "cpu") + ("-quick" if quick else ""),
+              options=tuple(OPTIONS) if gpu else (), option_shapes=GPU_QUICK if gpu else ())
     kw.update({k: v for k, v in overrides.items() if v})
+    if "shapes" in overrides and overrides["shapes"] and "option_shapes" not in overrides:
+        kw["option_shapes"] = overrides["shapes"]
     suite = Suite(**kw)
     for field, allowed in (("cells", CELLS), ("dtypes", DTYPES), ("modes", MODES),
-                           ("providers", PROVIDERS)):
+                           ("providers", PROVIDERS), ("options", OPTIONS),
+                           ("option_dtypes", DTYPES), ("option_providers", PROVIDERS)):
         bad = [v for v in getattr(suite, field) if v not in allowed]
         if bad:
             raise ValueError(f"{field}: expected values from {', '.join(allowed)}, got {bad}")
@@ -92,9 +110,15 @@ def why_not(provider: str, device: torch.device, dtype: str) -> Optional[str]:
     return reason
 
 
+def option_applies(option: str, cell: str) -> bool:
+    return not ((option == "rnndrop" and cell != "LSTM")
+                or (option == "recurrent_dropout" and cell == "RNN"))
+
+
 def build(provider: str, cell: str, shape: Shape, dtype: str,
-          device: torch.device) -> Tuple[Callable, List[torch.Tensor]]:
-    """The provider's x -> output function for one row, and its parameters."""
+          device: torch.device, option: str = "") -> Tuple[Callable, List[torch.Tensor]]:
+    """The provider's x -> output function for one row (in training mode, with the
+    regularisation `option` if given), and its parameters."""
     T, B, I, H = shape
     seq_cls, fused_cls, cell_cls = _MODULES[cell]
     torch_dtype = DTYPES[dtype][0]
@@ -115,7 +139,8 @@ def build(provider: str, cell: str, shape: Shape, dtype: str,
         module.flatten_parameters()
     else:
         backend, _, variant = provider.partition("_")
-        module = fused_cls(I, H, device=device, dtype=torch_dtype, backend=backend)
+        module = fused_cls(I, H, device=device, dtype=torch_dtype, backend=backend,
+                           **OPTIONS.get(option, {}))
         if variant:
             if backend == "triton":
                 from ..ops.triton_op import variant as pin
@@ -172,11 +197,12 @@ def peak_mb(fn: Callable[[], None], device: torch.device) -> Optional[float]:
     return torch.cuda.max_memory_allocated(device) / 2 ** 20
 
 
-def calls(provider, cell, shape, dtype, device) -> Tuple[Dict[str, Callable[[], None]], list]:
+def calls(provider, cell, shape, dtype, device,
+          option: str = "") -> Tuple[Dict[str, Callable[[], None]], list]:
     """{mode: a no-argument call that runs the row once}, and the tensors whose .grad a timer
     should reset between runs. Build and call inside tf32(...) for the dtype."""
     T, B, I, H = shape
-    fn, params = build(provider, cell, shape, dtype, device)
+    fn, params = build(provider, cell, shape, dtype, device, option)
     # Standard-normal inputs, never zeros (zeros can run faster and hide unwritten outputs).
     x = torch.randn(T, B, I, device=device, dtype=DTYPES[dtype][0])
     x_grad = x.clone().requires_grad_()
@@ -191,17 +217,18 @@ def calls(provider, cell, shape, dtype, device) -> Tuple[Dict[str, Callable[[], 
     return {"fwd": fwd, "fwdbwd": fwdbwd}, [x_grad] + params
 
 
-def run_row(provider, cell, shape, dtype, device, modes=MODES) -> List[dict]:
-    """One provider on one (cell, shape, dtype); one result row per mode."""
+def run_row(provider, cell, shape, dtype, device, modes=MODES, option: str = "") -> List[dict]:
+    """One provider on one (cell, shape, dtype[, option]); one result row per mode."""
     T, B, I, H = shape
     with tf32(DTYPES[dtype][1]):
-        mode_calls, grads = calls(provider, cell, shape, dtype, device)
+        mode_calls, grads = calls(provider, cell, shape, dtype, device, option)
         rows = []
         for mode in modes:
             call = mode_calls[mode]
             med, p20, p80 = measure(call, device, grad_to_none=grads)
             rows.append(dict(cell=cell, dtype=dtype, T=T, B=B, I=I, H=H, mode=mode,
-                             provider=provider, median_ms=med, p20_ms=p20, p80_ms=p80,
+                             provider=provider, option=option, median_ms=med, p20_ms=p20,
+                             p80_ms=p80,
                              peak_mb=peak_mb(call, device)))
     return rows
 
@@ -258,16 +285,27 @@ def run_suite(suite: Suite, progress: Optional[Callable] = None) -> dict:
             if reason is not None:
                 skipped[f"{provider} {dtype}"] = reason
                 continue
-            jobs += [(provider, cell, shape, dtype) for cell in suite.cells
+            jobs += [(provider, cell, shape, dtype, "") for cell in suite.cells
                      for shape in suite.shapes]
+    for dtype in suite.option_dtypes if suite.options else ():
+        for provider in [p for p in suite.providers if p in suite.option_providers]:
+            if why_not(provider, suite.device, dtype) is not None:
+                continue
+            for shape in suite.option_shapes:
+                # The same provider without an option is the reference of the option rows.
+                if dtype not in suite.dtypes or shape not in suite.shapes:
+                    jobs += [(provider, cell, shape, dtype, "") for cell in suite.cells]
+                jobs += [(provider, cell, shape, dtype, option) for option in suite.options
+                         for cell in suite.cells if option_applies(option, cell)]
     rows = []
     with _alloc.poisoned(False):  # never time the NaN fill that tests turn on
         for job in (progress(jobs) if progress else jobs):
+            provider, cell, shape, dtype, option = job
             try:
-                rows += run_row(*job, suite.device, suite.modes)
+                rows += run_row(provider, cell, shape, dtype, suite.device, suite.modes, option)
             except Exception as err:  # one failing row must not end the suite: report it
-                provider, cell, shape, dtype = job
-                skipped[f"{provider} {dtype} {cell} {','.join(map(str, shape))}"] = \
+                where = f"{provider} {dtype} {cell} {','.join(map(str, shape))} {option}"
+                skipped[where.strip()] = \
                     f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
     meta = metadata(suite)
     meta["skipped"] = skipped

@@ -35,12 +35,19 @@ def _stream_and_device(t: Tensor):
     return 0, contextlib.nullcontext()
 
 
+def _step_masks(masks) -> list:
+    """The binding's regularisation arguments: the five masks of an ops/regularize.StepMasks
+    (contiguous uint8, or None) and its scales."""
+    tensors = [None if m is None else m.to(torch.uint8).contiguous() for m in masks[:5]]
+    return tensors + [[float(x) for x in masks.scales()]]
+
+
 def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
                  b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],
-                 reverse: bool, variant: str = "persistent"):
+                 reverse: bool, variant: str = "persistent", masks=recurrence.NO_MASKS):
     """One layer and direction: the forward contract of ops/recurrence.py. gi (T, B, G·H) with
     b_ih; h0 (B, HK); c0 (B, H) (LSTM); w_hh (G·H, HK); b_hh (G·H,); w_hr (HK, H) or None;
-    mask (T, B) bool or None."""
+    mask (T, B) bool or None; masks: the regularisation of each step (ops/regularize.py)."""
     T, B, _ = gi.shape
     H = w_hh.shape[0] // GATES[cell]
     proj = w_hr is not None
@@ -52,8 +59,9 @@ def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: 
         mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
         stream, device = _stream_and_device(gi)
         with device:
-            used = _ext.load().rnn_fwd(gi, w_hh, b_hh, w_hr, mask_u8, hs, cs, out, saved, ms,
-                                       CELL_CODES[cell], reverse, VARIANTS.index(variant), stream)
+            used = _ext.load().rnn_fwd(gi, w_hh, b_hh, w_hr, mask_u8, *_step_masks(masks), hs,
+                                       cs, out, saved, ms, CELL_CODES[cell], reverse,
+                                       VARIANTS.index(variant), stream)
         last_used["fwd"] = VARIANTS[used]
     c_n = cs[T].to(gi.dtype, copy=True) if cell == "LSTM" else gi.new_empty(0)
     return out, hs[T].clone(), c_n, saved, hs, cs, ms
@@ -62,7 +70,7 @@ def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: 
 def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
                  dc_n: Optional[Tensor], saved: Tensor, hs: Tensor, cs: Tensor, ms: Tensor,
                  w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor], reverse: bool,
-                 has_bias: bool, variant: str = "persistent"):
+                 has_bias: bool, variant: str = "persistent", masks=recurrence.NO_MASKS):
     """Backward of rnn_fwd_cuda: the backward contract of ops/recurrence.py."""
     T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
     NG = GATES[cell]
@@ -80,11 +88,12 @@ def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
         stream, device = _stream_and_device(hs)
         with device:
             used = _ext.load().rnn_bwd(w_t, w_hr_t, dout, saved, hs.contiguous(), cs, mask_u8,
-                                       dgh, dgi, dhs, carry_h, carry_c, CELL_CODES[cell],
-                                       reverse, VARIANTS.index(variant), stream)
+                                       *_step_masks(masks), dgh, dgi, dhs, carry_h, carry_c,
+                                       CELL_CODES[cell], reverse, VARIANTS.index(variant),
+                                       stream)
         last_used["bwd"] = VARIANTS[used]
     return recurrence.finish_bwd(cell, dgh, dgi, dhs, carry_h, carry_c, hs, ms, w_hh, w_hr,
-                                 reverse, has_bias)
+                                 reverse, has_bias, masks)
 
 
 _fwd_op = recurrence.make_ops("cuda", rnn_fwd_cuda, rnn_bwd_cuda)

@@ -3,24 +3,27 @@ forward, the weight gradients formed after the backward's time loop, and the tor
 custom ops with their fake (meta) implementations and autograd.
 
 Contract of a backend's kernels, one layer and direction (buffer layouts in
-ops/triton_kernels.py and csrc/params.h):
-  fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant)
+ops/triton_kernels.py and csrc/params.h; `masks` is an ops/regularize.StepMasks whose docstring
+gives the step math, NO_MASKS when no regularisation is on):
+  fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant, masks)
       -> out (T, B, HK), h_n (B, HK), c_n (B, H) (empty unless LSTM), saved (T, B, S·H),
          hs (T+1, B, HK), cs (T+1, B, H) (empty unless LSTM), ms (T, B, H) (empty without proj)
-  bwd(cell, dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, reverse, has_bias, variant)
+  bwd(cell, dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, reverse, has_bias, variant,
+      masks)
       -> dgi (T, B, G·H), dh0 (B, HK), dc0 (empty unless LSTM), dw_hh, db_hh (empty without
          bias), dw_hr (empty without proj)
 Both directions are custom ops, so torch.compile sees two opaque calls per layer instead of a
 host loop over timesteps.
 """
 import contextlib
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _alloc
-from .cells import GATES
+from .cells import GATES, _mul
+from .regularize import NO_MASKS, StepMasks
 
 SAVED = {"LSTM": 4, "GRU": 4, "RNN_TANH": 1, "RNN_RELU": 1}  # values saved per unit
 
@@ -71,20 +74,24 @@ def bwd_carries(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
 
 def finish_bwd(cell: str, dgh: Tensor, dgi: Tensor, dhs: Optional[Tensor], carry_h: Tensor,
                carry_c: Tensor, hs: Tensor, ms: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
-               reverse: bool, has_bias: bool):
+               reverse: bool, has_bias: bool, masks: StepMasks):
     """After the backward's time loop: dh0, and the weight gradients as one GEMM each over all
-    T·B rows (dW_hh = dgatesᵀ·h_prev, db_hh = Σ dgates, dW_hr = dhᵀ·m). Returns the backward's
-    outputs (see the module docstring)."""
+    T·B rows (dW_hh = dgatesᵀ·(h_prev·hm), db_hh = Σ dgates, dW_hr = dhᵀ·m; hm the
+    variational mask of h_{t-1}, or 1). Returns the backward's outputs (see the module docstring)."""
     T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
     acc = dgh.dtype
     times = step_times(T, reverse)
+    hm = masks.factor("h", acc)
     # dh0 = what passed through the first step + the first step's gates through W_hh (their
     # rows are zero where that step lies past the sequence's end).
-    dh0 = (carry_h + dgh[times[0]] @ w_hh.to(acc)).to(hs.dtype)
+    dh0 = (carry_h + _mul(dgh[times[0]] @ w_hh.to(acc), hm)).to(hs.dtype)
     dc0 = carry_c.to(hs.dtype) if cell == "LSTM" else hs.new_empty(0)
     h_prev = hs[:T].flip(0) if reverse else hs[:T]  # state entering the step at time t
+    h_prev = h_prev.to(acc)
+    if not isinstance(hm, float):
+        h_prev = h_prev * hm
     flat = dgh.reshape(T * B, dgh.shape[-1])
-    dw_hh = (flat.t() @ h_prev.reshape(T * B, HK).to(acc)).to(w_hh.dtype)
+    dw_hh = (flat.t() @ h_prev.reshape(T * B, HK)).to(w_hh.dtype)
     db_hh = flat.sum(0).to(w_hh.dtype) if has_bias else hs.new_empty(0)
     dw_hr = ((dhs.reshape(T * B, HK).t() @ ms.reshape(T * B, ms.shape[-1]).to(acc)).to(w_hr.dtype)
              if w_hr is not None else hs.new_empty(0))
@@ -99,12 +106,16 @@ def make_ops(backend: str, fwd: Callable, bwd: Callable) -> Callable:
     @torch.library.custom_op(f"fused_rnn::{backend}_rnn_fwd", mutates_args=())
     def fwd_op(gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
                b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],
-               cell: str, reverse: bool,
-               variant: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        return fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant)
+               cell: str, reverse: bool, variant: str, m_h: Optional[Tensor],
+               m_g: Optional[Tensor], m_c: Optional[Tensor], m_zc: Optional[Tensor],
+               m_zh: Optional[Tensor], scales: List[float]
+               ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant,
+                   StepMasks.of((m_h, m_g, m_c, m_zc, m_zh), scales))
 
     @fwd_op.register_fake
-    def _(gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse, variant):
+    def _(gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse, variant, m_h, m_g, m_c, m_zc, m_zh,
+          scales):
         T, B, _ = gi.shape
         HK = h0.shape[-1]
         H = w_hh.shape[0] // GATES[cell]
@@ -120,14 +131,15 @@ def make_ops(backend: str, fwd: Callable, bwd: Callable) -> Callable:
     def bwd_op(dout: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor],
                saved: Tensor, hs: Tensor, cs: Tensor, ms: Tensor, w_hh: Tensor,
                w_hr: Optional[Tensor], mask: Optional[Tensor], cell: str, reverse: bool,
-               has_bias: bool,
-               variant: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+               has_bias: bool, variant: str, m_h: Optional[Tensor], m_g: Optional[Tensor],
+               m_c: Optional[Tensor], m_zc: Optional[Tensor], m_zh: Optional[Tensor],
+               scales: List[float]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         return bwd(cell, dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, reverse,
-                   has_bias, variant)
+                   has_bias, variant, StepMasks.of((m_h, m_g, m_c, m_zc, m_zh), scales))
 
     @bwd_op.register_fake
     def _(dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, cell, reverse, has_bias,
-          variant):
+          variant, m_h, m_g, m_c, m_zc, m_zh, scales):
         T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         H = w_hh.shape[0] // GATES[cell]
         return (hs.new_empty((T, B, w_hh.shape[0])), hs.new_empty((B, HK)),
@@ -136,19 +148,19 @@ def make_ops(backend: str, fwd: Callable, bwd: Callable) -> Callable:
                 w_hh.new_empty(w_hr.shape if w_hr is not None else (0,)))
 
     def setup_context(ctx, inputs, output):
-        gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse, variant = inputs
+        gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse, variant = inputs[:10]
         _, _, _, saved, hs, cs, ms = output
-        ctx.save_for_backward(saved, hs, cs, ms, w_hh, w_hr, mask)
-        ctx.cell, ctx.reverse, ctx.variant = cell, reverse, variant
+        ctx.save_for_backward(saved, hs, cs, ms, w_hh, w_hr, mask, *inputs[10:15])
+        ctx.cell, ctx.reverse, ctx.variant, ctx.scales = cell, reverse, variant, inputs[15]
         ctx.has_c0, ctx.has_bias = c0 is not None, b_hh is not None
 
     def backward(ctx, dout, dh_n, dc_n, _dsaved, _dhs, _dcs, _dms):
-        saved, hs, cs, ms, w_hh, w_hr, mask = ctx.saved_tensors
+        saved, hs, cs, ms, w_hh, w_hr, mask, *step_masks = ctx.saved_tensors
         dgi, dh0, dc0, dw_hh, db_hh, dw_hr = bwd_op(
             dout, dh_n, dc_n if ctx.cell == "LSTM" else None, saved, hs, cs, ms, w_hh, w_hr,
-            mask, ctx.cell, ctx.reverse, ctx.has_bias, ctx.variant)
+            mask, ctx.cell, ctx.reverse, ctx.has_bias, ctx.variant, *step_masks, ctx.scales)
         return (dgi, dh0, dc0 if ctx.has_c0 else None, dw_hh, db_hh if ctx.has_bias else None,
-                dw_hr if w_hr is not None else None, None, None, None, None)
+                dw_hr if w_hr is not None else None) + (None,) * 10
 
     fwd_op.register_autograd(backward, setup_context=setup_context)
     return fwd_op
@@ -177,9 +189,10 @@ def make_layer(fwd_op: Callable, variants: Variants) -> Callable:
     """ops/stack.py's layer function (signature of ops.naive.layer_naive) on a backend's
     forward op (from make_ops)."""
 
-    def layer(mode, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse):
+    def layer(mode, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, masks=NO_MASKS):
         out, h_n, c_n, _, _, _, _ = fwd_op(gi, h0, c0, w_hh, b_hh, w_hr,
                                            None if mask is None else mask[..., 0], mode,
-                                           reverse, variants.current)
+                                           reverse, variants.current, *masks[:5],
+                                           masks.scales())
         return out, h_n, (c_n if mode == "LSTM" else None)
     return layer

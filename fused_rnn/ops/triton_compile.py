@@ -5,8 +5,8 @@
 It catches what the CPU interpreter lets through: tl.dot shape and dtype rules, unsupported ops,
 shared memory over the limit. Each variant the launchers can produce is compiled (every cell,
 every dtype and dot precision, with and without bias, mask, a next step and the LSTM
-projection), and its shared memory, registers and spills are printed. Run it without
-TRITON_INTERPRET set.
+projection, without regularisation and with the step masks of training or of eval mode), and
+its shared memory, registers and spills are printed. Run it without TRITON_INTERPRET set.
 """
 import argparse
 import itertools
@@ -55,87 +55,114 @@ def resource_usage(cubin: bytes) -> dict:
     return {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL|SHARED):(\d+)", text)}
 
 
+def step_masks(cell: int, regs: str, acc_t: str):
+    """Pointer types and constexpr switches of the step masks (ops/regularize.StepMasks) as the
+    launchers pass them for a cell: regs "off", "train" (every mask the cell takes) or "eval"
+    (zoneout's constants)."""
+    ptrs = dict(hm_ptr="*u8", gm_ptr="*u8", cm_ptr="*u8", zc_ptr="*u8", zh_ptr="*u8",
+                scale_ptr=f"*{acc_t}")
+    lstm, train = cell == K.LSTM, regs == "train"
+    zone = 1 if train else 2 if regs == "eval" else 0
+    return ptrs, dict(HAS_HM=train, HAS_GM=train and cell in (K.LSTM, K.GRU),
+                      HAS_CM=train and lstm, ZC_MODE=zone if lstm else 0, ZH_MODE=zone)
+
+
 def variants():
-    """(kernel, signature, constexprs, label) for every configuration the launchers use."""
-    for cell, dtype, flags in itertools.product(K.GATES, DTYPES, [(1, 1), (0, 0)]):
+    """(kernel, signature, constexprs, label) for every configuration the launchers use; with
+    step masks, only with bias, mask and a next step (they open no other branches)."""
+    configs = [((1, 1), "off"), ((0, 0), "off"), ((1, 1), "train"), ((1, 1), "eval")]
+    for cell, dtype, (flags, regs) in itertools.product(K.GATES, DTYPES, configs):
         elem, acc, precision = DTYPES[dtype]
         acc_t = "fp64" if acc == tl.float64 else "fp32"
+        reg_ptrs, reg = step_masks(cell, regs, acc_t)
         projs = (0, 1) if cell == K.LSTM else (0,)
         for proj in projs:
-            common = dict(H=48, CELL=cell, NG=K.GATES[cell], NS=K.SAVED[cell],
+            common = dict(reg, H=48, CELL=cell, NG=K.GATES[cell], NS=K.SAVED[cell],
                           HAS_MASK=flags[1], HAS_PROJ=proj, BLOCK_B=16, BLOCK_H=32,
                           PRECISION=precision, ACC=acc)
-            fwd_ptrs = dict(gi_ptr=f"*{elem}", w_ptr=f"*{elem}", b_ptr=f"*{elem}",
+            if proj:  # the zoneout of h is the projection kernels', and so is hm backward
+                common["ZH_MODE"] = 0
+            fwd_ptrs = dict(reg_ptrs, gi_ptr=f"*{elem}", w_ptr=f"*{elem}", b_ptr=f"*{elem}",
                             hs_ptr=f"*{elem}", cs_ptr=f"*{acc_t}", out_ptr=f"*{elem}",
-                            saved_ptr=f"*{acc_t}", mask_ptr="*u8", ms_ptr=f"*{elem}")
+                            saved_ptr=f"*{acc_t}", mask_ptr="*u8", ms_ptr=f"*{elem}",
+                            hin_ptr=f"*{elem}")
             cx = dict(common, HK=24 if proj else 48, HAS_BIAS=flags[0], BLOCK_K=32)
             yield (K._rnn_fwd_step_kernel,
                    _signature(K._rnn_fwd_step_kernel, fwd_ptrs, {"t", "k", "B"}, cx), cx,
-                   f"fwd cell={cell} {dtype} bias={flags[0]} mask={flags[1]} proj={proj}")
-            bwd_ptrs = dict(w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dgi_ptr=f"*{acc_t}",
-                            dout_ptr=f"*{acc_t}" if proj else f"*{elem}",
+                   (f"fwd cell={cell} {dtype} bias={flags[0]} mask={flags[1]} proj={proj} "
+                    f"regs={regs}"))
+            bwd_ptrs = dict(reg_ptrs, w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}",
+                            dgi_ptr=f"*{acc_t}", dout_ptr=f"*{acc_t}" if proj else f"*{elem}",
                             saved_ptr=f"*{acc_t}", hs_ptr=f"*{elem}", cs_ptr=f"*{acc_t}",
                             carry_h_ptr=f"*{acc_t}", carry_c_ptr=f"*{acc_t}", mask_ptr="*u8")
             cx = dict(common, P=24 if proj else 48, HAS_NEXT=flags[0] and not proj, BLOCK_N=32)
+            cx["HAS_HM"] = reg["HAS_HM"] and not proj
             yield (K._rnn_bwd_step_kernel,
                    _signature(K._rnn_bwd_step_kernel, bwd_ptrs, {"t", "t_next", "k", "B"}, cx),
                    cx, f"bwd cell={cell} {dtype} next={cx['HAS_NEXT']} mask={flags[1]} "
-                       f"proj={proj}")
+                       f"proj={proj} regs={regs}")
             if not proj:
                 continue
-            cx = dict(H=48, P=24, HAS_MASK=flags[1], BLOCK_B=16, BLOCK_H=32, BLOCK_K=32,
+            cx = dict(H=48, P=24, HAS_MASK=flags[1], HAS_HM=reg["HAS_HM"],
+                      ZH_MODE=reg["ZH_MODE"], BLOCK_B=16, BLOCK_H=32, BLOCK_K=32,
                       PRECISION=precision, ACC=acc)
-            ptrs = dict(ms_ptr=f"*{elem}", w_hr_ptr=f"*{elem}", hs_ptr=f"*{elem}",
-                        out_ptr=f"*{elem}", mask_ptr="*u8")
+            ptrs = dict(reg_ptrs, ms_ptr=f"*{elem}", w_hr_ptr=f"*{elem}", hs_ptr=f"*{elem}",
+                        out_ptr=f"*{elem}", mask_ptr="*u8", hin_ptr=f"*{elem}")
             yield (K._lstm_proj_fwd_kernel,
                    _signature(K._lstm_proj_fwd_kernel, ptrs, {"t", "k", "B"}, cx), cx,
-                   f"proj fwd {dtype} mask={flags[1]}")
-            cx = dict(H=48, P=24, HAS_NEXT=flags[0], HAS_MASK=flags[1], BLOCK_B=16, BLOCK_H=32,
-                      BLOCK_N=32, PRECISION=precision, ACC=acc)
-            ptrs = dict(w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dout_ptr=f"*{elem}",
+                   f"proj fwd {dtype} mask={flags[1]} regs={regs}")
+            cx = dict(H=48, P=24, HAS_NEXT=flags[0], HAS_MASK=flags[1], HAS_HM=reg["HAS_HM"],
+                      ZH_MODE=reg["ZH_MODE"], BLOCK_B=16, BLOCK_H=32, BLOCK_N=32,
+                      PRECISION=precision, ACC=acc)
+            ptrs = dict(reg_ptrs, w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dout_ptr=f"*{elem}",
                         dhs_ptr=f"*{acc_t}", carry_h_ptr=f"*{acc_t}", mask_ptr="*u8")
             yield (K._lstm_proj_bwd_dh_kernel,
                    _signature(K._lstm_proj_bwd_dh_kernel, ptrs, {"t", "t_next", "B"}, cx), cx,
-                   f"proj bwd-dh {dtype} next={flags[0]} mask={flags[1]}")
+                   f"proj bwd-dh {dtype} next={flags[0]} mask={flags[1]} regs={regs}")
 
 
 def persistent_variants():
     """The persistent forward and backward with their grid barriers (ONE_STEP off): every cell
-    and dtype at H=48 with the tile the planner takes first (16), and the worst case the
-    planner allows per cell and dtype: the largest H it takes with the widest tile that fits."""
+    and dtype at H=48 with the tile the planner takes first (16), without step masks and with
+    those of training or of eval mode, and the worst case the planner allows per cell and dtype,
+    without and with (training's) step masks: the largest H it takes with the widest tile that
+    fits."""
     import torch
     from .triton_op import PERSISTENT_BLOCK_B, persistent_max_hp, persistent_tiles
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
                    "fp64": torch.float64}
-    configs = [(cell, dtype, 48, 16) for cell, dtype in itertools.product(K.GATES, DTYPES)]
-    for cell, dtype in itertools.product(K.GATES, DTYPES):
+    configs = [(cell, dtype, 48, 16, regs) for cell, dtype, regs
+               in itertools.product(K.GATES, DTYPES, ("off", "train", "eval"))]
+    for cell, dtype, regs in itertools.product(K.GATES, DTYPES, ("off", "train")):
         elem, _, precision = DTYPES[dtype]
-        max_hp = persistent_max_hp(torch_dtype[elem], precision)
+        max_hp = persistent_max_hp(torch_dtype[elem], precision, masked=regs != "off")
         tiles = persistent_tiles(K.GATES[cell], max_hp,
                                  torch.empty((), dtype=torch_dtype[elem]).element_size(),
                                  elem == "fp32" and precision == "ieee")
         if tiles:
-            configs.append((cell, dtype, max_hp, tiles[-1]))
-    for cell, dtype, H, block_h in configs:
+            configs.append((cell, dtype, max_hp, tiles[-1], regs))
+    for cell, dtype, H, block_h, regs in configs:
         elem, acc, precision = DTYPES[dtype]
         acc_t = "fp64" if acc == tl.float64 else "fp32"
-        ptrs = dict(gi_ptr=f"*{elem}", w_ptr=f"*{elem}", b_ptr=f"*{elem}", hs_ptr=f"*{elem}",
-                    cs_ptr=f"*{acc_t}", out_ptr=f"*{elem}", saved_ptr=f"*{acc_t}",
-                    mask_ptr="*u8", sync_ptr="*i32")
-        cx = dict(H=H, HP=triton.next_power_of_2(H), CELL=cell, NG=K.GATES[cell],
+        reg_ptrs, reg = step_masks(cell, regs, acc_t)
+        ptrs = dict(reg_ptrs, gi_ptr=f"*{elem}", w_ptr=f"*{elem}", b_ptr=f"*{elem}",
+                    hs_ptr=f"*{elem}", cs_ptr=f"*{acc_t}", out_ptr=f"*{elem}",
+                    saved_ptr=f"*{acc_t}", mask_ptr="*u8", hin_ptr=f"*{elem}",
+                    sync_ptr="*i32")
+        cx = dict(reg, H=H, HP=triton.next_power_of_2(H), CELL=cell, NG=K.GATES[cell],
                   NS=K.SAVED[cell], HAS_BIAS=1, HAS_MASK=1, REVERSE=1, ONE_STEP=0,
                   BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=block_h, PRECISION=precision, ACC=acc)
         yield (K._rnn_fwd_persistent_kernel,
                _signature(K._rnn_fwd_persistent_kernel, ptrs, {"k0", "T", "B"}, cx), cx,
-               f"persistent fwd cell={cell} {dtype} H={H} BLOCK_H={block_h}")
-        ptrs = dict(w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dgi_ptr=f"*{acc_t}",
+               f"persistent fwd cell={cell} {dtype} H={H} BLOCK_H={block_h} regs={regs}")
+        ptrs = dict(reg_ptrs, w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dgi_ptr=f"*{acc_t}",
                     dout_ptr=f"*{elem}", saved_ptr=f"*{acc_t}", hs_ptr=f"*{elem}",
                     cs_ptr=f"*{acc_t}", carry_h_ptr=f"*{acc_t}", carry_c_ptr=f"*{acc_t}",
                     mask_ptr="*u8", sync_ptr="*i32")
         cx = {k: v for k, v in cx.items() if k != "HAS_BIAS"}
         yield (K._rnn_bwd_persistent_kernel,
                _signature(K._rnn_bwd_persistent_kernel, ptrs, {"k0", "T", "B"}, cx), cx,
-               f"persistent bwd cell={cell} {dtype} H={H} BLOCK_H={block_h}")
+               f"persistent bwd cell={cell} {dtype} H={H} BLOCK_H={block_h} regs={regs}")
 
 
 def compile_all(arch: int = 90, verbose: bool = True):

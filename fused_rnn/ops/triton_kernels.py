@@ -18,6 +18,13 @@ Layouts, all contiguous: gi, out, dout, dgh, dgi and saved are in time order (T,
 hs, cs (T+1, B, H) are in processing order: hs[k] is the state before the k-th step, which is
 at time k (forward) or T-1-k (reverse). A step past a sequence's length (packed input, mask 0)
 keeps the state, writes a zero output and passes the gradient through.
+
+Regularisation (ops/regularize.py: StepMasks, whose docstring has the step math): every kernel
+takes the uint8 step masks hm, gm, cm, zc, zh and a tensor of their scales, each switched on by
+a constexpr (HAS_HM, HAS_GM, HAS_CM; ZC_MODE and ZH_MODE 0 off, 1 mask, 2 constant), so that
+with none on a kernel compiles to what it is without them; the forward kernels also take hin,
+h·hm for the next step's W_hh (_store_h). Helpers take the pointers as the tuple `regs` (then
+the scales, then hin) and the switches as the constexpr tuple REG, indexed by HM .. ZH.
 """
 import triton
 import triton.language as tl
@@ -26,6 +33,8 @@ import triton.language as tl
 LSTM, GRU, RNN_TANH, RNN_RELU = 0, 1, 2, 3
 GATES = {LSTM: 4, GRU: 3, RNN_TANH: 1, RNN_RELU: 1}
 SAVED = {LSTM: 4, GRU: 4, RNN_TANH: 1, RNN_RELU: 1}
+# Positions of the step masks in `regs` and REG, and of their scales.
+HM, GM, CM, ZC, ZH = (tl.constexpr(i) for i in range(5))
 
 
 @triton.jit
@@ -51,6 +60,56 @@ def _rows(ptr, row, B, W):
 @triton.jit
 def _load_tile(base, offs_b, cols, W, mask, ACC: tl.constexpr):
     return tl.load(base + offs_b[:, None] * W + cols[None, :], mask=mask, other=0.0).to(ACC)
+
+
+@triton.jit
+def _factor(regs, REG: tl.constexpr, I: tl.constexpr, row, B, offs_b, cols, m2, W,
+            ACC: tl.constexpr):
+    """Multiplier of step mask I (StepMasks.factor) on a tile: mode 1, the mask in row `row`
+    of its (·, B, W) buffer (row 0 for hm, cm) times its scale; mode 2, the scale alone
+    (zoneout's constant). Scales come in a tensor: Triton would pass Python floats as fp32."""
+    s = tl.load(regs[5] + I)
+    if REG[I] == 1:
+        return _load_tile(_rows(regs[I], row, B, W), offs_b, cols, W, m2, ACC) * s
+    else:
+        return s
+
+
+@triton.jit
+def _hm(x, regs, REG: tl.constexpr, B, offs_b, cols, m2, W, ACC: tl.constexpr):
+    """x·hm (where HAS_HM) on a tile of state units: the gradient that came back through W_hh
+    to h_{t-1}."""
+    if REG[HM]:
+        x = x * _factor(regs, REG, HM, 0, B, offs_b, cols, m2, W, ACC)
+    return x
+
+
+@triton.jit
+def _store_h(h, hs_ptr, k, B, offs_b, cols, m2, W, regs, REG: tl.constexpr, ACC: tl.constexpr):
+    """Writes the state h_t (step k's) to hs[k+1] and, where HAS_HM, h_t·hm to hin[(k+1) % 2]
+    (regs[6]), the operand of the next step's product with W_hh: a dot operand scaled in
+    registers costs registers, and an 8-bit load in its slice makes Triton choose an operand
+    layout that sm_90's fp64 MMA cannot lower."""
+    tile = offs_b[:, None] * W + cols[None, :]
+    tl.store(_rows(hs_ptr, k + 1, B, W) + tile, h, mask=m2)
+    if REG[HM]:
+        hm = _factor(regs, REG, HM, 0, B, offs_b, cols, m2, W, ACC)
+        tl.store(_rows(regs[6], (k + 1) % 2, B, W) + tile, (h * hm).to(h.dtype), mask=m2)
+
+
+@triton.jit
+def _h_in(hs_ptr, k, B, W, regs, REG: tl.constexpr):
+    """Base of h_{t-1} as W_hh sees it at step k: hs[k], or hin[k % 2] where HAS_HM."""
+    if REG[HM]:
+        return _rows(regs[6], k % 2, B, W)
+    else:
+        return _rows(hs_ptr, k, B, W)
+
+
+@triton.jit
+def _zone(prev, new, w):
+    """Zoneout: w·prev + (1 - w)·new."""
+    return w * prev + (1.0 - w) * new
 
 
 @triton.jit
@@ -108,12 +167,25 @@ def _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK: tl.constexpr, BLOCK_B: tl.
 
 
 @triton.jit
-def _fwd_cell(a0, a1, a2, a3, gi_base, cs_ptr, h_prev, k, B, offs_b, offs_h, m2,
-              H: tl.constexpr, NG: tl.constexpr, CELL: tl.constexpr, ACC: tl.constexpr):
+def _lstm_update(ig, fg, gd, c_prev, B, offs_b, offs_h, m2, regs, REG: tl.constexpr, H,
+                 ACC: tl.constexpr):
+    """LSTM cell update before zoneout, cm·(f·c_{t-1} + i·gd), gd the candidate after its
+    dropout; the backward recomputes it with the same operations."""
+    cu = fg * c_prev + ig * gd
+    if REG[CM]:
+        cu = cu * _factor(regs, REG, CM, 0, B, offs_b, offs_h, m2, H, ACC)
+    return cu
+
+
+@triton.jit
+def _fwd_cell(a0, a1, a2, a3, gi_base, cs_ptr, h_prev, t, k, B, offs_b, offs_h, m2, regs,
+              REG: tl.constexpr, H: tl.constexpr, NG: tl.constexpr, CELL: tl.constexpr,
+              ACC: tl.constexpr):
     """The cell on the recurrent pre-activations a_g = h_{t-1}·W_hh,gᵀ + b_hh,g (a1..a3 unused
-    beyond NG gates) and the input gates at gi_base. Returns h (m_t with a projection), c,
-    c_prev (LSTM; zeros otherwise) and the four values saved per unit (LSTM i, f, g, o; GRU r,
-    z, n and h·W_hnᵀ + b_hn; RNN h)."""
+    beyond NG gates) and the input gates at gi_base, with the step masks of time t. Returns h
+    (after zoneout; m_t with a projection, whose zoneout is the projection's), c, c_prev (LSTM;
+    zeros otherwise) and the four values saved per unit (LSTM i, f, g, o; GRU r, z, n and
+    h·W_hnᵀ + b_hn, g and n before their dropout; RNN h before zoneout)."""
     i0 = _load_tile(gi_base, offs_b, offs_h, NG * H, m2, ACC)
     c_prev = tl.zeros(i0.shape, dtype=ACC)
     c = c_prev
@@ -123,14 +195,22 @@ def _fwd_cell(a0, a1, a2, a3, gi_base, cs_ptr, h_prev, k, B, offs_b, offs_h, m2,
         gg = _tanh(a2 + _load_tile(gi_base, offs_b, 2 * H + offs_h, NG * H, m2, ACC))
         og = _sigmoid(a3 + _load_tile(gi_base, offs_b, 3 * H + offs_h, NG * H, m2, ACC))
         c_prev = _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
-        c = fg * c_prev + ig * gg
-        h = og * _tanh(c)
+        gd = gg
+        if REG[GM]:
+            gd = gg * _factor(regs, REG, GM, t, B, offs_b, offs_h, m2, H, ACC)
+        c = _lstm_update(ig, fg, gd, c_prev, B, offs_b, offs_h, m2, regs, REG, H, ACC)
+        h = og * _tanh(c)  # from the update before zoneout
+        if REG[ZC]:
+            c = _zone(c_prev, c, _factor(regs, REG, ZC, t, B, offs_b, offs_h, m2, H, ACC))
         s0, s1, s2, s3 = ig, fg, gg, og
     elif CELL == 1:  # GRU: r, z, n; b_hn stays inside r·(…)
         r = _sigmoid(i0 + a0)
         z = _sigmoid(_load_tile(gi_base, offs_b, H + offs_h, NG * H, m2, ACC) + a1)
         n = _tanh(_load_tile(gi_base, offs_b, 2 * H + offs_h, NG * H, m2, ACC) + r * a2)
-        h = n + z * (h_prev - n)
+        nd = n
+        if REG[GM]:
+            nd = n * _factor(regs, REG, GM, t, B, offs_b, offs_h, m2, H, ACC)
+        h = nd + z * (h_prev - nd)
         s0, s1, s2, s3 = r, z, n, a2
     else:  # Elman RNN, tanh (2) or relu (3)
         if CELL == 2:
@@ -138,22 +218,26 @@ def _fwd_cell(a0, a1, a2, a3, gi_base, cs_ptr, h_prev, k, B, offs_b, offs_h, m2,
         else:
             h = tl.maximum(a0 + i0, 0.0)
         s0, s1, s2, s3 = h, h, h, h
+    if REG[ZH]:
+        h = _zone(h_prev, h, _factor(regs, REG, ZH, t, B, offs_b, offs_h, m2, H, ACC))
     return h, c, c_prev, s0, s1, s2, s3
 
 
 @triton.jit
 def _fwd_store(h, c, c_prev, h_prev, s0, s1, s2, s3, valid, hs_ptr, cs_ptr, out_ptr, saved_ptr,
-               ms_ptr, t, k, B, offs_b, offs_h, m2, H: tl.constexpr, NS: tl.constexpr,
-               CELL: tl.constexpr, HAS_PROJ: tl.constexpr):
-    """Writes of one forward step: hs[k+1] and out[t] (or ms[t], the pre-projection output),
-    cs[k+1], saved[t]. Past a sequence's end the state is kept and the output is zero."""
+               ms_ptr, t, k, B, offs_b, offs_h, m2, regs, REG: tl.constexpr, H: tl.constexpr,
+               NS: tl.constexpr, CELL: tl.constexpr, HAS_PROJ: tl.constexpr,
+               ACC: tl.constexpr):
+    """Writes of one forward step: hs[k+1] (and hin) and out[t] (or ms[t], the pre-projection
+    output), cs[k+1], saved[t]. Past a sequence's end the state is kept and the output is
+    zero."""
     tile = offs_b[:, None] * H + offs_h[None, :]
     out_ty = hs_ptr.dtype.element_ty
     if HAS_PROJ:  # m_t, for the projection and for dW_hr (written at every step: finite)
         tl.store(_rows(ms_ptr, t, B, H) + tile, h.to(out_ty), mask=m2)
     else:
-        tl.store(_rows(hs_ptr, k + 1, B, H) + tile, tl.where(valid, h, h_prev).to(out_ty),
-                 mask=m2)
+        _store_h(tl.where(valid, h, h_prev).to(out_ty), hs_ptr, k, B, offs_b, offs_h, m2, H,
+                 regs, REG, ACC)
         tl.store(_rows(out_ptr, t, B, H) + tile, tl.where(valid, h, 0.0).to(out_ty), mask=m2)
     saved = _rows(saved_ptr, t, B, NS * H) + offs_b[:, None] * (NS * H) + offs_h[None, :]
     tl.store(saved, s0, mask=m2)
@@ -167,15 +251,21 @@ def _fwd_store(h, c, c_prev, h_prev, s0, s1, s2, s3, valid, hs_ptr, cs_ptr, out_
 
 @triton.jit(do_not_specialize=["t", "k"])
 def _rnn_fwd_step_kernel(
-        gi_ptr, w_ptr, b_ptr, hs_ptr, cs_ptr, out_ptr, saved_ptr, mask_ptr, ms_ptr, t, k, B,
-        H: tl.constexpr, HK: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr,
-        NS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PROJ: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-        PRECISION: tl.constexpr, ACC: tl.constexpr):
+        gi_ptr, w_ptr, b_ptr, hs_ptr, cs_ptr, out_ptr, saved_ptr, mask_ptr, ms_ptr, hm_ptr,
+        gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr, hin_ptr, t, k, B, H: tl.constexpr,
+        HK: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PROJ: tl.constexpr,
+        HAS_HM: tl.constexpr, HAS_GM: tl.constexpr, HAS_CM: tl.constexpr,
+        ZC_MODE: tl.constexpr, ZH_MODE: tl.constexpr, BLOCK_B: tl.constexpr,
+        BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+        ACC: tl.constexpr):
     """Step k (at time t): hs[k+1], cs[k+1], out[t], saved[t] from hs[k], cs[k], gi[t].
     HK is the width of the state h (H, or proj_size for an LSTM with HAS_PROJ). With HAS_PROJ
     the kernel writes m_t = o·tanh(c_t) to ms[t] instead of h, and _lstm_proj_fwd_kernel
-    projects it (the projection mixes all H units, so it needs a second launch)."""
+    projects it (the projection mixes all H units, so it needs a second launch) and applies
+    the zoneout of h (ZH_MODE must be 0 here). hin (2, B, HK): h·hm, see _store_h."""
+    regs = (hm_ptr, gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr, hin_ptr)
+    REG: tl.constexpr = (HAS_HM, HAS_GM, HAS_CM, ZC_MODE, ZH_MODE)
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mb, mh = offs_b < B, offs_h < H
@@ -184,26 +274,28 @@ def _rnn_fwd_step_kernel(
     h_prev = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     if not HAS_PROJ:
         h_prev = _load_tile(h_prev_base, offs_b, offs_h, H, m2, ACC)
+    h_in = _h_in(hs_ptr, k, B, HK, regs, REG)
     # The recurrent GEMM, gate by gate (gate g is rows g·H .. g·H+H-1 of W_hh).
-    a0 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 0, HK, BLOCK_B, BLOCK_H,
+    a0 = _matmul_wt(h_in, w_ptr, offs_b, offs_h, mb, mh, HK, 0, HK, BLOCK_B, BLOCK_H,
                     BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 0, H, offs_h, mh, HAS_BIAS, ACC)
     a1, a2, a3 = a0, a0, a0
     if NG >= 3:
-        a1 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, H, HK, BLOCK_B,
+        a1 = _matmul_wt(h_in, w_ptr, offs_b, offs_h, mb, mh, HK, H, HK, BLOCK_B,
                         BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 1, H, offs_h, mh,
                                                                   HAS_BIAS, ACC)
-        a2 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 2 * H, HK, BLOCK_B,
+        a2 = _matmul_wt(h_in, w_ptr, offs_b, offs_h, mb, mh, HK, 2 * H, HK, BLOCK_B,
                         BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 2, H, offs_h, mh,
                                                                   HAS_BIAS, ACC)
     if NG == 4:
-        a3 = _matmul_wt(h_prev_base, w_ptr, offs_b, offs_h, mb, mh, HK, 3 * H, HK, BLOCK_B,
+        a3 = _matmul_wt(h_in, w_ptr, offs_b, offs_h, mb, mh, HK, 3 * H, HK, BLOCK_B,
                         BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 3, H, offs_h, mh,
                                                                   HAS_BIAS, ACC)
     h, c, c_prev, s0, s1, s2, s3 = _fwd_cell(a0, a1, a2, a3, _rows(gi_ptr, t, B, NG * H), cs_ptr,
-                                             h_prev, k, B, offs_b, offs_h, m2, H, NG, CELL, ACC)
+                                             h_prev, t, k, B, offs_b, offs_h, m2, regs, REG, H,
+                                             NG, CELL, ACC)
     valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
     _fwd_store(h, c, c_prev, h_prev, s0, s1, s2, s3, valid, hs_ptr, cs_ptr, out_ptr, saved_ptr,
-               ms_ptr, t, k, B, offs_b, offs_h, m2, H, NS, CELL, HAS_PROJ)
+               ms_ptr, t, k, B, offs_b, offs_h, m2, regs, REG, H, NS, CELL, HAS_PROJ, ACC)
 
 
 @triton.jit
@@ -236,16 +328,21 @@ def _gate_slices(ptrs, mask, H: tl.constexpr, NG: tl.constexpr):
 
 @triton.jit(do_not_specialize=["k0", "T"])
 def _rnn_fwd_persistent_kernel(
-        gi_ptr, w_ptr, b_ptr, hs_ptr, cs_ptr, out_ptr, saved_ptr, mask_ptr, sync_ptr, k0, T, B,
-        H: tl.constexpr, HP: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr,
-        NS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-        REVERSE: tl.constexpr, ONE_STEP: tl.constexpr, BLOCK_B: tl.constexpr,
-        BLOCK_H: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+        gi_ptr, w_ptr, b_ptr, hs_ptr, cs_ptr, out_ptr, saved_ptr, mask_ptr, hm_ptr, gm_ptr,
+        cm_ptr, zc_ptr, zh_ptr, scale_ptr, hin_ptr, sync_ptr, k0, T, B, H: tl.constexpr,
+        HP: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr,
+        HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_HM: tl.constexpr,
+        HAS_GM: tl.constexpr, HAS_CM: tl.constexpr, ZC_MODE: tl.constexpr,
+        ZH_MODE: tl.constexpr, REVERSE: tl.constexpr, ONE_STEP: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, PRECISION: tl.constexpr,
+        ACC: tl.constexpr):
     """The whole sequence in one launch: each program loads its W_hh slice of every gate
     (HP x BLOCK_H, HP = H padded to a power of two) once and keeps it on chip, then runs all T
     steps with a grid barrier between them. Same buffers and writes as _rnn_fwd_step_kernel
     (no projection). ONE_STEP runs step k0 only, without the barrier: Triton's CPU interpreter
     runs programs one after another, so there the host loops over steps instead."""
+    regs = (hm_ptr, gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr, hin_ptr)
+    REG: tl.constexpr = (HAS_HM, HAS_GM, HAS_CM, ZC_MODE, ZH_MODE)
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_k = tl.arange(0, HP)
@@ -260,30 +357,31 @@ def _rnn_fwd_persistent_kernel(
     b3 = _bias(b_ptr, 3, H, offs_h, mh, HAS_BIAS and NG == 4, ACC)
     if ONE_STEP:
         _persistent_step(w0, w1, w2, w3, b0, b1, b2, b3, gi_ptr, hs_ptr, cs_ptr, out_ptr,
-                         saved_ptr, mask_ptr, k0, T, B, offs_b, offs_h, offs_k, mb, mk, m2, H,
-                         CELL, NG, NS, HAS_MASK, REVERSE, BLOCK_B, PRECISION, ACC)
+                         saved_ptr, mask_ptr, regs, REG, k0, T, B, offs_b, offs_h, offs_k, mb,
+                         mk, m2, H, CELL, NG, NS, HAS_MASK, REVERSE, BLOCK_B, PRECISION, ACC)
     else:
         n_programs = tl.num_programs(0) * tl.num_programs(1)
         for k in range(T):
             _persistent_step(w0, w1, w2, w3, b0, b1, b2, b3, gi_ptr, hs_ptr, cs_ptr, out_ptr,
-                             saved_ptr, mask_ptr, k, T, B, offs_b, offs_h, offs_k, mb, mk, m2,
-                             H, CELL, NG, NS, HAS_MASK, REVERSE, BLOCK_B, PRECISION, ACC)
+                             saved_ptr, mask_ptr, regs, REG, k, T, B, offs_b, offs_h, offs_k,
+                             mb, mk, m2, H, CELL, NG, NS, HAS_MASK, REVERSE, BLOCK_B,
+                             PRECISION, ACC)
             _grid_barrier(sync_ptr, (k + 1) * n_programs)
 
 
 @triton.jit
 def _persistent_step(w0, w1, w2, w3, b0, b1, b2, b3, gi_ptr, hs_ptr, cs_ptr, out_ptr, saved_ptr,
-                     mask_ptr, k, T, B, offs_b, offs_h, offs_k, mb, mk, m2, H: tl.constexpr,
-                     CELL: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr,
-                     HAS_MASK: tl.constexpr, REVERSE: tl.constexpr, BLOCK_B: tl.constexpr,
-                     PRECISION: tl.constexpr, ACC: tl.constexpr):
+                     mask_ptr, regs, REG: tl.constexpr, k, T, B, offs_b, offs_h, offs_k, mb,
+                     mk, m2, H: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr,
+                     NS: tl.constexpr, HAS_MASK: tl.constexpr, REVERSE: tl.constexpr,
+                     BLOCK_B: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
     """Step k of _rnn_fwd_persistent_kernel, with the weight tiles already on chip."""
     if REVERSE:
         t = T - 1 - k
     else:
         t = k
     h_base = _rows(hs_ptr, k, B, H)
-    h_all = tl.load(h_base + offs_b[:, None] * H + offs_k[None, :],
+    h_all = tl.load(_h_in(hs_ptr, k, B, H, regs, REG) + offs_b[:, None] * H + offs_k[None, :],
                     mask=mb[:, None] & mk[None, :], other=0.0)
     h_prev = _load_tile(h_base, offs_b, offs_h, H, m2, ACC)
     a0 = tl.dot(h_all, w0, input_precision=PRECISION, out_dtype=ACC) + b0
@@ -294,19 +392,24 @@ def _persistent_step(w0, w1, w2, w3, b0, b1, b2, b3, gi_ptr, hs_ptr, cs_ptr, out
     if NG == 4:
         a3 = tl.dot(h_all, w3, input_precision=PRECISION, out_dtype=ACC) + b3
     h, c, c_prev, s0, s1, s2, s3 = _fwd_cell(a0, a1, a2, a3, _rows(gi_ptr, t, B, NG * H), cs_ptr,
-                                             h_prev, k, B, offs_b, offs_h, m2, H, NG, CELL, ACC)
+                                             h_prev, t, k, B, offs_b, offs_h, m2, regs, REG, H,
+                                             NG, CELL, ACC)
     valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
     _fwd_store(h, c, c_prev, h_prev, s0, s1, s2, s3, valid, hs_ptr, cs_ptr, out_ptr, saved_ptr,
-               saved_ptr, t, k, B, offs_b, offs_h, m2, H, NS, CELL, False)
+               saved_ptr, t, k, B, offs_b, offs_h, m2, regs, REG, H, NS, CELL, False, ACC)
 
 
 @triton.jit(do_not_specialize=["t", "k"])
 def _lstm_proj_fwd_kernel(
-        ms_ptr, w_hr_ptr, hs_ptr, out_ptr, mask_ptr, t, k, B, H: tl.constexpr, P: tl.constexpr,
-        HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-        BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
-    """LSTM projection of step k (time t), grid over (batch, P) tiles: h_t = m_t·W_hrᵀ into
-    hs[k+1] and out[t], with the length mask."""
+        ms_ptr, w_hr_ptr, hs_ptr, out_ptr, mask_ptr, hm_ptr, gm_ptr, cm_ptr, zc_ptr, zh_ptr,
+        scale_ptr, hin_ptr, t, k, B, H: tl.constexpr, P: tl.constexpr, HAS_MASK: tl.constexpr,
+        HAS_HM: tl.constexpr, ZH_MODE: tl.constexpr, BLOCK_B: tl.constexpr,
+        BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+        ACC: tl.constexpr):
+    """LSTM projection of step k (time t), grid over (batch, P) tiles: h_t = m_t·W_hrᵀ (then
+    its zoneout) into hs[k+1] (and hin) and out[t], with the length mask."""
+    regs = (hm_ptr, gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr, hin_ptr)
+    REG: tl.constexpr = (HAS_HM, False, False, 0, ZH_MODE)
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_p = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mb, mp = offs_b < B, offs_p < P
@@ -316,21 +419,28 @@ def _lstm_proj_fwd_kernel(
     valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
     tile = offs_b[:, None] * P + offs_p[None, :]
     h_prev = tl.load(_rows(hs_ptr, k, B, P) + tile, mask=m2, other=0.0)
+    if REG[ZH]:
+        h = _zone(h_prev.to(ACC), h, _factor(regs, REG, ZH, t, B, offs_b, offs_p, m2, P, ACC))
     out_ty = hs_ptr.dtype.element_ty
-    tl.store(_rows(hs_ptr, k + 1, B, P) + tile, tl.where(valid, h.to(out_ty), h_prev), mask=m2)
+    _store_h(tl.where(valid, h.to(out_ty), h_prev), hs_ptr, k, B, offs_b, offs_p, m2, P, regs,
+             REG, ACC)
     tl.store(_rows(out_ptr, t, B, P) + tile, tl.where(valid, h, 0.0).to(out_ty), mask=m2)
 
 
 @triton.jit(do_not_specialize=["t", "t_next"])
 def _lstm_proj_bwd_dh_kernel(
-        w_ptr, dgh_ptr, dout_ptr, dhs_ptr, carry_h_ptr, mask_ptr, t, t_next, B,
-        H: tl.constexpr, P: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_MASK: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-        PRECISION: tl.constexpr, ACC: tl.constexpr):
+        w_ptr, dgh_ptr, dout_ptr, dhs_ptr, carry_h_ptr, mask_ptr, hm_ptr, gm_ptr, cm_ptr,
+        zc_ptr, zh_ptr, scale_ptr, t, t_next, B, H: tl.constexpr, P: tl.constexpr,
+        HAS_NEXT: tl.constexpr, HAS_MASK: tl.constexpr, HAS_HM: tl.constexpr,
+        ZH_MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+        BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
     """First half of an LSTM-with-projection backward step, grid over (batch, P) tiles:
-    dh_t = dout[t] + carry + dgh[t_next]·W_hh (zero past the sequence's end) into dhs[t]; the
-    carry keeps what passes through masked steps. _rnn_bwd_step_kernel (HAS_PROJ) goes on
-    with dm_t = dh_t·W_hr."""
+    dh_t = dout[t] + carry + hm·(dgh[t_next]·W_hh) (zero past the sequence's end), and through
+    the zoneout of h: dhs[t] = (1 - wh)·dh_t, the projection's output gradient; the carry keeps
+    wh·dh_t, or all of it through masked steps. _rnn_bwd_step_kernel (HAS_PROJ) goes on with
+    dm_t = dhs[t]·W_hr."""
+    regs = (hm_ptr, gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr)
+    REG: tl.constexpr = (HAS_HM, False, False, 0, ZH_MODE)
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_p = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mb, mp = offs_b < B, offs_p < P
@@ -339,42 +449,75 @@ def _lstm_proj_bwd_dh_kernel(
     g = tl.load(carry_h_ptr + tile, mask=m2, other=0.0)
     if HAS_NEXT:
         # dgh rows are zero where step k+1 lies past the sequence's end: no mask needed.
-        g += _matmul_w(_rows(dgh_ptr, t_next, B, 4 * H), w_ptr, offs_b, offs_p, mb, mp, 4 * H,
-                       P, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
+        g += _hm(_matmul_w(_rows(dgh_ptr, t_next, B, 4 * H), w_ptr, offs_b, offs_p, mb, mp,
+                           4 * H, P, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC),
+                 regs, REG, B, offs_b, offs_p, m2, P, ACC)
     valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
     dout = tl.load(_rows(dout_ptr, t, B, P) + tile, mask=m2, other=0.0).to(ACC)
-    tl.store(_rows(dhs_ptr, t, B, P) + tile, tl.where(valid, dout + g, 0.0), mask=m2)
-    tl.store(carry_h_ptr + tile, tl.where(valid, 0.0, g), mask=m2)
+    dh = dout + g
+    keep = 0.0  # what passes to h_{t-1} on valid rows
+    if REG[ZH]:
+        wh = _factor(regs, REG, ZH, t, B, offs_b, offs_p, m2, P, ACC)
+        keep = wh * dh
+        dh = (1.0 - wh) * dh
+    tl.store(_rows(dhs_ptr, t, B, P) + tile, tl.where(valid, dh, 0.0), mask=m2)
+    tl.store(carry_h_ptr + tile, tl.where(valid, keep, g), mask=m2)
 
 
 @triton.jit
 def _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k, B,
-              offs_b, offs_h, m2, H: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr,
-              CELL: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-              ACC: tl.constexpr):
-    """Backward through the cell of step k (time t) given dh = dL/dh_t: writes the gate
-    gradients dgh[t] (and dgi[t] for GRU), updates carry_c (LSTM: dL/dc), and returns the part
-    of dL/dh_{t-1} that does not go through W_hh (GRU: dh·z; zero otherwise)."""
+              offs_b, offs_h, m2, regs, REG: tl.constexpr, H: tl.constexpr, NG: tl.constexpr,
+              NS: tl.constexpr, CELL: tl.constexpr, BLOCK_B: tl.constexpr,
+              BLOCK_H: tl.constexpr, ACC: tl.constexpr):
+    """Backward through the cell of step k (time t) given dh = dL/dh_t (with a projection:
+    dL/dm_t, and ZH off): writes the gate gradients dgh[t] (and dgi[t] for GRU), updates
+    carry_c (LSTM: dL/dc), and returns the part of dL/dh_{t-1} that does not go through W_hh
+    (zoneout's wh·dh, and GRU's z·dh̃; zero otherwise)."""
     tile = offs_b[:, None] * H + offs_h[None, :]
     sv = _rows(saved_ptr, t, B, NS * H)
     s0 = _load_tile(sv, offs_b, offs_h, NS * H, m2, ACC)
     gh_base = _rows(dgh_ptr, t, B, NG * H) + offs_b[:, None] * (NG * H) + offs_h[None, :]
     direct = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)  # dL/dh_{t-1} not through W_hh
+    if REG[ZH]:  # h_t = wh·h_{t-1} + (1 - wh)·h̃: from here on dh is dL/dh̃
+        wh = _factor(regs, REG, ZH, t, B, offs_b, offs_h, m2, H, ACC)
+        kept = wh * dh
+        direct = kept
+        dh = (1.0 - wh) * dh
     if CELL == 0:
         ig = s0
         fg = _load_tile(sv, offs_b, H + offs_h, NS * H, m2, ACC)
         gg = _load_tile(sv, offs_b, 2 * H + offs_h, NS * H, m2, ACC)
         og = _load_tile(sv, offs_b, 3 * H + offs_h, NS * H, m2, ACC)
         g_c = tl.load(carry_c_ptr + tile, mask=m2, other=0.0)
-        c = _load_tile(_rows(cs_ptr, k + 1, B, H), offs_b, offs_h, H, m2, ACC)
-        c_prev = _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
+        gd = gg
+        if REG[GM]:
+            gm = _factor(regs, REG, GM, t, B, offs_b, offs_h, m2, H, ACC)
+            gd = gg * gm
+        if REG[GM] != 0 or REG[CM] != 0 or REG[ZC] != 0:  # cs[k+1] is not the update
+            c_prev = _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
+            c = _lstm_update(ig, fg, gd, c_prev, B, offs_b, offs_h, m2, regs, REG, H, ACC)
+        else:
+            c = _load_tile(_rows(cs_ptr, k + 1, B, H), offs_b, offs_h, H, m2, ACC)
+            c_prev = _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
         tc = _tanh(c)
-        dc = g_c + dh * og * (1.0 - tc * tc)
-        d_i = dc * gg * ig * (1.0 - ig)
+        dc_next = g_c  # the part of dL/dc_t that reaches the update
+        if REG[ZC]:
+            wc = _factor(regs, REG, ZC, t, B, offs_b, offs_h, m2, H, ACC)
+            dc_next = (1.0 - wc) * g_c
+        dc = dc_next + dh * og * (1.0 - tc * tc)
+        if REG[CM]:
+            dc = dc * _factor(regs, REG, CM, 0, B, offs_b, offs_h, m2, H, ACC)
+        d_i = dc * gd * ig * (1.0 - ig)
         d_f = dc * c_prev * fg * (1.0 - fg)
-        d_g = dc * ig * (1.0 - gg * gg)
+        d_g = dc * ig
+        if REG[GM]:
+            d_g = d_g * gm
+        d_g = d_g * (1.0 - gg * gg)
         d_o = dh * tc * og * (1.0 - og)
-        tl.store(carry_c_ptr + tile, tl.where(valid, dc * fg, g_c), mask=m2)
+        carry_c = dc * fg
+        if REG[ZC]:
+            carry_c += wc * g_c
+        tl.store(carry_c_ptr + tile, tl.where(valid, carry_c, g_c), mask=m2)
         tl.store(gh_base, tl.where(valid, d_i, 0.0), mask=m2)
         tl.store(gh_base + H, tl.where(valid, d_f, 0.0), mask=m2)
         tl.store(gh_base + 2 * H, tl.where(valid, d_g, 0.0), mask=m2)
@@ -385,10 +528,18 @@ def _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_pt
         n = _load_tile(sv, offs_b, 2 * H + offs_h, NS * H, m2, ACC)
         ghn = _load_tile(sv, offs_b, 3 * H + offs_h, NS * H, m2, ACC)
         h_prev = _load_tile(_rows(hs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
-        d_pn = dh * (1.0 - z) * (1.0 - n * n)
-        d_r = d_pn * ghn * r * (1.0 - r)
-        d_z = dh * (h_prev - n) * z * (1.0 - z)
         direct = dh * z
+        if REG[ZH]:
+            direct += kept
+        d_pn = dh * (1.0 - z)
+        nd = n
+        if REG[GM]:
+            gm = _factor(regs, REG, GM, t, B, offs_b, offs_h, m2, H, ACC)
+            nd = n * gm
+            d_pn = d_pn * gm
+        d_pn = d_pn * (1.0 - n * n)
+        d_r = d_pn * ghn * r * (1.0 - r)
+        d_z = dh * (h_prev - nd) * z * (1.0 - z)
         gi_base = _rows(dgi_ptr, t, B, NG * H) + offs_b[:, None] * (NG * H) + offs_h[None, :]
         tl.store(gh_base, tl.where(valid, d_r, 0.0), mask=m2)
         tl.store(gh_base + H, tl.where(valid, d_z, 0.0), mask=m2)
@@ -408,17 +559,22 @@ def _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_pt
 @triton.jit(do_not_specialize=["t", "t_next", "k"])
 def _rnn_bwd_step_kernel(
         w_ptr, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr, cs_ptr, carry_h_ptr, carry_c_ptr,
-        mask_ptr, t, t_next, k, B, H: tl.constexpr, P: tl.constexpr, CELL: tl.constexpr,
-        NG: tl.constexpr, NS: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_MASK: tl.constexpr,
-        HAS_PROJ: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-        BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+        mask_ptr, hm_ptr, gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr, t, t_next, k, B,
+        H: tl.constexpr, P: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr,
+        NS: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_MASK: tl.constexpr,
+        HAS_PROJ: tl.constexpr, HAS_HM: tl.constexpr, HAS_GM: tl.constexpr,
+        HAS_CM: tl.constexpr, ZC_MODE: tl.constexpr, ZH_MODE: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr, ACC: tl.constexpr):
     """Backward of step k (at time t). carry_h holds the part of dL/dhs[k+1] that does not come
     through step k+1's gates (for the last step: dh_n); carry_c holds dL/dcs[k+1]. Adds
-    dgh[t_next]·W_hh (step k+1, if HAS_NEXT), writes dgh[t] (and dgi[t] for GRU, whose input
-    and recurrent n-gate gradients differ), and leaves the carries for step k-1.
+    hm·(dgh[t_next]·W_hh) (step k+1, if HAS_NEXT), writes dgh[t] (and dgi[t] for GRU, whose
+    input and recurrent n-gate gradients differ), and leaves the carries for step k-1.
     With HAS_PROJ (LSTM with proj_size P), _lstm_proj_bwd_dh_kernel has already formed dh_t
-    (T, B, P) and its carry: here w_ptr is W_hr (P, H), dout_ptr is that dh, and the kernel
-    starts from dm_t = dh_t·W_hr (HAS_NEXT must be off)."""
+    (T, B, P), its zoneout and its carry: here w_ptr is W_hr (P, H), dout_ptr is that dh, and
+    the kernel starts from dm_t = dh_t·W_hr (HAS_NEXT, HAS_HM and ZH_MODE must be off)."""
+    regs = (hm_ptr, gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr)
+    REG: tl.constexpr = (HAS_HM, HAS_GM, HAS_CM, ZC_MODE, ZH_MODE)
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mb, mh = offs_b < B, offs_h < H
@@ -432,12 +588,13 @@ def _rnn_bwd_step_kernel(
         g_h = tl.load(carry_h_ptr + tile, mask=m2, other=0.0)
         if HAS_NEXT:
             # dgh rows are zero where step k+1 lies past the sequence's end: no mask needed.
-            g_h += _matmul_w(_rows(dgh_ptr, t_next, B, NG * H), w_ptr, offs_b, offs_h, mb, mh,
-                             NG * H, H, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
+            g_h += _hm(_matmul_w(_rows(dgh_ptr, t_next, B, NG * H), w_ptr, offs_b, offs_h, mb,
+                                 mh, NG * H, H, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC),
+                       regs, REG, B, offs_b, offs_h, m2, H, ACC)
         dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC)
                       + g_h, 0.0)
     direct = _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k,
-                       B, offs_b, offs_h, m2, H, NG, NS, CELL, BLOCK_B, BLOCK_H, ACC)
+                       B, offs_b, offs_h, m2, regs, REG, H, NG, NS, CELL, BLOCK_B, BLOCK_H, ACC)
     if not HAS_PROJ:
         tl.store(carry_h_ptr + tile, tl.where(valid, direct, g_h), mask=m2)
 
@@ -445,14 +602,18 @@ def _rnn_bwd_step_kernel(
 @triton.jit(do_not_specialize=["k0", "T"])
 def _rnn_bwd_persistent_kernel(
         w_ptr, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr, cs_ptr, carry_h_ptr, carry_c_ptr,
-        mask_ptr, sync_ptr, k0, T, B, H: tl.constexpr, HP: tl.constexpr, CELL: tl.constexpr,
-        NG: tl.constexpr, NS: tl.constexpr, HAS_MASK: tl.constexpr, REVERSE: tl.constexpr,
-        ONE_STEP: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-        PRECISION: tl.constexpr, ACC: tl.constexpr):
+        mask_ptr, hm_ptr, gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr, sync_ptr, k0, T, B,
+        H: tl.constexpr, HP: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr,
+        NS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_HM: tl.constexpr, HAS_GM: tl.constexpr,
+        HAS_CM: tl.constexpr, ZC_MODE: tl.constexpr, ZH_MODE: tl.constexpr,
+        REVERSE: tl.constexpr, ONE_STEP: tl.constexpr, BLOCK_B: tl.constexpr,
+        BLOCK_H: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
     """The whole backward in one launch, steps T-1 .. 0 with a grid barrier between them. Each
     program keeps its columns of W_hh (per gate HP x BLOCK_H: W_hh[g·H + n, j]) on chip for
     dgates_{t+1}·W_hh. Same buffers and writes as _rnn_bwd_step_kernel (no projection).
     ONE_STEP runs step k0 only, without the barrier (Triton's CPU interpreter)."""
+    regs = (hm_ptr, gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr)
+    REG: tl.constexpr = (HAS_HM, HAS_GM, HAS_CM, ZC_MODE, ZH_MODE)
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_n = tl.arange(0, HP)
@@ -461,28 +622,31 @@ def _rnn_bwd_persistent_kernel(
     # w_g[n, j] = W_hh[g·H + n, j]: column j of gate g, for dgates_g·W_hh,g.
     w0, w1, w2, w3 = _gate_slices(w_ptr + offs_n[:, None] * H + offs_h[None, :],
                                   mn[:, None] & mh[None, :], H, NG)
+    hm = 1.0  # the same at every step: kept in registers
+    if HAS_HM:
+        hm = _factor(regs, REG, HM, 0, B, offs_b, offs_h, m2, H, ACC)
     if ONE_STEP:
-        _persistent_bwd_step(w0, w1, w2, w3, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr,
-                             cs_ptr, carry_h_ptr, carry_c_ptr, mask_ptr, k0, T, B, offs_b,
-                             offs_h, offs_n, mb, mn, m2, H, CELL, NG, NS, HAS_MASK, REVERSE,
-                             BLOCK_B, BLOCK_H, PRECISION, ACC)
+        _persistent_bwd_step(w0, w1, w2, w3, hm, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr,
+                             cs_ptr, carry_h_ptr, carry_c_ptr, mask_ptr, regs, REG, k0, T, B,
+                             offs_b, offs_h, offs_n, mb, mn, m2, H, CELL, NG, NS, HAS_MASK,
+                             REVERSE, BLOCK_B, BLOCK_H, PRECISION, ACC)
     else:
         n_programs = tl.num_programs(0) * tl.num_programs(1)
         for i in range(T):
-            _persistent_bwd_step(w0, w1, w2, w3, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr,
-                                 cs_ptr, carry_h_ptr, carry_c_ptr, mask_ptr, T - 1 - i, T, B,
-                                 offs_b, offs_h, offs_n, mb, mn, m2, H, CELL, NG, NS, HAS_MASK,
-                                 REVERSE, BLOCK_B, BLOCK_H, PRECISION, ACC)
+            _persistent_bwd_step(w0, w1, w2, w3, hm, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr,
+                                 cs_ptr, carry_h_ptr, carry_c_ptr, mask_ptr, regs, REG,
+                                 T - 1 - i, T, B, offs_b, offs_h, offs_n, mb, mn, m2, H, CELL,
+                                 NG, NS, HAS_MASK, REVERSE, BLOCK_B, BLOCK_H, PRECISION, ACC)
             _grid_barrier(sync_ptr, (i + 1) * n_programs)
 
 
 @triton.jit
-def _persistent_bwd_step(w0, w1, w2, w3, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr, cs_ptr,
-                         carry_h_ptr, carry_c_ptr, mask_ptr, k, T, B, offs_b, offs_h, offs_n,
-                         mb, mn, m2, H: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr,
-                         NS: tl.constexpr, HAS_MASK: tl.constexpr, REVERSE: tl.constexpr,
-                         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, PRECISION: tl.constexpr,
-                         ACC: tl.constexpr):
+def _persistent_bwd_step(w0, w1, w2, w3, hm, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr, cs_ptr,
+                         carry_h_ptr, carry_c_ptr, mask_ptr, regs, REG: tl.constexpr, k, T, B,
+                         offs_b, offs_h, offs_n, mb, mn, m2, H: tl.constexpr,
+                         CELL: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr,
+                         HAS_MASK: tl.constexpr, REVERSE: tl.constexpr, BLOCK_B: tl.constexpr,
+                         BLOCK_H: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
     """Step k of _rnn_bwd_persistent_kernel. The last step (k = T-1) has no next step: its
     loads of dgh are masked off rather than branched around (k is a runtime value)."""
     if REVERSE:
@@ -507,10 +671,12 @@ def _persistent_bwd_step(w0, w1, w2, w3, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, 
     if NG == 4:
         rec += tl.dot(tl.load(d_base + 3 * H, mask=d_mask, other=0.0).to(w_ty), w3,
                       input_precision=PRECISION, out_dtype=ACC)
+    if REG[HM]:
+        rec = rec * hm
     g_h += rec  # dgh rows are zero where step k+1 lies past the sequence's end
     valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
     dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC) + g_h,
                   0.0)
     direct = _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k,
-                       B, offs_b, offs_h, m2, H, NG, NS, CELL, BLOCK_B, BLOCK_H, ACC)
+                       B, offs_b, offs_h, m2, regs, REG, H, NG, NS, CELL, BLOCK_B, BLOCK_H, ACC)
     tl.store(carry_h_ptr + tile, tl.where(valid, direct, g_h), mask=m2)

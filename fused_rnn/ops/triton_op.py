@@ -6,8 +6,11 @@ Both directions of the recurrence are torch.library custom ops (the forward, and
 as a second op), so torch.compile sees two opaque calls instead of tracing a host loop.
 Weight gradients come after the time loop as one GEMM each: dW_hh = dgatesᵀ·h_prev over all
 T·B rows, db_hh = dgates summed. dgi goes back to autograd, which turns it into dx, dW_ih and
-db_ih through the hoisted input GEMM (F.linear in ops/stack.py).
+db_ih through the hoisted input GEMM (F.linear in ops/stack.py). The regularisation step masks
+(ops/regularize.StepMasks) run inside the kernels: _step_masks makes them kernel arguments and
+constexpr switches.
 """
+import functools
 from typing import Optional
 
 import torch
@@ -27,9 +30,12 @@ _variants = recurrence.Variants(VARIANTS, "step")
 # (python -m fused_rnn.ops.triton_compile): H padded to a power of two up to 256 (at 512 the
 # fp32 LSTM needs a 10 KB stack and 64-row batch tiles overflow shared memory), but up to 64
 # for fp32 with IEEE dots (no tensor cores: stack frames from 128 up); hidden tiles of at most 32
-# (bf16 LSTM at 64 needs a stack); batch tiles of 16 rows, the least tl.dot takes.
+# (bf16 LSTM at 64 needs a stack); batch tiles of 16 rows, the least tl.dot takes. With step
+# masks (regularisation) padded H up to 64 only: from 128 up the programs already use all 255
+# registers a thread may have, and the masks' tiles make ptxas spill.
 _PERSISTENT_BYTES = 180 * 1024
 PERSISTENT_MAX_HP = {"ieee": 64, "tf32": 256}
+PERSISTENT_MAX_HP_MASKED = 64
 PERSISTENT_BLOCK_B = 16
 
 
@@ -75,19 +81,21 @@ def _ieee_fp32(dtype: torch.dtype, precision: str) -> bool:
     return dtype == torch.float32 and precision == "ieee"
 
 
-def persistent_max_hp(dtype: torch.dtype, precision: str) -> int:
-    """Largest padded H the persistent kernels take."""
-    return PERSISTENT_MAX_HP["ieee" if _ieee_fp32(dtype, precision) else "tf32"]
+def persistent_max_hp(dtype: torch.dtype, precision: str, masked: bool = False) -> int:
+    """Largest padded H the persistent kernels take (masked: with step masks)."""
+    hp = PERSISTENT_MAX_HP["ieee" if _ieee_fp32(dtype, precision) else "tf32"]
+    return min(hp, PERSISTENT_MAX_HP_MASKED) if masked else hp
 
 
-def _persistent_plan(B: int, H: int, NG: int, dtype: torch.dtype, device) -> Optional[dict]:
+def _persistent_plan(B: int, H: int, NG: int, dtype: torch.dtype, device,
+                     masked: bool = False) -> Optional[dict]:
     """Tiles and grid for the persistent kernels, or None where they do not apply: padded H
     over persistent_max_hp, or no tile whose grid fits on the GPU at once (a cooperative launch
     needs every program resident). The narrowest fitting tile is taken."""
     import triton
     HP = max(16, triton.next_power_of_2(H))
     cfg = dict(_config(B, dtype), BLOCK_B=PERSISTENT_BLOCK_B)
-    if HP > persistent_max_hp(dtype, cfg["PRECISION"]):
+    if HP > persistent_max_hp(dtype, cfg["PRECISION"], masked):
         return None
     sms = (torch.cuda.get_device_properties(device).multi_processor_count
            if device.type == "cuda" else None)
@@ -99,14 +107,43 @@ def _persistent_plan(B: int, H: int, NG: int, dtype: torch.dtype, device) -> Opt
     return None
 
 
+def _zone_mode(mask: Optional[Tensor], p: float) -> int:
+    return 1 if mask is not None else 2 if p else 0
+
+
+@functools.lru_cache(maxsize=64)
+def _scales(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    # Made once per model's probabilities: no host-to-device copy per call (nor in a CUDA graph).
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def _step_masks(masks, like: Tensor):
+    """The step masks (ops/regularize.StepMasks) as kernel arguments: the five uint8 masks
+    (`like` where absent) and a tensor of their scales in the accumulation dtype (Triton would
+    pass Python floats as fp32; a zoneout mask's scale is 1, its constant p where it has none),
+    then the kernels' constexpr switches."""
+    flags = dict(HAS_HM=masks.h is not None, HAS_GM=masks.g is not None,
+                 HAS_CM=masks.c is not None, ZC_MODE=_zone_mode(masks.zc, masks.zc_p),
+                 ZH_MODE=_zone_mode(masks.zh, masks.zh_p))
+    if not masks.active:
+        return (like,) * 6, flags
+    acc = recurrence.acc_dtype(like.dtype)
+    scales = (float(masks.h_scale), float(masks.g_scale), float(masks.c_scale),
+              1.0 if masks.zc is not None else float(masks.zc_p),
+              1.0 if masks.zh is not None else float(masks.zh_p))
+    ptrs = [m.contiguous() if m is not None else like for m in masks[:5]]
+    return (*ptrs, _scales(scales, acc, like.device)), flags
+
+
 def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
                    b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],
-                   reverse: bool, variant: str = "step"):
+                   reverse: bool, variant: str = "step", masks=recurrence.NO_MASKS):
     """One layer and direction. gi (T, B, G·H) with b_ih; h0 (B, HK), c0 (B, H); w_hh
     (G·H, HK); b_hh (G·H,); w_hr (HK, H) for an LSTM with proj_size HK, else None (HK = H);
     mask (T, B) bool or None. Returns out (T, B, HK), h_n (B, HK), c_n (B, H) (empty unless
     LSTM), saved (T, B, S·H), hs (T+1, B, HK), cs (T+1, B, H) (empty unless LSTM), ms (T, B, H)
-    (the pre-projection outputs; empty without proj). variant: "step" or "persistent"."""
+    (the pre-projection outputs; empty without proj). variant: "step" or "persistent"; masks:
+    the step masks (ops/regularize.StepMasks)."""
     K = _kernels()
     code = CELL_CODES[cell]
     T, B, _ = gi.shape
@@ -118,28 +155,36 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     hs, out, saved, cs, ms = recurrence.fwd_buffers(cell, gi, h0, c0, H, proj)
     w_hr = w_hr.contiguous() if proj else None
     mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
+    regs, flags = _step_masks(masks, gi)
+    hin = gi  # h·hm, the operand of W_hh, where hm is on (triton_kernels._store_h)
+    if masks.h is not None:
+        hin = gi.new_empty((2, B, HK))
+        hin[0] = h0 * masks.factor("h", gi.dtype)
+    regs = (*regs, hin)
     plan = None
     if B > 0 and variant == "persistent" and not proj:
-        plan = _persistent_plan(B, H, K.GATES[code], gi.dtype, gi.device)
+        plan = _persistent_plan(B, H, K.GATES[code], gi.dtype, gi.device, masks.active)
     if plan is not None:
-        _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, reverse, plan)
+        _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags,
+                        reverse, plan)
     elif B > 0:
         cfg = _config(B, gi.dtype)
         grid, block_h = _grid(B, H, cfg)
         grid_p, block_p = _grid(B, HK, cfg)
         dummy = gi  # for pointer arguments a variant does not read
+        cell_flags = dict(flags, ZH_MODE=0) if proj else flags  # zoneout of h: the projection's
         for k, t in enumerate(recurrence.step_times(T, reverse)):
             K._rnn_fwd_step_kernel[grid](
                 gi, w_hh, b_hh if b_hh is not None else dummy, hs, cs if is_lstm else dummy, out,
-                saved, mask_u8 if mask_u8 is not None else dummy, ms if proj else dummy, t, k, B,
-                H=H, HK=HK, CELL=code, NG=K.GATES[code], NS=K.SAVED[code],
+                saved, mask_u8 if mask_u8 is not None else dummy, ms if proj else dummy, *regs,
+                t, k, B, H=H, HK=HK, CELL=code, NG=K.GATES[code], NS=K.SAVED[code],
                 HAS_BIAS=b_hh is not None, HAS_MASK=mask is not None, HAS_PROJ=proj,
-                BLOCK_H=block_h, BLOCK_K=32, num_warps=4, **cfg)
+                BLOCK_H=block_h, BLOCK_K=32, num_warps=4, **cell_flags, **cfg)
             if proj:
                 K._lstm_proj_fwd_kernel[grid_p](
-                    ms, w_hr, hs, out, mask_u8 if mask_u8 is not None else dummy, t, k, B, H=H,
-                    P=HK, HAS_MASK=mask is not None, BLOCK_H=block_p, BLOCK_K=32, num_warps=4,
-                    **cfg)
+                    ms, w_hr, hs, out, mask_u8 if mask_u8 is not None else dummy, *regs, t, k, B,
+                    H=H, P=HK, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
+                    ZH_MODE=flags["ZH_MODE"], BLOCK_H=block_p, BLOCK_K=32, num_warps=4, **cfg)
     c_n = cs[T].to(gi.dtype, copy=True) if is_lstm else gi.new_empty(0)
     return out, hs[T].clone(), c_n, saved, hs, cs, ms
 
@@ -160,33 +205,34 @@ def _launch_persistent(kernel, K, code, args, T, B, H, reverse, plan, steps, **k
                              **kw)
 
 
-def _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, reverse, plan):
+def _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse,
+                    plan):
     """The whole forward in one cooperative launch."""
     T, B, _ = gi.shape
     args = (gi, w_hh, b_hh if b_hh is not None else gi, hs, cs if code == K.LSTM else gi, out,
-            saved, mask_u8 if mask_u8 is not None else gi)
+            saved, mask_u8 if mask_u8 is not None else gi, *regs)
     _launch_persistent(K._rnn_fwd_persistent_kernel, K, code, args, T, B,
                        w_hh.shape[0] // K.GATES[code], reverse, plan, range(T),
-                       HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None)
+                       HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None, **flags)
 
 
 def _bwd_persistent(K, code, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
-                    reverse, plan):
+                    regs, flags, reverse, plan):
     """The whole backward in one cooperative launch."""
     T, B = dout.shape[0], dout.shape[1]
     args = (w_hh, dgh, dgi, dout, saved, hs, cs if code == K.LSTM else hs, carry_h, carry_c,
-            mask_u8 if mask_u8 is not None else dout)
+            mask_u8 if mask_u8 is not None else dout, *regs)
     _launch_persistent(K._rnn_bwd_persistent_kernel, K, code, args, T, B,
                        w_hh.shape[0] // K.GATES[code], reverse, plan, range(T - 1, -1, -1),
-                       HAS_MASK=mask_u8 is not None)
+                       HAS_MASK=mask_u8 is not None, **flags)
 
 
 def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
                    dc_n: Optional[Tensor], saved: Tensor, hs: Tensor, cs: Tensor, ms: Tensor,
                    w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor], reverse: bool,
-                   has_bias: bool, variant: str = "step"):
-    """Backward of rnn_fwd_triton. Returns dgi (T, B, G·H), dh0 (B, HK), dc0 (empty unless
-    LSTM), dw_hh, db_hh (empty without bias), dw_hr (empty without proj)."""
+                   has_bias: bool, variant: str = "step", masks=recurrence.NO_MASKS):
+    """Backward of rnn_fwd_triton (with the same masks). Returns dgi (T, B, G·H), dh0 (B, HK),
+    dc0 (empty unless LSTM), dw_hh, db_hh (empty without bias), dw_hr (empty without proj)."""
     K = _kernels()
     code = CELL_CODES[cell]
     T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
@@ -200,34 +246,37 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
     dgi = _alloc.empty((T, B, NG * H), like=saved) if code == K.GRU else dgh
     dhs = _alloc.empty((T, B, HK), like=saved) if proj else None  # dL/dh_t, for dW_hr
     mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
+    regs, flags = _step_masks(masks, dout)
     times = recurrence.step_times(T, reverse)
     plan = None
     if B > 0 and variant == "persistent" and not proj:
-        plan = _persistent_plan(B, H, NG, hs.dtype, hs.device)
+        plan = _persistent_plan(B, H, NG, hs.dtype, hs.device, masks.active)
     if plan is not None:
         _bwd_persistent(K, code, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
-                        reverse, plan)
+                        regs, flags, reverse, plan)
     elif B > 0:
         cfg = _config(B, hs.dtype)
         grid, block_h = _grid(B, H, cfg)
         grid_p, block_p = _grid(B, HK, cfg)
         mask_arg = mask_u8 if mask_u8 is not None else dout
+        # With a projection, hm and the zoneout of h act on its P units: the dh kernel's.
+        cell_flags = dict(flags, HAS_HM=False, ZH_MODE=0) if proj else flags
         for k in range(T - 1, -1, -1):
             has_next = k + 1 < T
             t_next = times[k + 1] if has_next else 0
             if proj:
                 K._lstm_proj_bwd_dh_kernel[grid_p](
-                    w_hh, dgh, dout, dhs, carry_h, mask_arg, times[k], t_next, B, H=H, P=HK,
-                    HAS_NEXT=has_next, HAS_MASK=mask is not None, BLOCK_H=block_p, BLOCK_N=32,
-                    num_warps=4, **cfg)
+                    w_hh, dgh, dout, dhs, carry_h, mask_arg, *regs, times[k], t_next, B, H=H,
+                    P=HK, HAS_NEXT=has_next, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
+                    ZH_MODE=flags["ZH_MODE"], BLOCK_H=block_p, BLOCK_N=32, num_warps=4, **cfg)
             K._rnn_bwd_step_kernel[grid](
                 w_hr if proj else w_hh, dgh, dgi, dhs if proj else dout, saved, hs,
-                cs if is_lstm else hs, carry_h, carry_c, mask_arg, times[k], t_next, k, B,
+                cs if is_lstm else hs, carry_h, carry_c, mask_arg, *regs, times[k], t_next, k, B,
                 H=H, P=HK, CELL=code, NG=NG, NS=K.SAVED[code], HAS_NEXT=has_next and not proj,
                 HAS_MASK=mask is not None, HAS_PROJ=proj, BLOCK_H=block_h, BLOCK_N=32,
-                num_warps=4, **cfg)
+                num_warps=4, **cell_flags, **cfg)
     return recurrence.finish_bwd(cell, dgh, dgi, dhs, carry_h, carry_c, hs, ms, w_hh, w_hr,
-                                 reverse, has_bias)
+                                 reverse, has_bias, masks)
 
 
 # The custom ops fused_rnn::triton_rnn_fwd / triton_rnn_bwd (ops/recurrence.py).
