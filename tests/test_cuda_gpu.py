@@ -6,11 +6,12 @@ per-step variant, against float64 torch on the CPU; the bound is 2x cuDNN's own 
 atol (fused_rnn.testing), for outputs, h_n, c_n and all gradients.
 
 test_cuda_sanitizer_grid is the small grid that scripts/gpu_check.sh runs under
-compute-sanitizer (memcheck, racecheck): every cell, both variants, packed and padded."""
+compute-sanitizer (memcheck, racecheck): every cell, both variants, packed and padded, with
+and without the regularisation masks."""
 import pytest
 import torch
 
-from fused_rnn import _ext, testing
+from fused_rnn import Regularization, _ext, testing
 from fused_rnn.testing import Case
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -56,7 +57,14 @@ SANITIZER = [Case("LSTM", T=5, B=37, I=9, H=70, packed="unsorted", bidirectional
              Case("GRU", T=4, B=5, I=16, H=33, num_layers=2, seed=2),
              Case("RNN_TANH", T=3, B=40, I=5, H=129, packed="sorted", seed=3),
              Case("RNN_RELU", T=3, B=3, I=3, H=8, seed=4),
-             Case("LSTM", T=4, B=9, I=6, H=40, proj_size=17, packed="unsorted", seed=5)]
+             Case("LSTM", T=4, B=9, I=6, H=40, proj_size=17, packed="unsorted", seed=5),
+             # The regularisation masks (ops/regularize.py) in every kernel that reads them.
+             Case("LSTM", T=5, B=37, I=9, H=70, packed="unsorted",
+                  reg=Regularization(0.2, 0.3, 0.25, 0.2, 0.3, 0.35), seed=6),
+             Case("GRU", T=4, B=5, I=16, H=33, num_layers=2, bidirectional=True,
+                  reg=Regularization(0.2, 0.3, 0.25, 0.0, 0.0, 0.3), seed=7),
+             Case("LSTM", T=4, B=9, I=6, H=40, proj_size=17,
+                  reg=Regularization(variational_dropout=0.3, zoneout_hidden=0.4), seed=8)]
 
 
 @pytest.mark.parametrize("variant", ["persistent", "step"])
