@@ -59,12 +59,14 @@ const void* ptr(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr() : nullptr;
 }
 
-const uint8_t* mask_ptr(const std::optional<at::Tensor>& mask, const at::Tensor& like,
-                        int64_t T, int64_t B) {
-  if (!mask.has_value()) return nullptr;
-  check(*mask, "mask", like, at::kByte);
-  check_shape(*mask, "mask", {T, B});
-  return mask->data_ptr<uint8_t>();
+// An optional uint8 tensor (the length mask, a regularisation mask): checked like `like`'s
+// device, contiguous, of `shape`; its data, or null where absent.
+const uint8_t* u8_ptr(const std::optional<at::Tensor>& t, const char* name,
+                      const at::Tensor& like, at::IntArrayRef shape) {
+  if (!t.has_value()) return nullptr;
+  check(*t, name, like, at::kByte);
+  check_shape(*t, name, shape);
+  return t->data_ptr<uint8_t>();
 }
 
 // The regularisation masks of a step (fused_rnn/ops/regularize.py, StepMasks; params.h): each
@@ -79,23 +81,16 @@ frnn::StepMasks step_masks(const std::optional<at::Tensor>& m_h,
   TORCH_CHECK(scales.size() == 5, "scales: expected 5 values (h_scale, g_scale, c_scale, zc_p, "
               "zh_p), got ", scales.size());
   const bool lstm = cell == frnn::kLSTM, gated = cell == frnn::kLSTM || cell == frnn::kGRU;
-  auto get = [&](const std::optional<at::Tensor>& m, const char* name,
-                 at::IntArrayRef shape) -> const uint8_t* {
-    if (!m.has_value()) return nullptr;
-    check(*m, name, like, at::kByte);
-    check_shape(*m, name, shape);
-    return m->data_ptr<uint8_t>();
-  };
   TORCH_CHECK(gated || !m_g.has_value(), "m_g: recurrent dropout needs an LSTM or a GRU");
   TORCH_CHECK(lstm || !m_c.has_value(), "m_c: rnndrop needs an LSTM");
   TORCH_CHECK(lstm || (!m_zc.has_value() && scales[3] == 0.0),
               "m_zc, zc_p: zoneout of the cell needs an LSTM");
   frnn::StepMasks r{};
-  r.h = get(m_h, "m_h", {B, HK});
-  r.g = get(m_g, "m_g", {T, B, H});
-  r.c = get(m_c, "m_c", {B, H});
-  r.zc = get(m_zc, "m_zc", {T, B, H});
-  r.zh = get(m_zh, "m_zh", {T, B, HK});
+  r.h = u8_ptr(m_h, "m_h", like, {B, HK});
+  r.g = u8_ptr(m_g, "m_g", like, {T, B, H});
+  r.c = u8_ptr(m_c, "m_c", like, {B, H});
+  r.zc = u8_ptr(m_zc, "m_zc", like, {T, B, H});
+  r.zh = u8_ptr(m_zh, "m_zh", like, {T, B, HK});
   r.h_scale = scales[0];
   r.g_scale = scales[1];
   r.c_scale = scales[2];
@@ -159,7 +154,7 @@ int64_t rnn_fwd(const at::Tensor& gi, const at::Tensor& w_hh,
   p.w_hh = w_hh.data_ptr();
   p.b_hh = ptr(b_hh);
   p.w_hr = ptr(w_hr);
-  p.mask = mask_ptr(mask, gi, T, B);
+  p.mask = u8_ptr(mask, "mask", gi, {T, B});
   p.hs = hs.data_ptr();
   p.cs = cell == frnn::kLSTM ? cs.data_ptr() : nullptr;
   p.out = out.data_ptr();
@@ -231,7 +226,7 @@ int64_t rnn_bwd(const at::Tensor& w_t, const std::optional<at::Tensor>& w_hr_t,
   p.saved = saved.data_ptr();
   p.hs = hs.data_ptr();
   p.cs = cell == frnn::kLSTM ? cs.data_ptr() : nullptr;
-  p.mask = mask_ptr(mask, hs, T, B);
+  p.mask = u8_ptr(mask, "mask", hs, {T, B});
   p.reg = step_masks(m_h, m_g, m_c, m_zc, m_zh, scales, hs, cell, T, B, H, HK);
   p.dgh = dgh.data_ptr();
   p.dgi = cell == frnn::kGRU ? dgi.data_ptr() : dgh.data_ptr();

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from . import backends
 from . import functional as F
-from .ops.regularize import CELL_OPTIONS, Regularization, check_options
+from .ops.regularize import Regularization, check_cell_options, check_options
 
 _REG_DOC = """
     Regularisation, each a probability, 0.0 (off) by default, active in training mode only
@@ -123,10 +123,7 @@ class _Backend:
     def regularization(self, reg: Regularization):
         reg = check_options(_mode_of(self), reg)
         if isinstance(self, nn.RNNCellBase):
-            for name in ("variational_dropout", "weight_drop", "rnndrop"):
-                if getattr(reg, name):
-                    raise ValueError(f"{name}: needs a whole sequence; cells take only "
-                                     f"{', '.join(CELL_OPTIONS)}")
+            check_cell_options(reg)
         self.__dict__["_regularization"] = reg
 
     @property

@@ -189,14 +189,19 @@ def draw(options: Regularization, *, training: bool, num_layers: int, num_direct
 CELL_OPTIONS = ("recurrent_dropout", "zoneout_cell", "zoneout_hidden")
 
 
-def draw_cell(options: Regularization, *, training: bool, B: int, H: int,
-              device) -> StepMasks:
-    """Masks of one cell call (T = 1): recurrent dropout and zoneout only. The per-sequence
-    options (variational_dropout, rnndrop) and weight_drop need the sequence: a cell call
-    cannot tell where one starts, so cells refuse them."""
+def check_cell_options(options: Regularization) -> Regularization:
+    """The per-sequence options (variational_dropout, rnndrop) and weight_drop need the
+    sequence: a cell call cannot tell where one starts, so cells refuse them."""
     for name in ("variational_dropout", "weight_drop", "rnndrop"):
         if getattr(options, name):
             raise ValueError(f"{name}: needs a whole sequence (one mask per sequence or call); "
                              f"cells take only {', '.join(CELL_OPTIONS)}")
+    return options
+
+
+def draw_cell(options: Regularization, *, training: bool, B: int, H: int,
+              device) -> StepMasks:
+    """Masks of one cell call (T = 1): recurrent dropout and zoneout only (check_cell_options)."""
+    check_cell_options(options)
     return draw(options, training=training, num_layers=1, num_directions=1, T=1, B=B,
                 input_size=0, H=H, HK=H, gates=0, device=device)[0].step
