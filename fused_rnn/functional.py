@@ -247,19 +247,27 @@ def _check_layer_norm(mode, ln, *, groups, H, like: Tensor, label="layer_norm"):
     return list(ln)
 
 
-def _resolve(backend, device, dtype, ln) -> str:
-    """backends.resolve, but a LayerNorm cell runs on the reference backend only so far ("auto"
-    takes it, and on CUDA tensors says so once: it is a per-step loop, not a fused kernel)."""
+def _resolve(backend, device, dtype, ln, proj=False) -> str:
+    """backends.resolve, but a LayerNorm cell runs on the Triton kernels (not with proj_size)
+    or the reference backend: "auto" takes Triton where it can run, else the reference, and
+    on CUDA tensors says so once (a per-step loop, not a fused kernel)."""
     if ln is None:
         return backends.resolve(backend, device, dtype)
-    if backend == "auto" and device.type == "cuda" and not _ln_warned:
-        _ln_warned.append(True)
-        warnings.warn("fused_rnn: layer_norm runs on the reference backend (a per-step loop in "
-                      "plain torch) until its fused kernels exist", RuntimeWarning)
-    if backend in ("auto", "reference"):
+    if backend == "auto":
+        if device.type == "cuda" and not proj and backends.why_not("triton", device, dtype) is None:
+            return "triton"
+        if device.type == "cuda" and not _ln_warned:
+            _ln_warned.append(True)
+            warnings.warn("fused_rnn: layer_norm runs on the reference backend here (a per-step "
+                          "loop in plain torch): the fused LayerNorm cells are Triton kernels "
+                          "without proj_size", RuntimeWarning)
         return "reference"
-    raise RuntimeError(f"backend={backend!r} cannot run this call: layer_norm runs on the "
-                       f"reference backend only so far (no fused kernel takes it yet)")
+    if backend == "reference" or (backend == "triton" and not proj):
+        return backends.resolve(backend, device, dtype)
+    why = ("proj_size with layer_norm runs on the reference backend only" if proj and
+           backend == "triton" else "layer_norm runs on backend='triton' or 'reference' only "
+           "so far")
+    raise RuntimeError(f"backend={backend!r} cannot run this call: {why}")
 
 
 _ln_warned: list = []
@@ -286,7 +294,7 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
     h0, c0 = states[0], (states[1] if mode == "LSTM" else None)
 
     target = _autocast_dtype(like)
-    name = _resolve(backend, like.device, target or like.dtype, ln)
+    name = _resolve(backend, like.device, target or like.dtype, ln, proj=proj_size > 0)
     if name == "cudnn" and reg.any:
         raise RuntimeError(f"backend='cudnn' cannot run this call: it is torch's own RNN, which "
                            f"has no regularisation options; got {_active(reg)}")
@@ -363,7 +371,8 @@ def lstm(input: _Input, weights: Sequence[Tensor], hx: Optional[Tuple[Tensor, Te
       recurrent_dropout, rnndrop, zoneout_cell, zoneout_hidden); masks drawn in training only.
     layer_norm: a LayerNorm LSTM (Ba et al. 2016): per layer and direction ih_weight, ih_bias,
       hh_weight, hh_bias (4H,), c_weight, c_bias (H,); gates LN(x·W_ihᵀ) + LN(h·W_hhᵀ) + b,
-      h = o·tanh(LN(c)). Reference backend only so far ("auto" takes it).
+      h = o·tanh(LN(c)). Runs on backend "triton" (not with proj_size; "auto" takes it on
+      CUDA) or "reference".
     Returns output (T, B, D·H_out) (same layout and kind as input), (h_n, c_n).
     """
     out, h_n, c_n = _rnn("LSTM", input, weights, hx, bias=bias, num_layers=num_layers,
@@ -470,6 +479,8 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, training=False, reg=
                 h = _cells.zone(h, h_new, masks.factor("zh", dt, 0))
             else:  # a fused backend: one step of its layer recurrence
                 kw = {"masks": masks} if masks.active else {}
+                if ln is not None:
+                    kw["ln"] = ln
                 _, h, c = _layer_fn(name)(mode, gi[None], h, c, w_hh, b_hh, None, None, False,
                                           **kw)
     if unbatched:

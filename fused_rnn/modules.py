@@ -24,8 +24,8 @@ _REG_DOC = """
       zoneout: per unit and step, keep the previous value instead of the update (Krueger et
         al. 2017); sets zoneout_cell (LSTM) and zoneout_hidden unless they are given.
     layer_norm=True (LSTM, GRU): a LayerNorm cell (Ba et al. 2016) with its own gains and
-      biases (parameters layer_norm_{ih,hh,c}_{weight,bias}_l<k>); reference backend only so
-      far, which backend="auto" then takes.
+      biases (parameters layer_norm_{ih,hh,c}_{weight,bias}_l<k>); runs on backend "triton"
+      (not with proj_size; "auto" takes it on CUDA) or "reference".
     The masks come from torch's default generator, so a fixed seed gives every backend on the
     same device the same ones; backend="cudnn" takes none of these options.
 """
@@ -84,6 +84,7 @@ class _Backend:
         """Per layer and direction: LayerNorm gains (ones) and biases (zeros) of the input and
         recurrent gate pre-activations (G·H each) and, for LSTM, of the cell (H)."""
         w = self.weight_ih_l0 if isinstance(self, nn.RNNBase) else self.weight_ih
+        names = self.__dict__.setdefault("_layer_norm_names", [])  # absent after convert()
         parts = ("ih", "hh", "c") if _mode_of(self) == "LSTM" else ("ih", "hh")
         if isinstance(self, nn.RNNBase):
             D = 2 if self.bidirectional else 1
@@ -97,7 +98,7 @@ class _Backend:
                 for kind in ("weight", "bias"):
                     name = f"layer_norm_{part}_{kind}{tag}"
                     self.register_parameter(name, nn.Parameter(w.new_empty(n)))
-                    self._layer_norm_names.append(name)
+                    names.append(name)
         self._reset_layer_norm()
 
     def _reset_layer_norm(self):

@@ -8,9 +8,10 @@ the output, h_n, c_n and the gradients of the input, h_0, c_0 and every paramete
 loss with random (never all-ones) cotangents. In float64 on the CPU, torch is the truth itself,
 so the bound is the atol alone: 1e-10.
 
-Cases with regularisation options (Case.reg) have no torch counterpart: there the truth is our
-reference backend in float64 and "torch's error" is the reference backend's in the tested
-dtype, all on the tested device, with the masks drawn alike for every run (the same seed).
+Cases with regularisation options (Case.reg) or a LayerNorm cell (Case.layer_norm) have no
+torch counterpart: there the truth is our reference backend in float64 and "torch's error" is
+the reference backend's in the tested dtype, all on the tested device, with the masks drawn
+alike for every run (the same seed).
 """
 import copy
 import dataclasses
@@ -51,6 +52,7 @@ class Case:
     seed: int = 0
     reg: Optional[Regularization] = None  # regularisation options (training mode)
     train: bool = True  # with reg: training (masks drawn) or eval mode
+    layer_norm: bool = False  # a LayerNorm cell (LSTM, GRU), with random gains and biases
 
     @property
     def training(self) -> bool:
@@ -68,6 +70,7 @@ class Case:
         if self.reg is not None:
             flags += [f"{k}{v}" for k, v in vars(self.reg).items() if v]
             flags += [] if self.train else ["eval"]
+        flags += ["layer_norm"] if self.layer_norm else []
         return " ".join([base] + flags)
 
 
@@ -207,10 +210,16 @@ def check(case: Case, backend: str, dtype=torch.float64, device="cpu") -> Result
     and measure both against the float64 CPU truth."""
     ref = torch_module(case)
     rounded = copy.deepcopy(ref).to(dtype).double()
-    if case.reg is not None:
+    if case.reg is not None or case.layer_norm:
+        base = convert(copy.deepcopy(rounded), backend="reference")
+        if case.layer_norm:
+            _add_layer_norm(base, case.seed, dtype)
+
         def fused(name):
-            module = convert(copy.deepcopy(rounded), backend=name)
-            module.regularization = case.reg
+            module = copy.deepcopy(base)
+            module.backend = name
+            if case.reg is not None:
+                module.regularization = case.reg
             return module
         truth = run(fused("reference"), case, torch.float64, device)
         theirs = run(fused("reference"), case, dtype, device)
@@ -223,6 +232,18 @@ def check(case: Case, backend: str, dtype=torch.float64, device="cpu") -> Result
     ours = run(convert(copy.deepcopy(rounded), backend=backend), case, dtype, device)
     theirs = run(rounded, case, dtype, device)
     return _result(case, backend, dtype, ours, truth, theirs)
+
+
+def _add_layer_norm(module, seed: int, dtype):
+    """Makes a fused module a LayerNorm cell with random gains (about 1) and biases (about 0),
+    rounded to dtype: at their initial 1 and 0 a wrong γ or β would go unnoticed."""
+    module._add_layer_norm()
+    g = torch.Generator().manual_seed(seed + 4)
+    with torch.no_grad():
+        for name in module._layer_norm_names:
+            p = module.get_parameter(name)
+            r = torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5
+            p.copy_((r + 1.0 if "weight" in name else r).to(dtype).double())
 
 
 def _result(case, backend, dtype, ours, truth, theirs) -> Result:

@@ -25,7 +25,7 @@ def test_default_gpu_grid_is_the_issue_grid():
     assert set(S.default_suite(CUDA, quick=True).shapes) < set(s.shapes)
     # Regularisation rows: every option, bf16, the quick shapes, the fused default providers.
     assert set(s.options) == {"variational_dropout", "weight_drop", "recurrent_dropout",
-                              "rnndrop", "zoneout"}
+                              "rnndrop", "zoneout", "layer_norm"}
     assert (tuple(s.option_dtypes), tuple(s.option_shapes), tuple(s.option_providers)) == \
         (("bf16",), tuple(S.GPU_QUICK), ("triton", "cuda"))
     assert S.default_suite(CPU).options == ()
@@ -146,13 +146,16 @@ def test_option_rows_and_their_cost():
     """Option rows run in training mode with the option on, next to the same provider without
     it, and report their cost as the ratio of the two."""
     s = S.default_suite(CPU, shapes=[(6, 3, 5, 5)], cells=["LSTM", "RNN"], modes=["fwdbwd"],
-                        providers=["cudnn", "reference"], options=["rnndrop", "zoneout"],
-                        option_dtypes=["fp32"], option_providers=["reference"])
+                        providers=["cudnn", "reference"],
+                        options=["rnndrop", "zoneout", "layer_norm"], option_dtypes=["fp32"],
+                        option_providers=["reference"])
     rows = S.run_suite(s)["rows"]
     opts = {(r["cell"], r["option"]) for r in rows if r["option"]}
-    assert opts == {("LSTM", "rnndrop"), ("LSTM", "zoneout"), ("RNN", "zoneout")}
+    assert opts == {("LSTM", "rnndrop"), ("LSTM", "zoneout"), ("RNN", "zoneout"),
+                    ("LSTM", "layer_norm")}
+    assert not S.option_applies("layer_norm", "GRU", "cuda_step")
     costs = report.option_costs(rows)
-    assert len(costs) == 3 and all(c["provider"] == "reference" and c["cost"] > 0 for c in costs)
+    assert len(costs) == 4 and all(c["provider"] == "reference" and c["cost"] > 0 for c in costs)
     assert all(c["cost"] == pytest.approx(c["median_ms"] / c["plain_ms"]) for c in costs)
     # The speedup table leaves the option rows out.
     assert all(len(config) == 2 for config in report.by_config(rows).values())

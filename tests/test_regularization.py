@@ -65,6 +65,21 @@ CASES += [
     Case("LSTM", T=4, B=3, I=5, H=7, num_layers=2, reg=ALL_LSTM, train=False, seed=7),
     Case("GRU", T=4, B=3, I=5, H=7, reg=R(0.3, 0.3, 0.3, 0.0, 0.0, 0.4), train=False, seed=8),
 ]
+# LayerNorm cells, alone and with the options (Triton only: backend="cuda" refuses them).
+LN_CASES = [
+    Case("LSTM", T=4, B=3, I=5, H=7, layer_norm=True, seed=20),
+    Case("GRU", T=4, B=3, I=5, H=7, layer_norm=True, seed=21),
+    Case("LSTM", T=4, B=3, I=5, H=6, bias=False, batch_first=True, layer_norm=True, seed=22),
+    Case("LSTM", T=5, B=4, I=6, H=9, num_layers=2, bidirectional=True, packed="unsorted",
+         reg=ALL_LSTM, layer_norm=True, seed=23),
+    Case("GRU", T=5, B=4, I=3, H=6, num_layers=2, bidirectional=True, packed="sorted",
+         reg=R(0.2, 0.3, 0.25, 0.0, 0.0, 0.3), layer_norm=True, seed=24),
+    Case("LSTM", T=4, B=3, I=5, H=7, num_layers=2, reg=ALL_LSTM, train=False, layer_norm=True,
+         seed=25),
+    Case("GRU", T=3, B=1, I=4, H=5, unbatched=True, reg=R(zoneout_hidden=0.4), layer_norm=True,
+         seed=26),
+]
+CASES += LN_CASES
 
 
 # Half types only on a GPU (Triton's interpreter computes bf16 wrongly; emulation is fp32/fp64).
@@ -73,9 +88,13 @@ if DEVICE == "cuda":
     DTYPES.update(bf16=torch.bfloat16, fp16=torch.float16)
 
 
+# backend="cuda" has no LayerNorm cells yet (test_layer_norm_backends).
+RUNS = [(case, backend) for backend in _fused_backends() for case in CASES
+        if not (case.layer_norm and backend == "cuda")]
+
+
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
-@pytest.mark.parametrize("backend", _fused_backends())
-@pytest.mark.parametrize("case", CASES, ids=[c.label() for c in CASES])
+@pytest.mark.parametrize("case,backend", RUNS, ids=[f"{b}-{c.label()}" for c, b in RUNS])
 def test_fused_matches_reference(case, backend, dtype):
     res = testing.check(case, backend, dtype, DEVICE)
     assert res.ok, res.failures()
@@ -453,12 +472,51 @@ def test_layer_norm_parameters_gradients_and_init():
     assert "layer_norm=True" in repr(gru) and not fused_rnn.GRU(3, 4).layer_norm
 
 
-def test_layer_norm_runs_on_the_reference_only_so_far():
-    lstm = fused_rnn.LSTM(3, 4, layer_norm=True, backend="triton")
-    with pytest.raises(RuntimeError, match="layer_norm runs on the reference backend only"):
-        lstm(torch.randn(2, 1, 3))
-    lstm.backend = "auto"  # takes the reference
-    assert lstm(torch.randn(2, 1, 3))[0].shape == (2, 1, 4)
+@pytest.mark.skipif(DEVICE == "cpu" and not backends.triton_interpreted(),
+                    reason="the Triton kernels run on the CPU under TRITON_INTERPRET=1 only")
+@pytest.mark.parametrize("cls", [fused_rnn.LSTMCell, fused_rnn.GRUCell])
+def test_layer_norm_cells_match_reference(cls):
+    torch.manual_seed(5)
+    ref = cls(5, 7, dtype=torch.float64, device=DEVICE, layer_norm=True, backend="reference",
+              zoneout_hidden=0.3)
+    _randomize_layer_norm(ref)
+    ours = copy.deepcopy(ref)
+    ours.backend = "triton"
+    results = []
+    for module in (ref, ours):
+        x = torch.randn(4, 5, dtype=torch.float64, device=DEVICE,
+                        generator=torch.Generator(DEVICE).manual_seed(1)).requires_grad_()
+        h = torch.randn(4, 7, dtype=torch.float64, device=DEVICE,
+                        generator=torch.Generator(DEVICE).manual_seed(2)).requires_grad_()
+        torch.manual_seed(9)
+        out = module(x, (h, h.flip(0)) if cls is fused_rnn.LSTMCell else h)
+        outs = out if isinstance(out, tuple) else (out,)
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype, device=DEVICE)
+                    .view_as(o)).sum() for o in outs)
+        results.append(list(outs) + list(torch.autograd.grad(loss, [x, h]
+                                                             + list(module.parameters()))))
+    assert len(results[0]) == 2 + len(outs) + len(list(ref.parameters()))
+    for a, b in zip(*results):
+        assert (a - b).abs().max().item() <= 1e-10
+
+
+def test_layer_norm_backends():
+    """Triton takes layer_norm (not with proj_size); cuda and cudnn refuse it by name; "auto"
+    takes the reference on the CPU."""
+    x = torch.randn(2, 1, 3)
+    for backend, kw, match in [("cuda", {}, "layer_norm runs on backend='triton' or 'reference'"),
+                               ("cudnn", {}, "layer_norm runs on backend='triton' or"),
+                               ("triton", dict(proj_size=2), "proj_size with layer_norm")]:
+        lstm = fused_rnn.LSTM(3, 4, layer_norm=True, backend=backend, **kw)
+        with pytest.raises(RuntimeError, match=match):
+            lstm(x)
+    lstm = fused_rnn.LSTM(3, 4, layer_norm=True)
+    assert lstm(x)[0].shape == (2, 1, 4)
+    with pytest.raises(RuntimeError, match="backend='cuda' has no LayerNorm cell kernels"):
+        from fused_rnn.ops import cuda_op
+        cuda_op.rnn_fwd_cuda("GRU", torch.randn(1, 1, 3), torch.randn(1, 1), None,
+                             torch.randn(3, 1), None, None, None, False,
+                             ln=(torch.ones(3), torch.zeros(3), None, None))
 
 
 @pytest.mark.parametrize("make,err,match", [

@@ -176,6 +176,23 @@ def _step_masks(kind: str, cell: str, T: int, B: int, H: int, HK: int):
     return StepMasks(**kw)
 
 
+def _layer_error(variant, leaves, *args, **kw) -> float:
+    """Max abs difference of the outputs and the gradients of `leaves` between
+    ops/naive.layer_naive and layer_triton (run as `variant`) on the same layer arguments."""
+    from fused_rnn.ops import triton_op
+    from fused_rnn.ops.naive import layer_naive
+    results = []
+    for layer in (layer_naive, triton_op.layer_triton):
+        with triton_op.variant(variant):
+            out, h_n, c_n = layer(*args, **kw)
+        outs = [out, h_n] + ([c_n] if c_n is not None else [])
+        g = torch.Generator(device=DEVICE).manual_seed(3)
+        loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype, device=DEVICE)).sum()
+                   for o in outs)
+        results.append([o.detach() for o in outs] + list(torch.autograd.grad(loss, leaves)))
+    return max((a - b).abs().max().item() for a, b in zip(*results))
+
+
 @pytest.mark.parametrize("variant", ["step", "persistent"])
 @pytest.mark.parametrize("kind", MASK_KINDS)
 def test_step_masks_match_reference(kind, variant, monkeypatch):
@@ -183,7 +200,6 @@ def test_step_masks_match_reference(kind, variant, monkeypatch):
     outputs and every gradient."""
     from fused_rnn.ops import triton_op
     from fused_rnn.ops.cells import GATES
-    from fused_rnn.ops.naive import layer_naive
     launches = []
     for name in ("_fwd_persistent", "_bwd_persistent"):
         original = getattr(triton_op, name)
@@ -208,17 +224,54 @@ def test_step_masks_match_reference(kind, variant, monkeypatch):
                 else None)
         masks = _step_masks(kind, cell, T, B, H, HK)
         leaves = [x for x in (gi, h0, c0, w_hh, b_hh, w_hr) if x is not None]
-        results = []
-        for layer in (layer_naive, triton_op.layer_triton):
-            with triton_op.variant(variant):
-                out, h_n, c_n = layer(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse,
-                                      masks=masks)
-            outs = [out, h_n] + ([c_n] if c_n is not None else [])
-            g = torch.Generator(device=DEVICE).manual_seed(3)
-            loss = sum((o * torch.randn(o.shape, generator=g, dtype=dt, device=DEVICE)).sum()
-                       for o in outs)
-            results.append([o.detach() for o in outs] + list(torch.autograd.grad(loss, leaves)))
-        err = max((a - b).abs().max().item() for a, b in zip(*results))
+        err = _layer_error(variant, leaves, cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse,
+                           masks=masks)
         assert err <= 1e-10, (cell, proj, packed, reverse, bias, err)
     if variant == "persistent":  # (a projection runs per step)
         assert {"_fwd_persistent", "_bwd_persistent"} <= set(launches), launches
+
+
+# LayerNorm cells (triton_ln_kernels) per step-mask kind, packed and reversed, with row kernels
+# of 2 rows per program and 16-wide chunks so that each row takes several chunks (4·7 = 28 and 7
+# units) and the last program a partial set of rows (B = 5).
+@pytest.mark.parametrize("kind", ("none",) + MASK_KINDS)
+def test_layer_norm_matches_reference(kind, monkeypatch):
+    """layer_triton with LayerNorm weights against autograd through ops/naive.layer_naive,
+    float64: outputs and every gradient, γ and β included. A persistent variant request runs
+    per step (asserted)."""
+    from fused_rnn.ops import triton_op
+    from fused_rnn.ops.cells import GATES, LayerNormWeights
+    from fused_rnn.ops.regularize import NO_MASKS
+    monkeypatch.setattr(triton_op, "LN_ROWS", 2)
+    monkeypatch.setattr(triton_op, "LN_BLOCK_N", 16)
+    launches = []
+    for name in ("_fwd_persistent", "_bwd_persistent", "_fwd_ln"):
+        original = getattr(triton_op, name)
+        monkeypatch.setattr(triton_op, name, lambda *a, _n=name, _f=original, **k:
+                            launches.append(_n) or _f(*a, **k))
+    torch.manual_seed(11 + len(kind))
+    dt, T, B, H = torch.float64, 5, 5, 7
+    for cell, packed, reverse, bias in [("LSTM", True, True, True), ("LSTM", False, False, False),
+                                        ("GRU", True, False, True), ("GRU", False, True, False)]:
+        if kind in ("c", "zc") and cell != "LSTM":
+            continue
+        G = GATES[cell]
+
+        def leaf(*shape, scale=1.0, shift=0.0):
+            return (torch.randn(*shape, dtype=dt, device=DEVICE) * scale + shift).requires_grad_()
+
+        gi, h0, w_hh = leaf(T, B, G * H), leaf(B, H), leaf(G * H, H, scale=0.4)
+        c0 = leaf(B, H) if cell == "LSTM" else None
+        b_hh = leaf(G * H) if bias else None
+        ln = [leaf(G * H, scale=0.5, shift=1.0), leaf(G * H, scale=0.5)]
+        ln += [leaf(H, scale=0.5, shift=1.0), leaf(H, scale=0.5)] if cell == "LSTM" else []
+        lengths = torch.tensor([5, 2, 4, 1, 3], device=DEVICE)
+        mask = ((torch.arange(T, device=DEVICE)[:, None] < lengths).unsqueeze(-1) if packed
+                else None)
+        masks = NO_MASKS if kind == "none" else _step_masks(kind, cell, T, B, H, H)
+        weights = LayerNormWeights(None, None, *ln)  # the input gates' LN is not the layer's
+        leaves = [x for x in (gi, h0, c0, w_hh, b_hh, *ln) if x is not None]
+        err = _layer_error("persistent", leaves, cell, gi, h0, c0, w_hh, b_hh, None, mask,
+                           reverse, masks=masks, ln=weights)
+        assert err <= 1e-10, (cell, packed, reverse, bias, err)
+    assert launches and set(launches) == {"_fwd_ln"}, launches

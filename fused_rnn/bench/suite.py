@@ -46,7 +46,8 @@ PROVIDERS = ("cudnn", "loop", "reference", "triton", "triton_persistent", "cuda"
 # default providers against the same provider without it. OPTION_* is where they run on the GPU.
 OPTIONS = {"variational_dropout": dict(variational_dropout=0.25),
            "weight_drop": dict(weight_drop=0.25), "recurrent_dropout": dict(recurrent_dropout=0.25),
-           "rnndrop": dict(rnndrop=0.25), "zoneout": dict(zoneout=0.25)}
+           "rnndrop": dict(rnndrop=0.25), "zoneout": dict(zoneout=0.25),
+           "layer_norm": dict(layer_norm=True)}
 OPTION_PROVIDERS = ("triton", "cuda")
 OPTION_DTYPES = ("bf16",)
 
@@ -110,7 +111,11 @@ def why_not(provider: str, device: torch.device, dtype: str) -> Optional[str]:
     return reason
 
 
-def option_applies(option: str, cell: str) -> bool:
+def option_applies(option: str, cell: str, provider: str = "") -> bool:
+    """Whether the option exists for the cell type and (given) provider: LayerNorm cells are
+    LSTM and GRU, in the Triton kernels only so far."""
+    if option == "layer_norm":
+        return cell in ("LSTM", "GRU") and not provider.startswith(("cuda", "cudnn"))
     return not ((option == "rnndrop" and cell != "LSTM")
                 or (option == "recurrent_dropout" and cell == "RNN"))
 
@@ -296,7 +301,7 @@ def run_suite(suite: Suite, progress: Optional[Callable] = None) -> dict:
                 if dtype not in suite.dtypes or shape not in suite.shapes:
                     jobs += [(provider, cell, shape, dtype, "") for cell in suite.cells]
                 jobs += [(provider, cell, shape, dtype, option) for option in suite.options
-                         for cell in suite.cells if option_applies(option, cell)]
+                         for cell in suite.cells if option_applies(option, cell, provider)]
     rows = []
     with _alloc.poisoned(False):  # never time the NaN fill that tests turn on
         for job in (progress(jobs) if progress else jobs):

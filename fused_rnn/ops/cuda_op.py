@@ -44,10 +44,15 @@ def _step_masks(masks) -> list:
 
 def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
                  b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],
-                 reverse: bool, variant: str = "persistent", masks=recurrence.NO_MASKS):
+                 reverse: bool, variant: str = "persistent", masks=recurrence.NO_MASKS,
+                 ln=None):
     """One layer and direction: the forward contract of ops/recurrence.py. gi (T, B, G·H) with
     b_ih; h0 (B, HK); c0 (B, H) (LSTM); w_hh (G·H, HK); b_hh (G·H,); w_hr (HK, H) or None;
-    mask (T, B) bool or None; masks: the regularisation of each step (ops/regularize.py)."""
+    mask (T, B) bool or None; masks: the regularisation of each step (ops/regularize.py).
+    LayerNorm cells are not in the CUDA kernels yet: ln must be None (functional refuses them
+    for this backend first)."""
+    if ln is not None:
+        raise RuntimeError("backend='cuda' has no LayerNorm cell kernels yet (layer_norm)")
     T, B, _ = gi.shape
     H = w_hh.shape[0] // GATES[cell]
     proj = w_hr is not None
@@ -64,14 +69,15 @@ def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: 
                                        VARIANTS.index(variant), stream)
         last_used["fwd"] = VARIANTS[used]
     c_n = cs[T].to(gi.dtype, copy=True) if cell == "LSTM" else gi.new_empty(0)
-    return out, hs[T].clone(), c_n, saved, hs, cs, ms
+    return (out, hs[T].clone(), c_n, saved, hs, cs, ms) + recurrence.no_ln(saved, 3)
 
 
 def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
                  dc_n: Optional[Tensor], saved: Tensor, hs: Tensor, cs: Tensor, ms: Tensor,
                  w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor], reverse: bool,
-                 has_bias: bool, variant: str = "persistent", masks=recurrence.NO_MASKS):
-    """Backward of rnn_fwd_cuda: the backward contract of ops/recurrence.py."""
+                 has_bias: bool, variant: str = "persistent", masks=recurrence.NO_MASKS,
+                 ln=None, xg=None, xc=None, rstd=None):
+    """Backward of rnn_fwd_cuda: the backward contract of ops/recurrence.py (no ln)."""
     T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
     NG = GATES[cell]
     H = w_hh.shape[0] // NG
@@ -93,7 +99,7 @@ def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
                                        stream)
         last_used["bwd"] = VARIANTS[used]
     return recurrence.finish_bwd(cell, dgh, dgi, dhs, carry_h, carry_c, hs, ms, w_hh, w_hr,
-                                 reverse, has_bias, masks)
+                                 reverse, has_bias, masks) + recurrence.no_ln(w_hh, 4)
 
 
 _fwd_op = recurrence.make_ops("cuda", rnn_fwd_cuda, rnn_bwd_cuda)

@@ -4,14 +4,17 @@ custom ops with their fake (meta) implementations and autograd.
 
 Contract of a backend's kernels, one layer and direction (buffer layouts in
 ops/triton_kernels.py and csrc/params.h; `masks` is an ops/regularize.StepMasks whose docstring
-gives the step math, NO_MASKS when no regularisation is on):
-  fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant, masks)
+gives the step math, NO_MASKS when no regularisation is on; `ln` the LayerNorm cell's
+(γ_hh, β_hh, γ_c, β_c), γ_c and β_c None for GRU, or None without layer_norm):
+  fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant, masks, ln)
       -> out (T, B, HK), h_n (B, HK), c_n (B, H) (empty unless LSTM), saved (T, B, S·H),
-         hs (T+1, B, HK), cs (T+1, B, H) (empty unless LSTM), ms (T, B, H) (empty without proj)
+         hs (T+1, B, HK), cs (T+1, B, H) (empty unless LSTM), ms (T, B, H) (empty without proj),
+         and with ln (else empty): xg (T, B, G·H) the normalised h·W_hhᵀ, xc (T, B, H) the
+         normalised cell update (LSTM), rstd (T, B, 2) their 1/σ
   bwd(cell, dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, reverse, has_bias, variant,
-      masks)
+      masks, ln, xg, xc, rstd)
       -> dgi (T, B, G·H), dh0 (B, HK), dc0 (empty unless LSTM), dw_hh, db_hh (empty without
-         bias), dw_hr (empty without proj)
+         bias), dw_hr (empty without proj), then dγ_hh, dβ_hh, dγ_c, dβ_c (empty where absent)
 Both directions are custom ops, so torch.compile sees two opaque calls per layer instead of a
 host loop over timesteps.
 """
@@ -74,28 +77,56 @@ def bwd_carries(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
 
 def finish_bwd(cell: str, dgh: Tensor, dgi: Tensor, dhs: Optional[Tensor], carry_h: Tensor,
                carry_c: Tensor, hs: Tensor, ms: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
-               reverse: bool, has_bias: bool, masks: StepMasks):
+               reverse: bool, has_bias: bool, masks: StepMasks, drec: Optional[Tensor] = None):
     """After the backward's time loop: dh0, and the weight gradients as one GEMM each over all
-    T·B rows (dW_hh = dgatesᵀ·(h_prev·hm), db_hh = Σ dgates, dW_hr = dhᵀ·m; hm the
-    variational mask of h_{t-1}, or 1). Returns the backward's outputs (see the module docstring)."""
+    T·B rows (dW_hh = drecᵀ·(h_prev·hm), db_hh = Σ dgates, dW_hr = dhᵀ·m; hm the
+    variational mask of h_{t-1}, or 1; drec the gradient of h·W_hhᵀ: dgates, or for a
+    LayerNorm cell the gradient before its normalisation). Returns the backward's outputs (see
+    the module docstring) without the LayerNorm ones (ln_grads)."""
     T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
     acc = dgh.dtype
+    drec = dgh if drec is None else drec
     times = step_times(T, reverse)
     hm = masks.factor("h", acc)
     # dh0 = what passed through the first step + the first step's gates through W_hh (their
     # rows are zero where that step lies past the sequence's end).
-    dh0 = (carry_h + _mul(dgh[times[0]] @ w_hh.to(acc), hm)).to(hs.dtype)
+    dh0 = (carry_h + _mul(drec[times[0]] @ w_hh.to(acc), hm)).to(hs.dtype)
     dc0 = carry_c.to(hs.dtype) if cell == "LSTM" else hs.new_empty(0)
     h_prev = hs[:T].flip(0) if reverse else hs[:T]  # state entering the step at time t
     h_prev = h_prev.to(acc)
     if not isinstance(hm, float):
         h_prev = h_prev * hm
-    flat = dgh.reshape(T * B, dgh.shape[-1])
-    dw_hh = (flat.t() @ h_prev.reshape(T * B, HK)).to(w_hh.dtype)
-    db_hh = flat.sum(0).to(w_hh.dtype) if has_bias else hs.new_empty(0)
+    n = dgh.shape[-1]
+    dw_hh = (drec.reshape(T * B, n).t() @ h_prev.reshape(T * B, HK)).to(w_hh.dtype)
+    db_hh = dgh.reshape(T * B, n).sum(0).to(w_hh.dtype) if has_bias else hs.new_empty(0)
     dw_hr = ((dhs.reshape(T * B, HK).t() @ ms.reshape(T * B, ms.shape[-1]).to(acc)).to(w_hr.dtype)
              if w_hr is not None else hs.new_empty(0))
     return dgi.to(hs.dtype), dh0, dc0, dw_hh, db_hh, dw_hr
+
+
+def ln_grads(dgh: Tensor, xg: Tensor, ln, dh_c: Optional[Tensor] = None,
+             saved: Optional[Tensor] = None, xc: Optional[Tensor] = None):
+    """dγ_hh, dβ_hh, dγ_c, dβ_c of a LayerNorm cell after the backward's time loop, each one
+    reduction over all T·B rows: the gates' from dgh (dL/d(x̂·γ + β), zero on rows past a
+    sequence's end) and x̂ = xg; the cell's (LSTM) from dL/dy = dh̃·o·(1 - tanh²y), y = x̂_c·γ_c
+    + β_c, with dh̃ = dh_c (T, B, H), o from saved and x̂_c = xc. Empty where absent."""
+    hw, hb, cw, cb = ln
+    n = dgh.shape[-1]
+    dhw = (dgh * xg).reshape(-1, n).sum(0).to(hw.dtype)
+    dhb = dgh.reshape(-1, n).sum(0).to(hb.dtype)
+    if cw is None:
+        return dhw, dhb, hw.new_empty(0), hw.new_empty(0)
+    H = cw.shape[0]
+    acc = dgh.dtype
+    ty = torch.tanh(xc * cw.to(acc) + cb.to(acc))
+    dy = (dh_c * saved[..., 3 * H:4 * H] * (1 - ty * ty)).reshape(-1, H)
+    return dhw, dhb, (dy * xc.reshape(-1, H)).sum(0).to(cw.dtype), dy.sum(0).to(cb.dtype)
+
+
+def no_ln(like: Tensor, n: int):
+    """The n empty LayerNorm outputs of a call without layer_norm (distinct tensors: a custom
+    op's outputs may not alias each other)."""
+    return tuple(like.new_empty(0) for _ in range(n))
 
 
 def make_ops(backend: str, fwd: Callable, bwd: Callable) -> Callable:
@@ -108,24 +139,31 @@ def make_ops(backend: str, fwd: Callable, bwd: Callable) -> Callable:
                b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],
                cell: str, reverse: bool, variant: str, m_h: Optional[Tensor],
                m_g: Optional[Tensor], m_c: Optional[Tensor], m_zc: Optional[Tensor],
-               m_zh: Optional[Tensor], scales: List[float]
-               ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+               m_zh: Optional[Tensor], scales: List[float], ln_hw: Optional[Tensor],
+               ln_hb: Optional[Tensor], ln_cw: Optional[Tensor], ln_cb: Optional[Tensor]
+               ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                          Tensor, Tensor]:
         return fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant,
-                   StepMasks.of((m_h, m_g, m_c, m_zc, m_zh), scales))
+                   StepMasks.of((m_h, m_g, m_c, m_zc, m_zh), scales),
+                   None if ln_hw is None else (ln_hw, ln_hb, ln_cw, ln_cb))
 
     @fwd_op.register_fake
     def _(gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse, variant, m_h, m_g, m_c, m_zc, m_zh,
-          scales):
+          scales, ln_hw, ln_hb, ln_cw, ln_cb):
         T, B, _ = gi.shape
         HK = h0.shape[-1]
         H = w_hh.shape[0] // GATES[cell]
         acc = acc_dtype(gi.dtype)
         lstm = cell == "LSTM"
+        ln = ln_hw is not None
         return (gi.new_empty((T, B, HK)), gi.new_empty((B, HK)),
                 gi.new_empty((B, H) if lstm else (0,)),
                 gi.new_empty((T, B, SAVED[cell] * H), dtype=acc), gi.new_empty((T + 1, B, HK)),
                 gi.new_empty((T + 1, B, H) if lstm else (0,), dtype=acc),
-                gi.new_empty((T, B, H) if w_hr is not None else (0,)))
+                gi.new_empty((T, B, H) if w_hr is not None else (0,)),
+                gi.new_empty((T, B, w_hh.shape[0]) if ln else (0,), dtype=acc),
+                gi.new_empty((T, B, H) if ln and lstm else (0,), dtype=acc),
+                gi.new_empty((T, B, 2) if ln else (0,), dtype=acc))
 
     @torch.library.custom_op(f"fused_rnn::{backend}_rnn_bwd", mutates_args=())
     def bwd_op(dout: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor],
@@ -133,34 +171,44 @@ def make_ops(backend: str, fwd: Callable, bwd: Callable) -> Callable:
                w_hr: Optional[Tensor], mask: Optional[Tensor], cell: str, reverse: bool,
                has_bias: bool, variant: str, m_h: Optional[Tensor], m_g: Optional[Tensor],
                m_c: Optional[Tensor], m_zc: Optional[Tensor], m_zh: Optional[Tensor],
-               scales: List[float]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+               scales: List[float], ln_hw: Optional[Tensor], ln_hb: Optional[Tensor],
+               ln_cw: Optional[Tensor], ln_cb: Optional[Tensor], xg: Tensor, xc: Tensor,
+               rstd: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                      Tensor, Tensor, Tensor]:
         return bwd(cell, dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, reverse,
-                   has_bias, variant, StepMasks.of((m_h, m_g, m_c, m_zc, m_zh), scales))
+                   has_bias, variant, StepMasks.of((m_h, m_g, m_c, m_zc, m_zh), scales),
+                   None if ln_hw is None else (ln_hw, ln_hb, ln_cw, ln_cb), xg, xc, rstd)
 
     @bwd_op.register_fake
     def _(dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, cell, reverse, has_bias,
-          variant, m_h, m_g, m_c, m_zc, m_zh, scales):
+          variant, m_h, m_g, m_c, m_zc, m_zh, scales, ln_hw, ln_hb, ln_cw, ln_cb, xg, xc, rstd):
         T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         H = w_hh.shape[0] // GATES[cell]
+        ln = [w_hh.new_empty(t.shape if t is not None else (0,))
+              for t in (ln_hw, ln_hb, ln_cw, ln_cb)]
         return (hs.new_empty((T, B, w_hh.shape[0])), hs.new_empty((B, HK)),
                 hs.new_empty((B, H) if cell == "LSTM" else (0,)), w_hh.new_empty(w_hh.shape),
                 w_hh.new_empty((w_hh.shape[0],) if has_bias else (0,)),
-                w_hh.new_empty(w_hr.shape if w_hr is not None else (0,)))
+                w_hh.new_empty(w_hr.shape if w_hr is not None else (0,)), *ln)
 
     def setup_context(ctx, inputs, output):
         gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse, variant = inputs[:10]
-        _, _, _, saved, hs, cs, ms = output
-        ctx.save_for_backward(saved, hs, cs, ms, w_hh, w_hr, mask, *inputs[10:15])
+        saved, hs, cs, ms, xg, xc, rstd = output[3:]
+        ctx.save_for_backward(saved, hs, cs, ms, w_hh, w_hr, mask, *inputs[10:15], *inputs[16:20],
+                              xg, xc, rstd)
         ctx.cell, ctx.reverse, ctx.variant, ctx.scales = cell, reverse, variant, inputs[15]
         ctx.has_c0, ctx.has_bias = c0 is not None, b_hh is not None
 
-    def backward(ctx, dout, dh_n, dc_n, _dsaved, _dhs, _dcs, _dms):
-        saved, hs, cs, ms, w_hh, w_hr, mask, *step_masks = ctx.saved_tensors
-        dgi, dh0, dc0, dw_hh, db_hh, dw_hr = bwd_op(
+    def backward(ctx, dout, dh_n, dc_n, *_):
+        saved, hs, cs, ms, w_hh, w_hr, mask, *rest = ctx.saved_tensors
+        step_masks, ln = rest[:5], rest[5:9]
+        dgi, dh0, dc0, dw_hh, db_hh, dw_hr, *dln = bwd_op(
             dout, dh_n, dc_n if ctx.cell == "LSTM" else None, saved, hs, cs, ms, w_hh, w_hr,
-            mask, ctx.cell, ctx.reverse, ctx.has_bias, ctx.variant, *step_masks, ctx.scales)
+            mask, ctx.cell, ctx.reverse, ctx.has_bias, ctx.variant, *step_masks, ctx.scales,
+            *rest[5:])
+        dln = [d if t is not None else None for d, t in zip(dln, ln)]
         return (dgi, dh0, dc0 if ctx.has_c0 else None, dw_hh, db_hh if ctx.has_bias else None,
-                dw_hr if w_hr is not None else None) + (None,) * 10
+                dw_hr if w_hr is not None else None) + (None,) * 10 + tuple(dln)
 
     fwd_op.register_autograd(backward, setup_context=setup_context)
     return fwd_op
@@ -189,10 +237,10 @@ def make_layer(fwd_op: Callable, variants: Variants) -> Callable:
     """ops/stack.py's layer function (signature of ops.naive.layer_naive) on a backend's
     forward op (from make_ops)."""
 
-    def layer(mode, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, masks=NO_MASKS):
-        out, h_n, c_n, _, _, _, _ = fwd_op(gi, h0, c0, w_hh, b_hh, w_hr,
-                                           None if mask is None else mask[..., 0], mode,
-                                           reverse, variants.current, *masks[:5],
-                                           masks.scales())
+    def layer(mode, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, masks=NO_MASKS, ln=None):
+        lnp = (None,) * 4 if ln is None else (ln.hh_weight, ln.hh_bias, ln.c_weight, ln.c_bias)
+        out, h_n, c_n, *_ = fwd_op(gi, h0, c0, w_hh, b_hh, w_hr,
+                                   None if mask is None else mask[..., 0], mode, reverse,
+                                   variants.current, *masks[:5], masks.scales(), *lnp)
         return out, h_n, (c_n if mode == "LSTM" else None)
     return layer

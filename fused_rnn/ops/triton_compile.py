@@ -5,8 +5,9 @@
 It catches what the CPU interpreter lets through: tl.dot shape and dtype rules, unsupported ops,
 shared memory over the limit. Each variant the launchers can produce is compiled (every cell,
 every dtype and dot precision, with and without bias, mask, a next step and the LSTM
-projection, without regularisation and with the step masks of training or of eval mode), and
-its shared memory, registers and spills are printed. Run it without TRITON_INTERPRET set.
+projection, without regularisation and with the step masks of training or of eval mode, and the
+LayerNorm cells' kernels), and its shared memory, registers and spills are printed. Run it
+without TRITON_INTERPRET set.
 """
 import argparse
 import itertools
@@ -85,17 +86,22 @@ def variants():
             fwd_ptrs = dict(reg_ptrs, gi_ptr=f"*{elem}", w_ptr=f"*{elem}", b_ptr=f"*{elem}",
                             hs_ptr=f"*{elem}", cs_ptr=f"*{acc_t}", out_ptr=f"*{elem}",
                             saved_ptr=f"*{acc_t}", mask_ptr="*u8", ms_ptr=f"*{elem}",
-                            hin_ptr=f"*{elem}")
-            cx = dict(common, HK=24 if proj else 48, HAS_BIAS=flags[0], BLOCK_K=32)
+                            hin_ptr=f"*{elem}", xg_ptr=f"*{acc_t}", lnw_ptr=f"*{elem}",
+                            lnb_ptr=f"*{elem}")
+            cx = dict(common, HK=24 if proj else 48, HAS_BIAS=flags[0], BLOCK_K=32, LN=0)
             yield (K._rnn_fwd_step_kernel,
                    _signature(K._rnn_fwd_step_kernel, fwd_ptrs, {"t", "k", "B"}, cx), cx,
                    (f"fwd cell={cell} {dtype} bias={flags[0]} mask={flags[1]} proj={proj} "
                     f"regs={regs}"))
             bwd_ptrs = dict(reg_ptrs, w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}",
-                            dgi_ptr=f"*{acc_t}", dout_ptr=f"*{acc_t}" if proj else f"*{elem}",
+                            dgi_ptr=f"*{acc_t}", drec_ptr=f"*{acc_t}",
+                            dout_ptr=f"*{acc_t}" if proj else f"*{elem}",
                             saved_ptr=f"*{acc_t}", hs_ptr=f"*{elem}", cs_ptr=f"*{acc_t}",
-                            carry_h_ptr=f"*{acc_t}", carry_c_ptr=f"*{acc_t}", mask_ptr="*u8")
-            cx = dict(common, P=24 if proj else 48, HAS_NEXT=flags[0] and not proj, BLOCK_N=32)
+                            carry_h_ptr=f"*{acc_t}", carry_c_ptr=f"*{acc_t}", mask_ptr="*u8",
+                            xc_ptr=f"*{acc_t}", dcu_ptr=f"*{acc_t}", lncw_ptr=f"*{elem}",
+                            lncb_ptr=f"*{elem}")
+            cx = dict(common, P=24 if proj else 48, HAS_NEXT=flags[0] and not proj, BLOCK_N=32,
+                      LN_C=False)
             cx["HAS_HM"] = reg["HAS_HM"] and not proj
             yield (K._rnn_bwd_step_kernel,
                    _signature(K._rnn_bwd_step_kernel, bwd_ptrs, {"t", "t_next", "k", "B"}, cx),
@@ -119,6 +125,70 @@ def variants():
             yield (K._lstm_proj_bwd_dh_kernel,
                    _signature(K._lstm_proj_bwd_dh_kernel, ptrs, {"t", "t_next", "B"}, cx), cx,
                    f"proj bwd-dh {dtype} next={flags[0]} mask={flags[1]} regs={regs}")
+
+
+def layer_norm_variants():
+    """The LayerNorm cells' launches (triton_op._fwd_ln and the LN branch of rnn_bwd_triton) for
+    LSTM and GRU in every dtype, without step masks and with those of training: the cell
+    kernels with LN / LN_C, and the row kernels of triton_ln_kernels with a row of several
+    chunks (W > BLOCK_N) and a partial last chunk."""
+    from . import triton_ln_kernels as L
+    for cell, dtype, regs in itertools.product((K.LSTM, K.GRU), DTYPES, ("off", "train")):
+        elem, acc, precision = DTYPES[dtype]
+        acc_t = "fp64" if acc == tl.float64 else "fp32"
+        reg_ptrs, reg = step_masks(cell, regs, acc_t)
+        lstm, H, NG = cell == K.LSTM, 48, K.GATES[cell]
+        tag = f"cell={cell} {dtype} regs={regs}"
+        common = dict(reg, H=H, CELL=cell, NG=NG, NS=K.SAVED[cell], HAS_MASK=1, BLOCK_B=16,
+                      BLOCK_H=32, PRECISION=precision, ACC=acc)
+        ptrs = dict(reg_ptrs, gi_ptr=f"*{elem}", w_ptr=f"*{elem}", b_ptr=f"*{elem}",
+                    hs_ptr=f"*{elem}", cs_ptr=f"*{acc_t}", out_ptr=f"*{elem}",
+                    saved_ptr=f"*{acc_t}", mask_ptr="*u8", ms_ptr=f"*{acc_t}",
+                    hin_ptr=f"*{elem}", xg_ptr=f"*{acc_t}", lnw_ptr=f"*{elem}",
+                    lnb_ptr=f"*{elem}")
+        cx = dict(common, HK=H, HAS_BIAS=1, HAS_PROJ=lstm, LN=2 if lstm else 1, BLOCK_K=32)
+        if lstm:
+            cx["ZH_MODE"] = 0
+        yield (K._rnn_fwd_step_kernel,
+               _signature(K._rnn_fwd_step_kernel, ptrs, {"t", "k", "B"}, cx), cx,
+               f"ln fwd {tag}")
+        ptrs = dict(reg_ptrs, w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dgi_ptr=f"*{acc_t}",
+                    drec_ptr=f"*{acc_t}", dout_ptr=f"*{acc_t}" if lstm else f"*{elem}",
+                    saved_ptr=f"*{acc_t}", hs_ptr=f"*{elem}", cs_ptr=f"*{acc_t}",
+                    carry_h_ptr=f"*{acc_t}", carry_c_ptr=f"*{acc_t}", mask_ptr="*u8",
+                    xc_ptr=f"*{acc_t}", dcu_ptr=f"*{acc_t}", lncw_ptr=f"*{elem}",
+                    lncb_ptr=f"*{elem}")
+        cx = dict(common, P=H, HAS_NEXT=not lstm, HAS_PROJ=False, LN_C=lstm, BLOCK_N=32)
+        if lstm:
+            cx.update(HAS_HM=False, ZH_MODE=0)
+        yield (K._rnn_bwd_step_kernel,
+               _signature(K._rnn_bwd_step_kernel, ptrs, {"t", "t_next", "k", "B"}, cx), cx,
+               f"ln bwd {tag}")
+        row = dict(ROWS=1, BLOCK_N=64, ACC=acc)  # W = 4·48 or 3·48: 3 chunks, the last partial
+        ptrs = dict(reg_ptrs, w_ptr=f"*{elem}", hs_ptr=f"*{elem}", xg_ptr=f"*{acc_t}",
+                    hin_ptr=f"*{elem}")
+        cx = dict(H=H, NG=NG, HAS_HM=reg["HAS_HM"], BLOCK_B=16, BLOCK_H=32, BLOCK_K=32,
+                  PRECISION=precision, ACC=acc)
+        yield (L._ln_gates_fwd_kernel,
+               _signature(L._ln_gates_fwd_kernel, ptrs, {"t", "k", "B"}, cx), cx,
+               f"ln gates fwd {tag}")
+        ptrs = dict(reg_ptrs, x_ptr=f"*{acc_t}", rstd_ptr=f"*{acc_t}", lnw_ptr=f"*{elem}",
+                    lnb_ptr=f"*{elem}", saved_ptr=f"*{acc_t}", hs_ptr=f"*{elem}",
+                    out_ptr=f"*{elem}", mask_ptr="*u8", hin_ptr=f"*{elem}")
+        for cell_c in ((0, 1) if lstm else (0,)):
+            cx = dict(row, W=H if cell_c else NG * H, H=H, CELL_C=cell_c, HAS_MASK=cell_c,
+                      HAS_HM=reg["HAS_HM"] and cell_c, ZH_MODE=reg["ZH_MODE"] if cell_c else 0)
+            yield (L._ln_fwd_kernel, _signature(L._ln_fwd_kernel, ptrs, {"t", "k", "B"}, cx),
+                   cx, f"ln rows fwd cell_c={cell_c} {tag}")
+        if regs != "off":  # the backward row kernels take no step masks
+            continue
+        ptrs = dict(g_ptr=f"*{acc_t}", x_ptr=f"*{acc_t}", rstd_ptr=f"*{acc_t}",
+                    lnw_ptr=f"*{elem}", lnb_ptr=f"*{elem}", saved_ptr=f"*{acc_t}",
+                    out_ptr=f"*{acc_t}")
+        for cell_c in ((0, 1) if lstm else (0,)):
+            cx = dict(row, W=H if cell_c else NG * H, CELL_C=cell_c)
+            yield (L._ln_bwd_kernel, _signature(L._ln_bwd_kernel, ptrs, {"t", "B"}, cx), cx,
+                   f"ln rows bwd cell_c={cell_c} {tag}")
 
 
 def persistent_variants():
@@ -171,7 +241,8 @@ def compile_all(arch: int = 90, verbose: bool = True):
     memory than a block can have."""
     target = GPUTarget("cuda", arch, 32)
     report = []
-    for fn, sig, cx, label in itertools.chain(variants(), persistent_variants()):
+    for fn, sig, cx, label in itertools.chain(variants(), layer_norm_variants(),
+                                              persistent_variants()):
         t0 = time.time()
         kernel = triton.compile(ASTSource(fn, sig, cx), target=target,
                                 options={"num_warps": 4})

@@ -180,12 +180,13 @@ def _lstm_update(ig, fg, gd, c_prev, B, offs_b, offs_h, m2, regs, REG: tl.conste
 @triton.jit
 def _fwd_cell(a0, a1, a2, a3, gi_base, cs_ptr, h_prev, t, k, B, offs_b, offs_h, m2, regs,
               REG: tl.constexpr, H: tl.constexpr, NG: tl.constexpr, CELL: tl.constexpr,
-              ACC: tl.constexpr):
+              ACC: tl.constexpr, LN_C: tl.constexpr):
     """The cell on the recurrent pre-activations a_g = h_{t-1}·W_hh,gᵀ + b_hh,g (a1..a3 unused
     beyond NG gates) and the input gates at gi_base, with the step masks of time t. Returns h
     (after zoneout; m_t with a projection, whose zoneout is the projection's), c, c_prev (LSTM;
     zeros otherwise) and the four values saved per unit (LSTM i, f, g, o; GRU r, z, n and
-    h·W_hnᵀ + b_hn, g and n before their dropout; RNN h before zoneout)."""
+    h·W_hnᵀ + b_hn, g and n before their dropout; RNN h before zoneout). LN_C (LayerNorm LSTM):
+    h is the cell update cu instead, for triton_ln_kernels to normalise (ZH must be off)."""
     i0 = _load_tile(gi_base, offs_b, offs_h, NG * H, m2, ACC)
     c_prev = tl.zeros(i0.shape, dtype=ACC)
     c = c_prev
@@ -199,7 +200,10 @@ def _fwd_cell(a0, a1, a2, a3, gi_base, cs_ptr, h_prev, t, k, B, offs_b, offs_h, 
         if REG[GM]:
             gd = gg * _factor(regs, REG, GM, t, B, offs_b, offs_h, m2, H, ACC)
         c = _lstm_update(ig, fg, gd, c_prev, B, offs_b, offs_h, m2, regs, REG, H, ACC)
-        h = og * _tanh(c)  # from the update before zoneout
+        if LN_C:
+            h = c
+        else:
+            h = og * _tanh(c)  # from the update before zoneout
         if REG[ZC]:
             c = _zone(c_prev, c, _factor(regs, REG, ZC, t, B, offs_b, offs_h, m2, H, ACC))
         s0, s1, s2, s3 = ig, fg, gg, og
@@ -234,7 +238,7 @@ def _fwd_store(h, c, c_prev, h_prev, s0, s1, s2, s3, valid, hs_ptr, cs_ptr, out_
     tile = offs_b[:, None] * H + offs_h[None, :]
     out_ty = hs_ptr.dtype.element_ty
     if HAS_PROJ:  # m_t, for the projection and for dW_hr (written at every step: finite)
-        tl.store(_rows(ms_ptr, t, B, H) + tile, h.to(out_ty), mask=m2)
+        tl.store(_rows(ms_ptr, t, B, H) + tile, h.to(ms_ptr.dtype.element_ty), mask=m2)
     else:
         _store_h(tl.where(valid, h, h_prev).to(out_ty), hs_ptr, k, B, offs_b, offs_h, m2, H,
                  regs, REG, ACC)
@@ -249,23 +253,45 @@ def _fwd_store(h, c, c_prev, h_prev, s0, s1, s2, s3, valid, hs_ptr, cs_ptr, out_
         tl.store(_rows(cs_ptr, k + 1, B, H) + tile, tl.where(valid, c, c_prev), mask=m2)
 
 
+@triton.jit
+def _rec_gate(h_in, w_ptr, b_ptr, ln, g: tl.constexpr, t, B, offs_b, offs_h, mb, mh, m2,
+              H: tl.constexpr, HK: tl.constexpr, NG: tl.constexpr, HAS_BIAS: tl.constexpr,
+              LN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+              BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """Recurrent pre-activation of gate g (rows g·H .. g·H+H-1 of W_hh) on the tile:
+    h_in·W_hh,gᵀ + b_hh,g; with LN (a LayerNorm cell), x̂·γ + β + b_hh,g where x̂ = ln[0] is
+    h_in·W_hhᵀ already normalised over its row by triton_ln_kernels and γ, β = ln[1], ln[2]."""
+    if LN:
+        x = _load_tile(_rows(ln[0], t, B, NG * H), offs_b, g * H + offs_h, NG * H, m2, ACC)
+        a = (x * tl.load(ln[1] + g * H + offs_h, mask=mh, other=0.0).to(ACC)[None, :]
+             + tl.load(ln[2] + g * H + offs_h, mask=mh, other=0.0).to(ACC)[None, :])
+    else:
+        a = _matmul_wt(h_in, w_ptr, offs_b, offs_h, mb, mh, HK, g * H, HK, BLOCK_B, BLOCK_H,
+                       BLOCK_K, PRECISION, ACC)
+    return a + _bias(b_ptr, g, H, offs_h, mh, HAS_BIAS, ACC)
+
+
 @triton.jit(do_not_specialize=["t", "k"])
 def _rnn_fwd_step_kernel(
         gi_ptr, w_ptr, b_ptr, hs_ptr, cs_ptr, out_ptr, saved_ptr, mask_ptr, ms_ptr, hm_ptr,
-        gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr, hin_ptr, t, k, B, H: tl.constexpr,
-        HK: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr,
-        HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_PROJ: tl.constexpr,
-        HAS_HM: tl.constexpr, HAS_GM: tl.constexpr, HAS_CM: tl.constexpr,
-        ZC_MODE: tl.constexpr, ZH_MODE: tl.constexpr, BLOCK_B: tl.constexpr,
-        BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-        ACC: tl.constexpr):
+        gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr, hin_ptr, xg_ptr, lnw_ptr, lnb_ptr, t, k, B,
+        H: tl.constexpr, HK: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr,
+        NS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+        HAS_PROJ: tl.constexpr, HAS_HM: tl.constexpr, HAS_GM: tl.constexpr,
+        HAS_CM: tl.constexpr, ZC_MODE: tl.constexpr, ZH_MODE: tl.constexpr, LN: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr, ACC: tl.constexpr):
     """Step k (at time t): hs[k+1], cs[k+1], out[t], saved[t] from hs[k], cs[k], gi[t].
     HK is the width of the state h (H, or proj_size for an LSTM with HAS_PROJ). With HAS_PROJ
     the kernel writes m_t = o·tanh(c_t) to ms[t] instead of h, and _lstm_proj_fwd_kernel
     projects it (the projection mixes all H units, so it needs a second launch) and applies
-    the zoneout of h (ZH_MODE must be 0 here). hin (2, B, HK): h·hm, see _store_h."""
+    the zoneout of h (ZH_MODE must be 0 here). hin (2, B, HK): h·hm, see _store_h.
+    LN (LayerNorm cells, triton_ln_kernels): 1, the recurrent gates are xg[t]·γ + β (lnw, lnb)
+    instead of the GEMM; 2 (LSTM), also h_t waits for LN(c): the update cu goes to ms[t] with
+    HAS_PROJ set, and _ln_fwd_kernel makes h from it (ZH_MODE must be 0)."""
     regs = (hm_ptr, gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr, hin_ptr)
     REG: tl.constexpr = (HAS_HM, HAS_GM, HAS_CM, ZC_MODE, ZH_MODE)
+    ln = (xg_ptr, lnw_ptr, lnb_ptr)
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mb, mh = offs_b < B, offs_h < H
@@ -275,24 +301,20 @@ def _rnn_fwd_step_kernel(
     if not HAS_PROJ:
         h_prev = _load_tile(h_prev_base, offs_b, offs_h, H, m2, ACC)
     h_in = _h_in(hs_ptr, k, B, HK, regs, REG)
-    # The recurrent GEMM, gate by gate (gate g is rows g·H .. g·H+H-1 of W_hh).
-    a0 = _matmul_wt(h_in, w_ptr, offs_b, offs_h, mb, mh, HK, 0, HK, BLOCK_B, BLOCK_H,
-                    BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 0, H, offs_h, mh, HAS_BIAS, ACC)
+    a0 = _rec_gate(h_in, w_ptr, b_ptr, ln, 0, t, B, offs_b, offs_h, mb, mh, m2, H, HK, NG,
+                   HAS_BIAS, LN, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC)
     a1, a2, a3 = a0, a0, a0
     if NG >= 3:
-        a1 = _matmul_wt(h_in, w_ptr, offs_b, offs_h, mb, mh, HK, H, HK, BLOCK_B,
-                        BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 1, H, offs_h, mh,
-                                                                  HAS_BIAS, ACC)
-        a2 = _matmul_wt(h_in, w_ptr, offs_b, offs_h, mb, mh, HK, 2 * H, HK, BLOCK_B,
-                        BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 2, H, offs_h, mh,
-                                                                  HAS_BIAS, ACC)
+        a1 = _rec_gate(h_in, w_ptr, b_ptr, ln, 1, t, B, offs_b, offs_h, mb, mh, m2, H, HK, NG,
+                       HAS_BIAS, LN, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC)
+        a2 = _rec_gate(h_in, w_ptr, b_ptr, ln, 2, t, B, offs_b, offs_h, mb, mh, m2, H, HK, NG,
+                       HAS_BIAS, LN, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC)
     if NG == 4:
-        a3 = _matmul_wt(h_in, w_ptr, offs_b, offs_h, mb, mh, HK, 3 * H, HK, BLOCK_B,
-                        BLOCK_H, BLOCK_K, PRECISION, ACC) + _bias(b_ptr, 3, H, offs_h, mh,
-                                                                  HAS_BIAS, ACC)
+        a3 = _rec_gate(h_in, w_ptr, b_ptr, ln, 3, t, B, offs_b, offs_h, mb, mh, m2, H, HK, NG,
+                       HAS_BIAS, LN, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC)
     h, c, c_prev, s0, s1, s2, s3 = _fwd_cell(a0, a1, a2, a3, _rows(gi_ptr, t, B, NG * H), cs_ptr,
                                              h_prev, t, k, B, offs_b, offs_h, m2, regs, REG, H,
-                                             NG, CELL, ACC)
+                                             NG, CELL, ACC, LN == 2)
     valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
     _fwd_store(h, c, c_prev, h_prev, s0, s1, s2, s3, valid, hs_ptr, cs_ptr, out_ptr, saved_ptr,
                ms_ptr, t, k, B, offs_b, offs_h, m2, regs, REG, H, NS, CELL, HAS_PROJ, ACC)
@@ -393,7 +415,7 @@ def _persistent_step(w0, w1, w2, w3, b0, b1, b2, b3, gi_ptr, hs_ptr, cs_ptr, out
         a3 = tl.dot(h_all, w3, input_precision=PRECISION, out_dtype=ACC) + b3
     h, c, c_prev, s0, s1, s2, s3 = _fwd_cell(a0, a1, a2, a3, _rows(gi_ptr, t, B, NG * H), cs_ptr,
                                              h_prev, t, k, B, offs_b, offs_h, m2, regs, REG, H,
-                                             NG, CELL, ACC)
+                                             NG, CELL, ACC, False)
     valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
     _fwd_store(h, c, c_prev, h_prev, s0, s1, s2, s3, valid, hs_ptr, cs_ptr, out_ptr, saved_ptr,
                saved_ptr, t, k, B, offs_b, offs_h, m2, regs, REG, H, NS, CELL, False, ACC)
@@ -466,13 +488,15 @@ def _lstm_proj_bwd_dh_kernel(
 
 @triton.jit
 def _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k, B,
-              offs_b, offs_h, m2, regs, REG: tl.constexpr, H: tl.constexpr, NG: tl.constexpr,
-              NS: tl.constexpr, CELL: tl.constexpr, BLOCK_B: tl.constexpr,
-              BLOCK_H: tl.constexpr, ACC: tl.constexpr):
+              offs_b, offs_h, mh, m2, regs, REG: tl.constexpr, lnc, H: tl.constexpr,
+              NG: tl.constexpr, NS: tl.constexpr, CELL: tl.constexpr, BLOCK_B: tl.constexpr,
+              BLOCK_H: tl.constexpr, ACC: tl.constexpr, LN_C: tl.constexpr):
     """Backward through the cell of step k (time t) given dh = dL/dh_t (with a projection:
     dL/dm_t, and ZH off): writes the gate gradients dgh[t] (and dgi[t] for GRU), updates
     carry_c (LSTM: dL/dc), and returns the part of dL/dh_{t-1} that does not go through W_hh
-    (zoneout's wh·dh, and GRU's z·dh̃; zero otherwise)."""
+    (zoneout's wh·dh, and GRU's z·dh̃; zero otherwise). LN_C (LayerNorm LSTM, h̃ = o·tanh(y),
+    y = x̂_c·γ_c + β_c): lnc = (xc, dcu, γ_c, β_c) with x̂_c of step t in xc[t] and dL/dcu
+    through y already in dcu (B, H) (triton_ln_kernels._ln_bwd_kernel)."""
     tile = offs_b[:, None] * H + offs_h[None, :]
     sv = _rows(saved_ptr, t, B, NS * H)
     s0 = _load_tile(sv, offs_b, offs_h, NS * H, m2, ACC)
@@ -493,18 +517,24 @@ def _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_pt
         if REG[GM]:
             gm = _factor(regs, REG, GM, t, B, offs_b, offs_h, m2, H, ACC)
             gd = gg * gm
-        if REG[GM] != 0 or REG[CM] != 0 or REG[ZC] != 0:  # cs[k+1] is not the update
-            c_prev = _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
-            c = _lstm_update(ig, fg, gd, c_prev, B, offs_b, offs_h, m2, regs, REG, H, ACC)
+        c_prev = _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
+        if LN_C:  # tanh of y = LN(cu), and dL/dcu through y from the row kernel
+            xc = _load_tile(_rows(lnc[0], t, B, H), offs_b, offs_h, H, m2, ACC)
+            tc = _tanh(xc * tl.load(lnc[2] + offs_h, mask=mh, other=0.0).to(ACC)[None, :]
+                       + tl.load(lnc[3] + offs_h, mask=mh, other=0.0).to(ACC)[None, :])
+            dcu_h = _load_tile(lnc[1], offs_b, offs_h, H, m2, ACC)
         else:
-            c = _load_tile(_rows(cs_ptr, k + 1, B, H), offs_b, offs_h, H, m2, ACC)
-            c_prev = _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
-        tc = _tanh(c)
+            if REG[GM] != 0 or REG[CM] != 0 or REG[ZC] != 0:  # cs[k+1] is not the update
+                c = _lstm_update(ig, fg, gd, c_prev, B, offs_b, offs_h, m2, regs, REG, H, ACC)
+            else:
+                c = _load_tile(_rows(cs_ptr, k + 1, B, H), offs_b, offs_h, H, m2, ACC)
+            tc = _tanh(c)
+            dcu_h = dh * og * (1.0 - tc * tc)
         dc_next = g_c  # the part of dL/dc_t that reaches the update
         if REG[ZC]:
             wc = _factor(regs, REG, ZC, t, B, offs_b, offs_h, m2, H, ACC)
             dc_next = (1.0 - wc) * g_c
-        dc = dc_next + dh * og * (1.0 - tc * tc)
+        dc = dc_next + dcu_h
         if REG[CM]:
             dc = dc * _factor(regs, REG, CM, 0, B, offs_b, offs_h, m2, H, ACC)
         d_i = dc * gd * ig * (1.0 - ig)
@@ -558,22 +588,28 @@ def _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_pt
 
 @triton.jit(do_not_specialize=["t", "t_next", "k"])
 def _rnn_bwd_step_kernel(
-        w_ptr, dgh_ptr, dgi_ptr, dout_ptr, saved_ptr, hs_ptr, cs_ptr, carry_h_ptr, carry_c_ptr,
-        mask_ptr, hm_ptr, gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr, t, t_next, k, B,
-        H: tl.constexpr, P: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr,
-        NS: tl.constexpr, HAS_NEXT: tl.constexpr, HAS_MASK: tl.constexpr,
-        HAS_PROJ: tl.constexpr, HAS_HM: tl.constexpr, HAS_GM: tl.constexpr,
-        HAS_CM: tl.constexpr, ZC_MODE: tl.constexpr, ZH_MODE: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-        PRECISION: tl.constexpr, ACC: tl.constexpr):
+        w_ptr, dgh_ptr, dgi_ptr, drec_ptr, dout_ptr, saved_ptr, hs_ptr, cs_ptr, carry_h_ptr,
+        carry_c_ptr, mask_ptr, hm_ptr, gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr, xc_ptr,
+        dcu_ptr, lncw_ptr, lncb_ptr, t, t_next, k, B, H: tl.constexpr, P: tl.constexpr,
+        CELL: tl.constexpr, NG: tl.constexpr, NS: tl.constexpr, HAS_NEXT: tl.constexpr,
+        HAS_MASK: tl.constexpr, HAS_PROJ: tl.constexpr, HAS_HM: tl.constexpr,
+        HAS_GM: tl.constexpr, HAS_CM: tl.constexpr, ZC_MODE: tl.constexpr,
+        ZH_MODE: tl.constexpr, LN_C: tl.constexpr, BLOCK_B: tl.constexpr,
+        BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+        ACC: tl.constexpr):
     """Backward of step k (at time t). carry_h holds the part of dL/dhs[k+1] that does not come
     through step k+1's gates (for the last step: dh_n); carry_c holds dL/dcs[k+1]. Adds
     hm·(dgh[t_next]·W_hh) (step k+1, if HAS_NEXT), writes dgh[t] (and dgi[t] for GRU, whose
     input and recurrent n-gate gradients differ), and leaves the carries for step k-1.
     With HAS_PROJ (LSTM with proj_size P), _lstm_proj_bwd_dh_kernel has already formed dh_t
     (T, B, P), its zoneout and its carry: here w_ptr is W_hr (P, H), dout_ptr is that dh, and
-    the kernel starts from dm_t = dh_t·W_hr (HAS_NEXT, HAS_HM and ZH_MODE must be off)."""
+    the kernel starts from dm_t = dh_t·W_hr (HAS_NEXT, HAS_HM and ZH_MODE must be off).
+    drec: the gradient of step k+1's h·W_hhᵀ that goes back through W_hh: dgh, or for a
+    LayerNorm cell its gradient before the normalisation (triton_ln_kernels). LN_C (LayerNorm
+    LSTM): like HAS_PROJ, dh_t with its zoneout and carry comes formed in dout (T, B, H), and
+    dL/dcu through LN(c) in dcu; xc, lncw, lncb: x̂_c, γ_c, β_c (see _bwd_cell)."""
     regs = (hm_ptr, gm_ptr, cm_ptr, zc_ptr, zh_ptr, scale_ptr)
+    lnc = (xc_ptr, dcu_ptr, lncw_ptr, lncb_ptr)
     REG: tl.constexpr = (HAS_HM, HAS_GM, HAS_CM, ZC_MODE, ZH_MODE)
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -584,18 +620,21 @@ def _rnn_bwd_step_kernel(
     if HAS_PROJ:
         dh = _matmul_w(_rows(dout_ptr, t, B, P), w_ptr, offs_b, offs_h, mb, mh, P, H,
                        BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC)
+    elif LN_C:
+        dh = _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC)
     else:
         g_h = tl.load(carry_h_ptr + tile, mask=m2, other=0.0)
         if HAS_NEXT:
-            # dgh rows are zero where step k+1 lies past the sequence's end: no mask needed.
-            g_h += _hm(_matmul_w(_rows(dgh_ptr, t_next, B, NG * H), w_ptr, offs_b, offs_h, mb,
+            # drec rows are zero where step k+1 lies past the sequence's end: no mask needed.
+            g_h += _hm(_matmul_w(_rows(drec_ptr, t_next, B, NG * H), w_ptr, offs_b, offs_h, mb,
                                  mh, NG * H, H, BLOCK_B, BLOCK_H, BLOCK_N, PRECISION, ACC),
                        regs, REG, B, offs_b, offs_h, m2, H, ACC)
         dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC)
                       + g_h, 0.0)
     direct = _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k,
-                       B, offs_b, offs_h, m2, regs, REG, H, NG, NS, CELL, BLOCK_B, BLOCK_H, ACC)
-    if not HAS_PROJ:
+                       B, offs_b, offs_h, mh, m2, regs, REG, lnc, H, NG, NS, CELL, BLOCK_B,
+                       BLOCK_H, ACC, LN_C)
+    if not HAS_PROJ and not LN_C:
         tl.store(carry_h_ptr + tile, tl.where(valid, direct, g_h), mask=m2)
 
 
@@ -678,5 +717,6 @@ def _persistent_bwd_step(w0, w1, w2, w3, hm, dgh_ptr, dgi_ptr, dout_ptr, saved_p
     dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC) + g_h,
                   0.0)
     direct = _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k,
-                       B, offs_b, offs_h, m2, regs, REG, H, NG, NS, CELL, BLOCK_B, BLOCK_H, ACC)
+                       B, offs_b, offs_h, offs_h < H, m2, regs, REG, (dgh_ptr,), H, NG, NS,
+                       CELL, BLOCK_B, BLOCK_H, ACC, False)
     tl.store(carry_h_ptr + tile, tl.where(valid, direct, g_h), mask=m2)

@@ -51,6 +51,22 @@ def _kernels():
     return triton_kernels
 
 
+def _ln_kernels():
+    from . import triton_ln_kernels
+    return triton_ln_kernels
+
+
+# Row kernels of the LayerNorm cells (triton_ln_kernels): rows per program and the chunk of the
+# row each pass loads (1024 fp32 values: 8 per thread at 4 warps).
+LN_ROWS, LN_BLOCK_N = 1, 1024
+
+
+def _ln_rows(B: int, W: int) -> dict:
+    """Rows per program and chunk width of a row kernel over rows of W units."""
+    import triton
+    return dict(ROWS=LN_ROWS, BLOCK_N=min(LN_BLOCK_N, max(16, triton.next_power_of_2(W))))
+
+
 def _config(B: int, dtype: torch.dtype) -> dict:
     """Batch tile and dot precision. tl.dot on the GPU needs every dimension >= 16; fp32 dots
     use TF32 only where cuDNN would (torch.backends.cudnn.allow_tf32, as nn.LSTM)."""
@@ -137,13 +153,15 @@ def _step_masks(masks, like: Tensor):
 
 def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
                    b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],
-                   reverse: bool, variant: str = "step", masks=recurrence.NO_MASKS):
+                   reverse: bool, variant: str = "step", masks=recurrence.NO_MASKS, ln=None):
     """One layer and direction. gi (T, B, G·H) with b_ih; h0 (B, HK), c0 (B, H); w_hh
     (G·H, HK); b_hh (G·H,); w_hr (HK, H) for an LSTM with proj_size HK, else None (HK = H);
     mask (T, B) bool or None. Returns out (T, B, HK), h_n (B, HK), c_n (B, H) (empty unless
     LSTM), saved (T, B, S·H), hs (T+1, B, HK), cs (T+1, B, H) (empty unless LSTM), ms (T, B, H)
-    (the pre-projection outputs; empty without proj). variant: "step" or "persistent"; masks:
-    the step masks (ops/regularize.StepMasks)."""
+    (the pre-projection outputs; empty without proj), then xg, xc, rstd of a LayerNorm cell
+    (ops/recurrence.py; empty without ln). variant: "step" or "persistent"; masks: the step
+    masks (ops/regularize.StepMasks); ln: (γ_hh, β_hh, γ_c, β_c) of a LayerNorm cell (no
+    projection; it always runs per step) or None."""
     K = _kernels()
     code = CELL_CODES[cell]
     T, B, _ = gi.shape
@@ -161,12 +179,16 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
         hin = gi.new_empty((2, B, HK))
         hin[0] = h0 * masks.factor("h", gi.dtype)
     regs = (*regs, hin)
+    ln_out = recurrence.no_ln(saved, 3)
     plan = None
-    if B > 0 and variant == "persistent" and not proj:
+    if B > 0 and variant == "persistent" and not proj and ln is None:
         plan = _persistent_plan(B, H, K.GATES[code], gi.dtype, gi.device, masks.active)
     if plan is not None:
         _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags,
                         reverse, plan)
+    elif B > 0 and ln is not None:
+        ln_out = _fwd_ln(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags,
+                         reverse, ln)
     elif B > 0:
         cfg = _config(B, gi.dtype)
         grid, block_h = _grid(B, H, cfg)
@@ -177,16 +199,59 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
             K._rnn_fwd_step_kernel[grid](
                 gi, w_hh, b_hh if b_hh is not None else dummy, hs, cs if is_lstm else dummy, out,
                 saved, mask_u8 if mask_u8 is not None else dummy, ms if proj else dummy, *regs,
-                t, k, B, H=H, HK=HK, CELL=code, NG=K.GATES[code], NS=K.SAVED[code],
-                HAS_BIAS=b_hh is not None, HAS_MASK=mask is not None, HAS_PROJ=proj,
-                BLOCK_H=block_h, BLOCK_K=32, num_warps=4, **cell_flags, **cfg)
+                dummy, dummy, dummy, t, k, B, H=H, HK=HK, CELL=code, NG=K.GATES[code],
+                NS=K.SAVED[code], HAS_BIAS=b_hh is not None, HAS_MASK=mask is not None,
+                HAS_PROJ=proj, LN=0, BLOCK_H=block_h, BLOCK_K=32, num_warps=4, **cell_flags,
+                **cfg)
             if proj:
                 K._lstm_proj_fwd_kernel[grid_p](
                     ms, w_hr, hs, out, mask_u8 if mask_u8 is not None else dummy, *regs, t, k, B,
                     H=H, P=HK, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
                     ZH_MODE=flags["ZH_MODE"], BLOCK_H=block_p, BLOCK_K=32, num_warps=4, **cfg)
     c_n = cs[T].to(gi.dtype, copy=True) if is_lstm else gi.new_empty(0)
-    return out, hs[T].clone(), c_n, saved, hs, cs, ms
+    return (out, hs[T].clone(), c_n, saved, hs, cs, ms) + tuple(ln_out)
+
+
+def _fwd_ln(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse, ln):
+    """The forward of a LayerNorm cell, per step (triton_ln_kernels has the launches); returns
+    xg, xc, rstd."""
+    L = _ln_kernels()
+    T, B, _ = gi.shape
+    NG = K.GATES[code]
+    H = w_hh.shape[0] // NG
+    lstm = code == K.LSTM
+    hw, hb, cw, cb = (t.contiguous() if t is not None else None for t in ln)
+    xg = _alloc.empty((T, B, NG * H), like=saved)
+    xc = _alloc.empty((T, B, H), like=saved) if lstm else saved.new_empty(0)
+    rstd = _alloc.empty((T, B, 2), like=saved)
+    cfg = _config(B, gi.dtype)
+    grid, block_h = _grid(B, H, cfg)
+    dummy = gi
+    mask_arg = mask_u8 if mask_u8 is not None else dummy
+    rows, rows_g, rows_c = (-(-B // LN_ROWS),), _ln_rows(B, NG * H), _ln_rows(B, H)
+    acc = dict(ACC=cfg["ACC"])
+    # With the cell's LN, h comes from _ln_fwd_kernel: the cell kernel hands it cu (HAS_PROJ's
+    # path to ms) and leaves the zoneout of h to it.
+    cell_flags = dict(flags, ZH_MODE=0) if lstm else flags
+    for k, t in enumerate(recurrence.step_times(T, reverse)):
+        L._ln_gates_fwd_kernel[grid](w_hh, hs, xg, *regs, t, k, B, H=H, NG=NG,
+                                     HAS_HM=flags["HAS_HM"], BLOCK_H=block_h, BLOCK_K=32,
+                                     num_warps=4, **cfg)
+        L._ln_fwd_kernel[rows](
+            xg, rstd, dummy, dummy, saved, hs, out, mask_arg, *regs, t, k, B, W=NG * H, H=H,
+            CELL_C=0, HAS_MASK=False, HAS_HM=False, ZH_MODE=0, num_warps=4, **rows_g, **acc)
+        K._rnn_fwd_step_kernel[grid](
+            gi, w_hh, b_hh if b_hh is not None else dummy, hs, cs if lstm else dummy, out, saved,
+            mask_arg, xc if lstm else dummy, *regs, xg, hw, hb, t, k, B, H=H, HK=H, CELL=code,
+            NG=NG, NS=K.SAVED[code], HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None,
+            HAS_PROJ=lstm, LN=2 if lstm else 1, BLOCK_H=block_h, BLOCK_K=32, num_warps=4,
+            **cell_flags, **cfg)
+        if lstm:
+            L._ln_fwd_kernel[rows](
+                xc, rstd, cw, cb, saved, hs, out, mask_arg, *regs, t, k, B, W=H, H=H, CELL_C=1,
+                HAS_MASK=mask_u8 is not None, HAS_HM=flags["HAS_HM"], ZH_MODE=flags["ZH_MODE"],
+                num_warps=4, **rows_c, **acc)
+    return xg, xc, rstd
 
 
 def _launch_persistent(kernel, K, code, args, T, B, H, reverse, plan, steps, **kw):
@@ -230,9 +295,12 @@ def _bwd_persistent(K, code, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry
 def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
                    dc_n: Optional[Tensor], saved: Tensor, hs: Tensor, cs: Tensor, ms: Tensor,
                    w_hh: Tensor, w_hr: Optional[Tensor], mask: Optional[Tensor], reverse: bool,
-                   has_bias: bool, variant: str = "step", masks=recurrence.NO_MASKS):
-    """Backward of rnn_fwd_triton (with the same masks). Returns dgi (T, B, G·H), dh0 (B, HK),
-    dc0 (empty unless LSTM), dw_hh, db_hh (empty without bias), dw_hr (empty without proj)."""
+                   has_bias: bool, variant: str = "step", masks=recurrence.NO_MASKS, ln=None,
+                   xg=None, xc=None, rstd=None):
+    """Backward of rnn_fwd_triton (with the same masks and ln; xg, xc, rstd: what its forward
+    returned for ln). Returns dgi (T, B, G·H), dh0 (B, HK), dc0 (empty unless LSTM), dw_hh,
+    db_hh (empty without bias), dw_hr (empty without proj), then dγ_hh, dβ_hh, dγ_c, dβ_c
+    (empty where absent)."""
     K = _kernels()
     code = CELL_CODES[cell]
     T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
@@ -248,8 +316,19 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
     mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
     regs, flags = _step_masks(masks, dout)
     times = recurrence.step_times(T, reverse)
+    # A LayerNorm cell (triton_ln_kernels): drec is dL/d(h·W_hhᵀ) before the gates' LN, which
+    # W_hh takes back; with the cell's LN (LSTM), dh_c holds dh̃_t and dcu one step's dL/dcu
+    # through LN(c).
+    ln_c = ln is not None and is_lstm
+    drec, dh_c, dcu = dgh, None, None
+    if ln is not None:
+        hw, hb, cw, cb = (t.contiguous() if t is not None else None for t in ln)
+        drec = _alloc.empty((T, B, NG * H), like=saved)
+        if ln_c:
+            dh_c = _alloc.empty((T, B, H), like=saved)
+            dcu = _alloc.empty((B, H), like=saved)
     plan = None
-    if B > 0 and variant == "persistent" and not proj:
+    if B > 0 and variant == "persistent" and not proj and ln is None:
         plan = _persistent_plan(B, H, NG, hs.dtype, hs.device, masks.active)
     if plan is not None:
         _bwd_persistent(K, code, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
@@ -259,8 +338,14 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
         grid, block_h = _grid(B, H, cfg)
         grid_p, block_p = _grid(B, HK, cfg)
         mask_arg = mask_u8 if mask_u8 is not None else dout
-        # With a projection, hm and the zoneout of h act on its P units: the dh kernel's.
-        cell_flags = dict(flags, HAS_HM=False, ZH_MODE=0) if proj else flags
+        # With a projection, hm and the zoneout of h act on its P units: the dh kernel's. With
+        # the cell's LN the dh kernel forms dh_t (P = H) for the LN's row kernel the same way.
+        pre_dh = proj or ln_c
+        cell_flags = dict(flags, HAS_HM=False, ZH_MODE=0) if pre_dh else flags
+        dummy = dout
+        if ln is not None:
+            L = _ln_kernels()
+            rows, acc = (-(-B // LN_ROWS),), dict(ACC=cfg["ACC"])
         for k in range(T - 1, -1, -1):
             has_next = k + 1 < T
             t_next = times[k + 1] if has_next else 0
@@ -269,14 +354,29 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
                     w_hh, dgh, dout, dhs, carry_h, mask_arg, *regs, times[k], t_next, B, H=H,
                     P=HK, HAS_NEXT=has_next, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
                     ZH_MODE=flags["ZH_MODE"], BLOCK_H=block_p, BLOCK_N=32, num_warps=4, **cfg)
+            elif ln_c:
+                K._lstm_proj_bwd_dh_kernel[grid](
+                    w_hh, drec, dout, dh_c, carry_h, mask_arg, *regs, times[k], t_next, B, H=H,
+                    P=H, HAS_NEXT=has_next, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
+                    ZH_MODE=flags["ZH_MODE"], BLOCK_H=block_h, BLOCK_N=32, num_warps=4, **cfg)
+                L._ln_bwd_kernel[rows](dh_c, xc, rstd, cw, cb, saved, dcu, times[k], B, W=H,
+                                       CELL_C=1, num_warps=4, **_ln_rows(B, H), **acc)
             K._rnn_bwd_step_kernel[grid](
-                w_hr if proj else w_hh, dgh, dgi, dhs if proj else dout, saved, hs,
-                cs if is_lstm else hs, carry_h, carry_c, mask_arg, *regs, times[k], t_next, k, B,
-                H=H, P=HK, CELL=code, NG=NG, NS=K.SAVED[code], HAS_NEXT=has_next and not proj,
-                HAS_MASK=mask is not None, HAS_PROJ=proj, BLOCK_H=block_h, BLOCK_N=32,
-                num_warps=4, **cell_flags, **cfg)
-    return recurrence.finish_bwd(cell, dgh, dgi, dhs, carry_h, carry_c, hs, ms, w_hh, w_hr,
-                                 reverse, has_bias, masks)
+                w_hr if proj else w_hh, dgh, dgi, drec,
+                dhs if proj else dh_c if ln_c else dout, saved, hs, cs if is_lstm else hs,
+                carry_h, carry_c, mask_arg, *regs, *((xc, dcu, cw, cb) if ln_c else (dummy,) * 4),
+                times[k], t_next, k, B, H=H, P=HK, CELL=code, NG=NG, NS=K.SAVED[code],
+                HAS_NEXT=has_next and not pre_dh, HAS_MASK=mask is not None, HAS_PROJ=proj,
+                LN_C=ln_c, BLOCK_H=block_h, BLOCK_N=32, num_warps=4, **cell_flags, **cfg)
+            if ln is not None:
+                L._ln_bwd_kernel[rows](dgh, xg, rstd, hw, hb, saved, drec, times[k], B,
+                                       W=NG * H, CELL_C=0, num_warps=4, **_ln_rows(B, NG * H),
+                                       **acc)
+    grads = recurrence.finish_bwd(cell, dgh, dgi, dhs, carry_h, carry_c, hs, ms, w_hh, w_hr,
+                                  reverse, has_bias, masks, drec)
+    if ln is None:
+        return grads + recurrence.no_ln(w_hh, 4)
+    return grads + recurrence.ln_grads(dgh, xg, ln, dh_c, saved, xc)
 
 
 # The custom ops fused_rnn::triton_rnn_fwd / triton_rnn_bwd (ops/recurrence.py).
