@@ -59,12 +59,16 @@ def test_triton_cells(cell, base):
     assert testing.compare_cells(base, "triton", DEVICE, hidden_size=33) <= 1e-10
 
 
-def test_triton_empty_batch():
-    m = fused_rnn.GRU(3, 4, backend="triton", dtype=torch.float64, device=DEVICE)
+@pytest.mark.parametrize("cls,layer_norm", [(fused_rnn.GRU, False), (fused_rnn.GRU, True),
+                                            (fused_rnn.LSTM, True)])
+def test_triton_empty_batch(cls, layer_norm):
+    m = cls(3, 4, backend="triton", dtype=torch.float64, device=DEVICE, layer_norm=layer_norm)
     x = torch.randn(5, 0, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    out, h = m(x)
+    out, state = m(x)
+    h = state[0] if cls is fused_rnn.LSTM else state
     assert out.shape == (5, 0, 4) and h.shape == (1, 0, 4)
     out.sum().backward()
+    assert all(p.grad is not None and not p.grad.any() for p in m.parameters())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-only behaviour")

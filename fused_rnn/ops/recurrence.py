@@ -184,7 +184,7 @@ def make_ops(backend: str, fwd: Callable, bwd: Callable) -> Callable:
           variant, m_h, m_g, m_c, m_zc, m_zh, scales, ln_hw, ln_hb, ln_cw, ln_cb, xg, xc, rstd):
         T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         H = w_hh.shape[0] // GATES[cell]
-        ln = [w_hh.new_empty(t.shape if t is not None else (0,))
+        ln = [t.new_empty(t.shape) if t is not None else w_hh.new_empty(0)
               for t in (ln_hw, ln_hb, ln_cw, ln_cb)]
         return (hs.new_empty((T, B, w_hh.shape[0])), hs.new_empty((B, HK)),
                 hs.new_empty((B, H) if cell == "LSTM" else (0,)), w_hh.new_empty(w_hh.shape),

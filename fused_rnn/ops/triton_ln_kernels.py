@@ -16,7 +16,7 @@ chunks of BLOCK_N and so take any width):
   backward _lstm_proj_bwd_dh_kernel (LSTM, P = H): dh̃_t with its zoneout and carry     (tiles)
            _ln_bwd_kernel         CELL_C (LSTM): dL/dcu through LN(c) into dcu          (rows)
            _rnn_bwd_step_kernel   the cell backward, dgh[t] (d of the normalised gates) (tiles)
-           _ln_bwd_kernel         dghr[t], the gradient before the gates' LN, which the next
+           _ln_bwd_kernel         drec[t], the gradient before the gates' LN, which the next
                                   step's GEMM and dW_hh take                            (rows)
 
 Mean and variance are two passes over the row (a mean, then centred squares), as torch's
@@ -161,7 +161,7 @@ def _ln_bwd_kernel(
         CELL_C: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr):
     """Backward of the LayerNorm of ROWS rows at time t: with ĝ = dL/dx̂ (_ln_upstream),
     dL/dx = (ĝ - mean(ĝ) - x̂·mean(ĝ·x̂))/σ. Gates (W = G·H): g = dgh, x̂ = xg[t], out =
-    dghr[t]. CELL_C (W = H): g = dhs (dh̃ from the dh kernel), x̂ = xc[t], out = dcu (B, H),
+    drec[t]. CELL_C (W = H): g = dhs (dh̃ from the dh kernel), x̂ = xc[t], out = dcu (B, H),
     one step's."""
     offs_b = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     mb = offs_b < B

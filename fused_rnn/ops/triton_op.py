@@ -56,12 +56,13 @@ def _ln_kernels():
     return triton_ln_kernels
 
 
-# Row kernels of the LayerNorm cells (triton_ln_kernels): rows per program and the chunk of the
-# row each pass loads (1024 fp32 values: 8 per thread at 4 warps).
+# Row kernels of the LayerNorm cells (triton_ln_kernels): rows per program (a power of two, for
+# tl.arange) and the chunk of the row each pass loads (1024 fp32 values: 8 per thread at 4
+# warps).
 LN_ROWS, LN_BLOCK_N = 1, 1024
 
 
-def _ln_rows(B: int, W: int) -> dict:
+def _ln_rows(W: int) -> dict:
     """Rows per program and chunk width of a row kernel over rows of W units."""
     import triton
     return dict(ROWS=LN_ROWS, BLOCK_N=min(LN_BLOCK_N, max(16, triton.next_power_of_2(W))))
@@ -180,6 +181,10 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
         hin[0] = h0 * masks.factor("h", gi.dtype)
     regs = (*regs, hin)
     ln_out = recurrence.no_ln(saved, 3)
+    if ln is not None:
+        if proj:
+            raise ValueError("ln: the LayerNorm cell kernels take no projection (w_hr)")
+        ln_out = _ln_buffers(code == K.LSTM, saved, K.GATES[code], H)
     plan = None
     if B > 0 and variant == "persistent" and not proj and ln is None:
         plan = _persistent_plan(B, H, K.GATES[code], gi.dtype, gi.device, masks.active)
@@ -187,8 +192,8 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
         _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags,
                         reverse, plan)
     elif B > 0 and ln is not None:
-        ln_out = _fwd_ln(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags,
-                         reverse, ln)
+        _fwd_ln(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse, ln,
+                *ln_out)
     elif B > 0:
         cfg = _config(B, gi.dtype)
         grid, block_h = _grid(B, H, cfg)
@@ -212,23 +217,31 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     return (out, hs[T].clone(), c_n, saved, hs, cs, ms) + tuple(ln_out)
 
 
-def _fwd_ln(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse, ln):
-    """The forward of a LayerNorm cell, per step (triton_ln_kernels has the launches); returns
-    xg, xc, rstd."""
+def _ln_buffers(lstm: bool, saved: Tensor, NG: int, H: int):
+    """What a LayerNorm cell's forward keeps for its backward (ops/recurrence.py), in the
+    accumulation dtype: xg (T, B, G·H), xc (T, B, H) (LSTM; else empty) and rstd (T, B, 2)
+    (column 1: LSTM only)."""
+    T, B = saved.shape[0], saved.shape[1]
+    return (_alloc.empty((T, B, NG * H), like=saved),
+            _alloc.empty((T, B, H), like=saved) if lstm else saved.new_empty(0),
+            _alloc.empty((T, B, 2), like=saved))
+
+
+def _fwd_ln(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse, ln, xg,
+            xc, rstd):
+    """The forward of a LayerNorm cell, per step (triton_ln_kernels has the launches), into xg,
+    xc, rstd (_ln_buffers)."""
     L = _ln_kernels()
     T, B, _ = gi.shape
     NG = K.GATES[code]
     H = w_hh.shape[0] // NG
     lstm = code == K.LSTM
     hw, hb, cw, cb = (t.contiguous() if t is not None else None for t in ln)
-    xg = _alloc.empty((T, B, NG * H), like=saved)
-    xc = _alloc.empty((T, B, H), like=saved) if lstm else saved.new_empty(0)
-    rstd = _alloc.empty((T, B, 2), like=saved)
     cfg = _config(B, gi.dtype)
     grid, block_h = _grid(B, H, cfg)
     dummy = gi
     mask_arg = mask_u8 if mask_u8 is not None else dummy
-    rows, rows_g, rows_c = (-(-B // LN_ROWS),), _ln_rows(B, NG * H), _ln_rows(B, H)
+    rows, rows_g, rows_c = (-(-B // LN_ROWS),), _ln_rows(NG * H), _ln_rows(H)
     acc = dict(ACC=cfg["ACC"])
     # With the cell's LN, h comes from _ln_fwd_kernel: the cell kernel hands it cu (HAS_PROJ's
     # path to ms) and leaves the zoneout of h to it.
@@ -251,7 +264,6 @@ def _fwd_ln(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, r
                 xc, rstd, cw, cb, saved, hs, out, mask_arg, *regs, t, k, B, W=H, H=H, CELL_C=1,
                 HAS_MASK=mask_u8 is not None, HAS_HM=flags["HAS_HM"], ZH_MODE=flags["ZH_MODE"],
                 num_warps=4, **rows_c, **acc)
-    return xg, xc, rstd
 
 
 def _launch_persistent(kernel, K, code, args, T, B, H, reverse, plan, steps, **kw):
@@ -346,6 +358,7 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
         if ln is not None:
             L = _ln_kernels()
             rows, acc = (-(-B // LN_ROWS),), dict(ACC=cfg["ACC"])
+            rows_g, rows_c = _ln_rows(NG * H), _ln_rows(H)
         for k in range(T - 1, -1, -1):
             has_next = k + 1 < T
             t_next = times[k + 1] if has_next else 0
@@ -360,7 +373,7 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
                     P=H, HAS_NEXT=has_next, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
                     ZH_MODE=flags["ZH_MODE"], BLOCK_H=block_h, BLOCK_N=32, num_warps=4, **cfg)
                 L._ln_bwd_kernel[rows](dh_c, xc, rstd, cw, cb, saved, dcu, times[k], B, W=H,
-                                       CELL_C=1, num_warps=4, **_ln_rows(B, H), **acc)
+                                       CELL_C=1, num_warps=4, **rows_c, **acc)
             K._rnn_bwd_step_kernel[grid](
                 w_hr if proj else w_hh, dgh, dgi, drec,
                 dhs if proj else dh_c if ln_c else dout, saved, hs, cs if is_lstm else hs,
@@ -370,8 +383,7 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
                 LN_C=ln_c, BLOCK_H=block_h, BLOCK_N=32, num_warps=4, **cell_flags, **cfg)
             if ln is not None:
                 L._ln_bwd_kernel[rows](dgh, xg, rstd, hw, hb, saved, drec, times[k], B,
-                                       W=NG * H, CELL_C=0, num_warps=4, **_ln_rows(B, NG * H),
-                                       **acc)
+                                       W=NG * H, CELL_C=0, num_warps=4, **rows_g, **acc)
     grads = recurrence.finish_bwd(cell, dgh, dgi, dhs, carry_h, carry_c, hs, ms, w_hh, w_hr,
                                   reverse, has_bias, masks, drec)
     if ln is None:
