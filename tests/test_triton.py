@@ -249,7 +249,7 @@ def test_layer_norm_matches_reference(kind, monkeypatch):
     monkeypatch.setattr(triton_op, "LN_ROWS", 2)
     monkeypatch.setattr(triton_op, "LN_BLOCK_N", 16)
     launches = []
-    for name in ("_fwd_persistent", "_bwd_persistent", "_fwd_ln"):
+    for name in ("_fwd_persistent", "_bwd_persistent", "_ln_kernels"):
         original = getattr(triton_op, name)
         monkeypatch.setattr(triton_op, name, lambda *a, _n=name, _f=original, **k:
                             launches.append(_n) or _f(*a, **k))
@@ -278,4 +278,4 @@ def test_layer_norm_matches_reference(kind, monkeypatch):
         err = _layer_error("persistent", leaves, cell, gi, h0, c0, w_hh, b_hh, None, mask,
                            reverse, masks=masks, ln=weights)
         assert err <= 1e-10, (cell, packed, reverse, bias, err)
-    assert launches and set(launches) == {"_fwd_ln"}, launches
+    assert launches and set(launches) == {"_ln_kernels"}, launches

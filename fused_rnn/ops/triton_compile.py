@@ -128,7 +128,7 @@ def variants():
 
 
 def layer_norm_variants():
-    """The LayerNorm cells' launches (triton_op._fwd_ln and the LN branch of rnn_bwd_triton) for
+    """The LayerNorm cells' launches (the LN branches of rnn_fwd_triton and rnn_bwd_triton) for
     LSTM and GRU in every dtype, without step masks and with those of training: the cell
     kernels with LN / LN_C, and the row kernels of triton_ln_kernels with a row of several
     chunks (W > BLOCK_N) and a partial last chunk."""

@@ -191,28 +191,52 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     if plan is not None:
         _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags,
                         reverse, plan)
-    elif B > 0 and ln is not None:
-        _fwd_ln(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse, ln,
-                *ln_out)
     elif B > 0:
         cfg = _config(B, gi.dtype)
         grid, block_h = _grid(B, H, cfg)
         grid_p, block_p = _grid(B, HK, cfg)
         dummy = gi  # for pointer arguments a variant does not read
-        cell_flags = dict(flags, ZH_MODE=0) if proj else flags  # zoneout of h: the projection's
+        mask_arg = mask_u8 if mask_u8 is not None else dummy
+        # With a projection, or an LSTM's LayerNorm of c, the cell kernel writes its output to
+        # a (T, B, H) buffer (ms, or xc: the update cu, HAS_PROJ's path) and a second kernel
+        # makes h from it and applies the zoneout of h.
+        ln_c = ln is not None and is_lstm
+        post = ms if proj else ln_out[1] if ln_c else dummy
+        cell_flags = dict(flags, ZH_MODE=0) if proj or ln_c else flags
+        ln_args = (dummy,) * 3
+        if ln is not None:  # triton_ln_kernels lists a LayerNorm step's launches
+            L = _ln_kernels()
+            xg, xc, rstd = ln_out
+            hw, hb, cw, cb = (t.contiguous() if t is not None else None for t in ln)
+            ln_args = (xg, hw, hb)
+            rows, acc = (-(-B // LN_ROWS),), dict(ACC=cfg["ACC"])
+            rows_g, rows_c = _ln_rows(K.GATES[code] * H), _ln_rows(H)
         for k, t in enumerate(recurrence.step_times(T, reverse)):
+            if ln is not None:
+                L._ln_gates_fwd_kernel[grid](w_hh, hs, xg, *regs, t, k, B, H=H, NG=K.GATES[code],
+                                             HAS_HM=flags["HAS_HM"], BLOCK_H=block_h,
+                                             BLOCK_K=32, num_warps=4, **cfg)
+                L._ln_fwd_kernel[rows](
+                    xg, rstd, dummy, dummy, saved, hs, out, mask_arg, *regs, t, k, B,
+                    W=K.GATES[code] * H, H=H, CELL_C=0, HAS_MASK=False, HAS_HM=False, ZH_MODE=0,
+                    num_warps=4, **rows_g, **acc)
             K._rnn_fwd_step_kernel[grid](
                 gi, w_hh, b_hh if b_hh is not None else dummy, hs, cs if is_lstm else dummy, out,
-                saved, mask_u8 if mask_u8 is not None else dummy, ms if proj else dummy, *regs,
-                dummy, dummy, dummy, t, k, B, H=H, HK=HK, CELL=code, NG=K.GATES[code],
-                NS=K.SAVED[code], HAS_BIAS=b_hh is not None, HAS_MASK=mask is not None,
-                HAS_PROJ=proj, LN=0, BLOCK_H=block_h, BLOCK_K=32, num_warps=4, **cell_flags,
-                **cfg)
+                saved, mask_arg, post, *regs, *ln_args, t, k, B, H=H, HK=HK, CELL=code,
+                NG=K.GATES[code], NS=K.SAVED[code], HAS_BIAS=b_hh is not None,
+                HAS_MASK=mask is not None, HAS_PROJ=proj or ln_c,
+                LN=0 if ln is None else 2 if ln_c else 1, BLOCK_H=block_h, BLOCK_K=32,
+                num_warps=4, **cell_flags, **cfg)
             if proj:
                 K._lstm_proj_fwd_kernel[grid_p](
-                    ms, w_hr, hs, out, mask_u8 if mask_u8 is not None else dummy, *regs, t, k, B,
-                    H=H, P=HK, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
-                    ZH_MODE=flags["ZH_MODE"], BLOCK_H=block_p, BLOCK_K=32, num_warps=4, **cfg)
+                    ms, w_hr, hs, out, mask_arg, *regs, t, k, B, H=H, P=HK,
+                    HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"], ZH_MODE=flags["ZH_MODE"],
+                    BLOCK_H=block_p, BLOCK_K=32, num_warps=4, **cfg)
+            elif ln_c:
+                L._ln_fwd_kernel[rows](
+                    xc, rstd, cw, cb, saved, hs, out, mask_arg, *regs, t, k, B, W=H, H=H,
+                    CELL_C=1, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
+                    ZH_MODE=flags["ZH_MODE"], num_warps=4, **rows_c, **acc)
     c_n = cs[T].to(gi.dtype, copy=True) if is_lstm else gi.new_empty(0)
     return (out, hs[T].clone(), c_n, saved, hs, cs, ms) + tuple(ln_out)
 
@@ -225,45 +249,6 @@ def _ln_buffers(lstm: bool, saved: Tensor, NG: int, H: int):
     return (_alloc.empty((T, B, NG * H), like=saved),
             _alloc.empty((T, B, H), like=saved) if lstm else saved.new_empty(0),
             _alloc.empty((T, B, 2), like=saved))
-
-
-def _fwd_ln(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse, ln, xg,
-            xc, rstd):
-    """The forward of a LayerNorm cell, per step (triton_ln_kernels has the launches), into xg,
-    xc, rstd (_ln_buffers)."""
-    L = _ln_kernels()
-    T, B, _ = gi.shape
-    NG = K.GATES[code]
-    H = w_hh.shape[0] // NG
-    lstm = code == K.LSTM
-    hw, hb, cw, cb = (t.contiguous() if t is not None else None for t in ln)
-    cfg = _config(B, gi.dtype)
-    grid, block_h = _grid(B, H, cfg)
-    dummy = gi
-    mask_arg = mask_u8 if mask_u8 is not None else dummy
-    rows, rows_g, rows_c = (-(-B // LN_ROWS),), _ln_rows(NG * H), _ln_rows(H)
-    acc = dict(ACC=cfg["ACC"])
-    # With the cell's LN, h comes from _ln_fwd_kernel: the cell kernel hands it cu (HAS_PROJ's
-    # path to ms) and leaves the zoneout of h to it.
-    cell_flags = dict(flags, ZH_MODE=0) if lstm else flags
-    for k, t in enumerate(recurrence.step_times(T, reverse)):
-        L._ln_gates_fwd_kernel[grid](w_hh, hs, xg, *regs, t, k, B, H=H, NG=NG,
-                                     HAS_HM=flags["HAS_HM"], BLOCK_H=block_h, BLOCK_K=32,
-                                     num_warps=4, **cfg)
-        L._ln_fwd_kernel[rows](
-            xg, rstd, dummy, dummy, saved, hs, out, mask_arg, *regs, t, k, B, W=NG * H, H=H,
-            CELL_C=0, HAS_MASK=False, HAS_HM=False, ZH_MODE=0, num_warps=4, **rows_g, **acc)
-        K._rnn_fwd_step_kernel[grid](
-            gi, w_hh, b_hh if b_hh is not None else dummy, hs, cs if lstm else dummy, out, saved,
-            mask_arg, xc if lstm else dummy, *regs, xg, hw, hb, t, k, B, H=H, HK=H, CELL=code,
-            NG=NG, NS=K.SAVED[code], HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None,
-            HAS_PROJ=lstm, LN=2 if lstm else 1, BLOCK_H=block_h, BLOCK_K=32, num_warps=4,
-            **cell_flags, **cfg)
-        if lstm:
-            L._ln_fwd_kernel[rows](
-                xc, rstd, cw, cb, saved, hs, out, mask_arg, *regs, t, k, B, W=H, H=H, CELL_C=1,
-                HAS_MASK=mask_u8 is not None, HAS_HM=flags["HAS_HM"], ZH_MODE=flags["ZH_MODE"],
-                num_warps=4, **rows_c, **acc)
 
 
 def _launch_persistent(kernel, K, code, args, T, B, H, reverse, plan, steps, **kw):
