@@ -49,6 +49,18 @@ def _why_not_triton(device, dtype) -> Optional[str]:
     return None
 
 
+def _constant_for_dynamo(fn):
+    """torch.compile: Dynamo cannot trace the imports and importlib look-ups in the checks below
+    (seen on an H100, torch 2.11: "Attempted to call function marked as skipped", find_spec and
+    _gcd_import), and their answers are fixed for a process, so Dynamo should call them while
+    tracing and keep the result. That is what torch.compiler.assume_constant_result marks
+    (torch/_dynamo/decorators.py sets this attribute); calling it here would import Dynamo, and
+    with it Triton, before a test can set TRITON_INTERPRET."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_for_dynamo
 def why_not(backend: str, device: Optional[torch.device],
             dtype: Optional[torch.dtype] = None) -> Optional[str]:
     """None if `backend` can run a call on tensors of `device` and `dtype` (None: any), else
@@ -75,6 +87,7 @@ def _why_not_cuda(device, dtype) -> Optional[str]:
     return _ext.why_not_buildable()
 
 
+@_constant_for_dynamo
 def _cuda_extension_loads() -> bool:
     """For "auto": whether the CUDA extension loads (it builds on first use). A failed build
     warns once and lets "auto" go on to the next backend; backend="cuda" raises instead."""

@@ -43,13 +43,24 @@ def _shape(t: Tensor) -> Tuple[int, ...]:
     return tuple(t.shape)
 
 
+_AUTOCAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _autocast_mixes(a: Tensor, b: Tensor) -> bool:
+    """Whether CUDA autocast will cast a and b to one dtype, so theirs may differ: as with
+    nn.LSTM, a state that came back in float16 may go in again beside a float32 input."""
+    return a.device.type == b.device.type == "cuda" and torch.is_autocast_enabled("cuda") \
+        and a.dtype in _AUTOCAST_DTYPES and b.dtype in _AUTOCAST_DTYPES
+
+
 def _check_tensor(name: str, t, shape, like: Tensor):
-    """t must be a tensor of exactly `shape` with like's dtype and device."""
+    """t must be a tensor of exactly `shape` with like's dtype (or one autocast casts to it)
+    and device."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a Tensor, got {type(t).__name__}")
     if _shape(t) != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {_shape(t)}")
-    if t.dtype != like.dtype:
+    if t.dtype != like.dtype and not _autocast_mixes(t, like):
         raise ValueError(f"{name}: expected dtype {like.dtype} (the input's), got {t.dtype}")
     if t.device != like.device:
         raise ValueError(f"{name}: expected device {like.device} (the input's), got {t.device}")
@@ -123,7 +134,7 @@ def _check_data(data: Tensor, *, input_size, weight: Tensor):
     """dtype, device and feature size of the input tensor (or a PackedSequence's data)."""
     if not data.is_floating_point():
         raise ValueError(f"input: expected a floating-point tensor, got dtype {data.dtype}")
-    if data.dtype != weight.dtype:
+    if data.dtype != weight.dtype and not _autocast_mixes(data, weight):
         raise ValueError(f"input: dtype {data.dtype} does not match the weights' dtype "
                          f"{weight.dtype}")
     if data.device != weight.device:
@@ -194,14 +205,17 @@ def _drop_batch(shape):
     return tuple(shape[:-2]) + (shape[-1],)
 
 
-def _autocast_dtype(like: Tensor) -> Optional[torch.dtype]:
-    """The dtype to run in under CUDA autocast (as torch runs cuDNN's RNNs: input, states and
-    weights cast to the autocast dtype), if it is on and like is float32. On the CPU torch's
-    autocast treats its RNNs unevenly (nn.GRU stays float32, nn.RNN casts, nn.LSTM fails in
-    torch 2.13 with oneDNN), so there we stay in the input's dtype."""
-    if like.device.type == "cuda" and like.dtype == torch.float32 \
+def _autocast_dtype(like: Tensor, cell: bool = False) -> Optional[torch.dtype]:
+    """The dtype torch's own RNNs run in under CUDA autocast, if it is on and like is a float
+    CUDA tensor other than float64. nn.LSTM/GRU/RNN go through cuDNN, whose autocast wrapper
+    (ATen's _cudnn_rnn_cast_reflatten) casts input, states and weights to float16 whatever dtype
+    autocast names, so a layer runs in float16 (seen on an H100 with torch 2.11: bf16 autocast,
+    float16 output); the cells (lstm_cell, gru_cell, ...) take autocast's own dtype. On the CPU
+    torch's autocast treats its RNNs unevenly (nn.GRU stays float32, nn.RNN casts, nn.LSTM fails
+    in torch 2.13 with oneDNN), so there we stay in the input's dtype."""
+    if like.device.type == "cuda" and like.is_floating_point() and like.dtype != torch.float64 \
             and torch.is_autocast_enabled("cuda"):
-        return torch.get_autocast_dtype("cuda")
+        return torch.get_autocast_dtype("cuda") if cell else torch.float16
     return None
 
 
@@ -454,7 +468,7 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, training=False, reg=
         hx = [h.unsqueeze(0) for h in hx]
     h, c = hx[0], (hx[1] if mode == "LSTM" else None)
     ln = _check_layer_norm(mode, ln, groups=1, H=H, like=w_ih)
-    target = _autocast_dtype(x)
+    target = _autocast_dtype(x, cell=True)
     name = _resolve(backend, x.device, target or x.dtype, ln)
     if name == "cudnn" and reg.any:
         raise RuntimeError(f"backend='cudnn' cannot run this call: it is torch's own cell, "

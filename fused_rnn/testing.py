@@ -13,6 +13,7 @@ torch counterpart: there the truth is our reference backend in float64 and "torc
 the reference backend's in the tested dtype, all on the tested device, with the masks drawn
 alike for every run (the same seed).
 """
+import contextlib
 import copy
 import dataclasses
 import random
@@ -144,6 +145,16 @@ def run(module: nn.Module, case: Case, dtype, device="cpu") -> Dict[str, torch.T
     """Forward and backward of `module` on the case's inputs in `dtype` on `device`.
     Returns every checked tensor, as float64 on the CPU."""
     module = copy.deepcopy(module).to(device=device, dtype=dtype).train(case.training)
+    native = contextlib.nullcontext()
+    if not case.training and torch.device(device).type == "cuda" \
+            and isinstance(module, nn.RNNBase) and not hasattr(module, "backend"):
+        # cuDNN saves nothing for a backward in eval mode ("cudnn RNN backward can only be
+        # called in training mode"). Without dropout, train mode is the same computation;
+        # with it, torch's native CUDA kernels run eval mode with a backward.
+        if module.dropout == 0:
+            module.train()
+        else:
+            native = torch.backends.cudnn.flags(enabled=False)
     x, lengths, states = _inputs(case, dtype)
     x = x.to(device=device, dtype=dtype).requires_grad_()
     states = [s.to(device=device, dtype=dtype).requires_grad_() for s in states]
@@ -153,7 +164,8 @@ def run(module: nn.Module, case: Case, dtype, device="cpu") -> Dict[str, torch.T
                                    enforce_sorted=case.packed == "sorted")
     hx = None if not states else (tuple(states) if case.cell == "LSTM" else states[0])
     torch.manual_seed(case.seed + 2)  # the dropout and regularisation masks
-    out, state = module(inp, hx)
+    with native:
+        out, state = module(inp, hx)
     h_n, c_n = state if case.cell == "LSTM" else (state, None)
     result = {"output": out.data if isinstance(out, PackedSequence) else out, "h_n": h_n}
     if c_n is not None:
@@ -289,13 +301,21 @@ def compare_cells(base, backend: str, device="cpu", input_size: int = 6,
 
 
 def autocast_run(backend: str, cell: str):
-    """A 2-layer nn.<cell> (64 -> 128) and a copy converted to `backend`, run on the same input
-    under torch.autocast("cuda", dtype=torch.bfloat16). Returns (ours, expected, our module)."""
+    """A 2-layer nn.<cell> (64 -> 128), or an nn.<cell> for "LSTMCell"/"GRUCell", and a copy
+    converted to `backend`, run on the same input under torch.autocast("cuda",
+    dtype=torch.bfloat16). Returns (ours, expected, our module). torch runs its layers through
+    cuDNN in float16 there (its autocast wrapper casts to half whatever dtype autocast names),
+    and its cells in bfloat16; the fused modules follow it (functional._autocast_dtype)."""
     torch.manual_seed(0)
-    ref = getattr(nn, cell)(64, 128, num_layers=2).cuda()
+    is_cell = cell.endswith("Cell")
+    ref = getattr(nn, cell)(64, 128, **({} if is_cell else {"num_layers": 2})).cuda()
     ours = convert(copy.deepcopy(ref), backend)
-    x = torch.randn(20, 4, 64, device="cuda")
+    x = torch.randn(*((4,) if is_cell else (20, 4)), 64, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        expected, _ = ref(x)
-        got, _ = ours(x)
+        expected = ref(x)
+        got = ours(x)
+    if not is_cell:
+        expected, got = expected[0], got[0]
+    elif cell == "LSTMCell":
+        expected, got = expected[0], got[0]
     return got, expected, ours

@@ -7,12 +7,15 @@
 #                    benchmarks/results/ when they matter)
 # A device call may run 10 minutes: pick stages with STAGES (default all, in this order):
 #   build     build the CUDA extension (torch.utils.cpp_extension, cached) and time it
-#   tests     the whole test suite but the GPU parity grids (those have stages of their own)
+#   tests     the whole test suite but the GPU parity grids and the big tests (stages of their own)
+#   big       T = 100,000, tensors over 2^31 elements, out of memory: one at a time (each takes
+#             tens of GB; run beside the others under xdist they made unrelated tests run out)
 #   cuda      the CUDA backend's tests but its parity grid (tests/test_cuda_*.py)
 #   cuda-fp32, cuda-bf16, cuda-fp16         the CUDA backend's GPU parity grid, one dtype each
 #   triton-fp32, triton-bf16, triton-fp16   the same for the Triton backend
 #   sanitize  compute-sanitizer memcheck and racecheck over the CUDA backend's small grid
 #   parity    fused-rnn parity on CUDA
+#   examples  examples/char_lm.py and seq2seq.py, 300 steps, cudnn/triton/cuda (json, png)
 #   bench     the benchmark suite
 #   STAGES="build cuda sanitize" bash scripts/gpu_check.sh
 #   STAGES="bench" bash scripts/gpu_check.sh --quick      (extra arguments go to the bench)
@@ -38,8 +41,11 @@ stage() {  # stage NAME LIMIT_S CMD...: run, log, remember failure, never stop t
   [ "$rc" -eq 0 ] || status=1
 }
 
-STAGES=${STAGES:-info build tests sanitize parity bench}
+STAGES=${STAGES:-info build tests big sanitize parity examples bench}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
+# pytest-xdist, where installed (the device image has it), spreads the tests over 8 workers.
+XDIST=()
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "${WORKERS:-8}")
 
 # --no-deps: the machine's torch stays as it is (it has rich, matplotlib, pytest already).
 stage install 120 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
@@ -49,12 +55,20 @@ want info && stage info 60 "$PY" -m fused_rnn info
 want build && stage build 420 "$PY" -c "import time; t = time.time(); import fused_rnn._ext as e; \
 m = e.load(); print('CUDA extension ready in %.1f s:' % (time.time() - t), m.__file__, \
 m.device_info())"
-want tests && stage tests 540 "$PY" -m pytest -q -rs tests -k "not parity_grid"
+# The libraries the extension links: on the H100 (torch 2.11) it listed no libstdc++, and the
+# first error message it formatted crashed inside its own copy of std::ostream (stop 14's note).
+want build && stage build-links 60 bash -c 'so=$(ls ~/.cache/torch_extensions/*/fused_rnn_cuda/*.so); \
+readelf -d "$so" | grep NEEDED; grep -h "^ldflags\|^cxx\|^nvcc " "$(dirname "$so")/build.ninja"'
+
+BIG="test_tensors_over_2_31_elements or test_out_of_memory or test_hundred_thousand_steps"
+want tests && stage tests 540 "$PY" -m pytest -q -rfE --tb=line "${XDIST[@]}" tests \
+  -k "not parity_grid and not sm90 and not test_cuda_build and not ($BIG)"
+want big && stage big 540 "$PY" -m pytest -q -rfE --tb=line -p no:xdist tests/test_gpu_stack.py -k "$BIG"
 want cuda && stage cuda 540 "$PY" -m pytest -q -rs -s tests/test_cuda_kernels.py \
-  tests/test_cuda_gpu.py -k "not parity_grid"
+  tests/test_cuda_gpu.py -k "not parity_grid and not sm90 and not test_cuda_build"
 for backend in cuda triton; do
   for dt in fp32 bf16 fp16; do
-    want "$backend-$dt" && stage "$backend-$dt" 540 "$PY" -m pytest -q -rs -s \
+    want "$backend-$dt" && stage "$backend-$dt" 540 "$PY" -m pytest -q -rfE --tb=line "${XDIST[@]}" \
       "tests/test_${backend}_gpu.py" -k "parity_grid and $dt"
   done
 done
@@ -65,6 +79,10 @@ for tool in memcheck racecheck; do
     tests/test_cuda_gpu.py -k sanitizer
 done
 want parity && stage parity 300 "$PY" -m fused_rnn parity --cases 48
+for ex in char_lm seq2seq; do
+  want examples && stage "example-$ex" 300 env PYTHONPATH="$PWD" "$PY" "examples/$ex.py" --steps 300 \
+    --backend cudnn triton cuda --json "$OUT/${ex}_$NAME.json" --plot "$OUT/${ex}_$NAME.png"
+done
 want bench && stage bench 540 "$PY" -m fused_rnn bench --out "$OUT" --name "$NAME" "$@"
 echo "gpu_check: overall status $status; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
 exit $status
