@@ -314,8 +314,6 @@ def autocast_run(backend: str, cell: str):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         expected = ref(x)
         got = ours(x)
-    if not is_cell:
-        expected, got = expected[0], got[0]
-    elif cell == "LSTMCell":
+    if isinstance(expected, tuple):  # (output, state) of a layer, (h, c) of an LSTMCell
         expected, got = expected[0], got[0]
     return got, expected, ours
