@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "launch.h"
@@ -111,17 +112,21 @@ int cell_gates(int64_t cell) {
 int saved_values(int64_t cell) { return cell <= frnn::kGRU ? 4 : 1; }
 
 // Forward of one layer and direction; fills hs[1:], cs[1:], out, saved (and ms with a
-// projection). m_h .. scales: the regularisation (step_masks). Returns the variant that ran
-// (0 per step, 1 persistent).
-int64_t rnn_fwd(const at::Tensor& gi, const at::Tensor& w_hh,
+// projection). m_h .. scales: the regularisation (step_masks). plan: the cluster plan to try
+// (CS.100 + KS; 0 the default). Returns the variant that ran (0 per step, 1 persistent,
+// 2 cluster) and the cluster plan that ran (0 if none).
+std::tuple<int64_t, int64_t> rnn_fwd(const at::Tensor& gi, const at::Tensor& w_hh,
                 const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
                 const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& m_h,
                 const std::optional<at::Tensor>& m_g, const std::optional<at::Tensor>& m_c,
                 const std::optional<at::Tensor>& m_zc, const std::optional<at::Tensor>& m_zh,
                 const std::vector<double>& scales, at::Tensor& hs, at::Tensor& cs,
                 at::Tensor& out, at::Tensor& saved, at::Tensor& ms, int64_t cell, bool reverse,
-                int64_t variant, int64_t stream) {
+                int64_t variant, int64_t plan, int64_t stream) {
   const int G = cell_gates(cell);
+  TORCH_CHECK(variant >= frnn::kStep && variant <= frnn::kCluster,
+              "variant: expected 0 (step), 1 (persistent) or 2 (cluster), got ", variant);
+  TORCH_CHECK(plan >= 0 && plan < 100000, "plan: expected CS*100 + KS (or 0), got ", plan);
   TORCH_CHECK(gi.dim() == 3, "gi: expected (T, B, G*H), got ", gi.sizes());
   const int64_t T = gi.size(0), B = gi.size(1), H = w_hh.size(0) / G, HK = hs.size(-1);
   const auto dt = gi.scalar_type(), acc = acc_type(gi);
@@ -165,11 +170,12 @@ int64_t rnn_fwd(const at::Tensor& gi, const at::Tensor& w_hh,
   p.cell = int(cell);
   p.dtype = dtype_code(gi, "gi");
   p.reverse = reverse;
-  int used = -1;
-  const int status = frnn::rnn_fwd(p, int(variant), reinterpret_cast<void*>(stream), &used);
+  int used = -1, used_plan = 0;
+  const int status = frnn::rnn_fwd(p, int(variant), int(plan), reinterpret_cast<void*>(stream),
+                                   &used, &used_plan);
   TORCH_CHECK(status == frnn::kOk, "fused_rnn CUDA forward (T=", T, ", B=", B, ", H=", H,
               "): ", frnn::error_string(status));
-  return used;
+  return {used, used_plan};
 }
 
 // Backward of rnn_fwd: fills dgh, dgi (GRU), dhs (projection) and updates carry_h, carry_c

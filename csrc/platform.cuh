@@ -32,6 +32,30 @@ FRNN_DEVICE T* dynamic_smem() {
   return reinterpret_cast<T*>(frnn_smem);
 }
 
+FRNN_DEVICE void warp_sync() { __syncwarp(); }
+
+// Thread-block clusters (sm_90): rank of this block in its cluster, the cluster barrier
+// (barrier.cluster.arrive.release + wait.acquire: shared-memory writes before it, remote ones
+// included, are visible to every block of the cluster after it), and the address of the same
+// shared-memory variable in another block of the cluster (distributed shared memory). Only
+// kernels compiled for sm_90 may call them (csrc/fwd_cluster.cu guards its body).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define FRNN_HAS_CLUSTERS 1
+FRNN_DEVICE int cluster_rank() { return int(cooperative_groups::this_cluster().block_rank()); }
+FRNN_DEVICE void cluster_sync() { cooperative_groups::this_cluster().sync(); }
+// The barrier in two halves, so that work between them overlaps it. The arrive releases the
+// thread's earlier writes (global ones too: it waits for them to complete, so stores that
+// need not be seen by the cluster belong after it).
+FRNN_DEVICE void cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+FRNN_DEVICE void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
+template <typename T>
+FRNN_DEVICE T* cluster_map(T* p, int rank) {
+  return cooperative_groups::this_cluster().map_shared_rank(p, unsigned(rank));
+}
+#endif
+
 // Launch `kernel(args)` on (grid, block) with `smem` bytes of dynamic shared memory; a
 // cooperative launch when `cooperative`. Returns the CUDA status of the launch.
 template <typename... Args>
@@ -50,6 +74,58 @@ cudaError_t launch(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem,
       ? cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, ptrs,
                                     smem, stream)
       : cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, block, ptrs, smem, stream);
+}
+
+// Launch `kernel(args)` as clusters of `cluster` blocks along x (grid.x a multiple of it).
+// Sizes over 8 (the portable limit) are allowed where the GPU has them (16 on the H100).
+template <typename... Args>
+cudaError_t launch_cluster(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem,
+                           cudaStream_t stream, int cluster, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(cluster);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+// How many clusters of `cluster` blocks (each `threads` threads, `smem` bytes) the GPU can run
+// at once: 0 where none fits (or the device has no clusters); sets the kernel's attributes for
+// the launch as it goes.
+template <typename... Args>
+int clusters_fit(void (*kernel)(Args...), int cluster, int threads, size_t smem) {
+  const void* fn = reinterpret_cast<const void*>(kernel);
+  if ((smem > 48 * 1024 && cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                int(smem)) != cudaSuccess) ||
+      (cluster > 8 && cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed,
+                                           1) != cudaSuccess)) {
+    cudaGetLastError();
+    return 0;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = unsigned(cluster);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.gridDim = dim3(unsigned(cluster));
+  cfg.blockDim = dim3(unsigned(threads));
+  cfg.dynamicSmemBytes = smem;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  if (cudaOccupancyMaxActiveClusters(&n, fn, &cfg) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
 }
 
 // Blocks of `kernel` that fit on one SM with `threads` threads and `smem` bytes.
@@ -93,6 +169,7 @@ inline bool cooperative_refused(cudaError_t e) {
 
 #include <cmath>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -139,7 +216,17 @@ struct ThreadCtx {
   unsigned char* smem = nullptr;
   Barrier* block_barrier = nullptr;
   Barrier* grid_barrier = nullptr;
+  // Warps (32 consecutive threads of a block): a barrier and a scratch area each, for the
+  // warp-wide operations (the tensor-core MMA of csrc/mma.cuh).
+  Barrier* warp_barrier = nullptr;
+  double* warp_scratch = nullptr;
+  // Clusters (consecutive blocks along x): this block's rank, the cluster's barrier and the
+  // shared memory of each of its blocks.
+  int cluster_rank = 0;
+  Barrier* cluster_barrier = nullptr;
+  unsigned char* const* cluster_smem = nullptr;
 };
+constexpr int kWarpScratch = 32 * 16;  // doubles per warp
 inline thread_local ThreadCtx ctx;
 
 // Emulated device: few SMs, so that the persistent variant splits even tiny H over several
@@ -157,45 +244,92 @@ constexpr int kThreads = 64;
 
 FRNN_DEVICE void block_sync() { emu::ctx.block_barrier->wait(); }
 FRNN_DEVICE void grid_sync() { emu::ctx.grid_barrier->wait(); }
+FRNN_DEVICE void warp_sync() { emu::ctx.warp_barrier->wait(); }
+#define FRNN_HAS_CLUSTERS 1
+FRNN_DEVICE int cluster_rank() { return emu::ctx.cluster_rank; }
+FRNN_DEVICE void cluster_sync() { emu::ctx.cluster_barrier->wait(); }
+FRNN_DEVICE void cluster_arrive() {}
+FRNN_DEVICE void cluster_wait() { emu::ctx.cluster_barrier->wait(); }
 
 template <typename T>
 FRNN_DEVICE T* dynamic_smem() {
   return reinterpret_cast<T*>(emu::ctx.smem);
 }
 
+// p points into this block's shared memory: the same offset in block `rank` of the cluster.
+template <typename T>
+FRNN_DEVICE T* cluster_map(T* p, int rank) {
+  const auto offset = reinterpret_cast<unsigned char*>(p) - emu::ctx.smem;
+  return reinterpret_cast<T*>(emu::ctx.cluster_smem[rank] + offset);
+}
+
+namespace emu {
+// Every block of the grid at once, one std::thread per CUDA thread; clusters of `cluster`
+// consecutive blocks along x. Owns the barriers and shared memory for the launch.
 template <typename... Args>
-cudaError_t launch(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem, cudaStream_t,
-                   bool, Args... args) {
+cudaError_t run_grid(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem, int cluster,
+                     Args... args) {
   const size_t n_blocks = size_t(grid.x) * grid.y * grid.z;
   const size_t per_block = size_t(block.x) * block.y * block.z;
-  emu::Barrier grid_barrier(n_blocks * per_block);
-  std::vector<emu::Barrier*> block_barriers;
+  const size_t warps = (per_block + 31) / 32;
+  Barrier grid_barrier(n_blocks * per_block);
+  std::vector<std::unique_ptr<Barrier>> block_barriers, warp_barriers, cluster_barriers;
   std::vector<std::vector<unsigned char>> smems(n_blocks);
+  std::vector<unsigned char*> smem_ptrs(n_blocks);
+  std::vector<double> scratch(n_blocks * warps * kWarpScratch);
   for (size_t b = 0; b < n_blocks; ++b) {
-    block_barriers.push_back(new emu::Barrier(per_block));
+    block_barriers.emplace_back(new Barrier(per_block));
+    for (size_t w = 0; w < warps; ++w)
+      warp_barriers.emplace_back(new Barrier(w + 1 < warps ? 32 : per_block - 32 * w));
     // Poisoned, as real shared memory holds garbage: 0xFF bytes are NaN in every float type.
     smems[b].assign(smem + 16, 0xFF);
+    smem_ptrs[b] = smems[b].data();
   }
+  for (size_t c = 0; c < n_blocks / size_t(cluster); ++c)
+    cluster_barriers.emplace_back(new Barrier(size_t(cluster) * per_block));
   std::vector<std::thread> threads;
   threads.reserve(n_blocks * per_block);
   for (size_t b = 0; b < n_blocks; ++b) {
     for (size_t t = 0; t < per_block; ++t) {
       threads.emplace_back([&, b, t] {
-        emu::ctx.block = dim3(b % grid.x, (b / grid.x) % grid.y, b / (size_t(grid.x) * grid.y));
-        emu::ctx.thread = dim3(t % block.x, (t / block.x) % block.y,
-                               t / (size_t(block.x) * block.y));
-        emu::ctx.block_dim = block;
-        emu::ctx.grid_dim = grid;
-        emu::ctx.smem = smems[b].data();
-        emu::ctx.block_barrier = block_barriers[b];
-        emu::ctx.grid_barrier = &grid_barrier;
+        ctx.block = dim3(b % grid.x, (b / grid.x) % grid.y, b / (size_t(grid.x) * grid.y));
+        ctx.thread = dim3(t % block.x, (t / block.x) % block.y, t / (size_t(block.x) * block.y));
+        ctx.block_dim = block;
+        ctx.grid_dim = grid;
+        ctx.smem = smems[b].data();
+        ctx.block_barrier = block_barriers[b].get();
+        ctx.grid_barrier = &grid_barrier;
+        ctx.warp_barrier = warp_barriers[b * warps + t / 32].get();
+        ctx.warp_scratch = scratch.data() + (b * warps + t / 32) * kWarpScratch;
+        ctx.cluster_rank = int(ctx.block.x % unsigned(cluster));
+        const size_t first = b - size_t(ctx.cluster_rank);  // x is the fastest index
+        ctx.cluster_barrier = cluster_barriers[b / size_t(cluster)].get();
+        ctx.cluster_smem = smem_ptrs.data() + first;
         kernel(args...);
       });
     }
   }
   for (auto& th : threads) th.join();
-  for (auto* bb : block_barriers) delete bb;
   return cudaSuccess;
+}
+}  // namespace emu
+
+template <typename... Args>
+cudaError_t launch(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem, cudaStream_t,
+                   bool, Args... args) {
+  return emu::run_grid(kernel, grid, block, smem, 1, args...);
+}
+
+template <typename... Args>
+cudaError_t launch_cluster(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem,
+                           cudaStream_t, int cluster, Args... args) {
+  if (grid.x % unsigned(cluster) != 0) return 1;
+  return emu::run_grid(kernel, grid, block, smem, cluster, args...);
+}
+
+template <typename... Args>
+int clusters_fit(void (*)(Args...), int, int, size_t smem) {
+  return smem <= emu::kSmemOptin ? 1 : 0;
 }
 
 template <typename... Args>

@@ -152,7 +152,7 @@ int rnn_bwd_typed(const BwdParams& p, int variant, cudaStream_t stream, int* use
   const bool proj = p.w_hr_t != nullptr;
   const dim3 block(lim.threads);
   const int64_t NGH = NG * p.H;
-  if (variant == kPersistent && !proj) {
+  if (variant >= kPersistent && !proj) {
     const int units = units_per_block(p.H, lim.sms);
     int status = kOk;
     if (launch_persistent<T>(rnn_bwd_kernel<CELL, T, true, false>, lim, p, p.H, units,

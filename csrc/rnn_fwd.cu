@@ -139,7 +139,7 @@ int rnn_fwd_typed(const FwdParams& p, int variant, cudaStream_t stream, int* use
   if (e != cudaSuccess) return status_of(e);
   const bool proj = p.w_hr != nullptr;
   const dim3 block(lim.threads);
-  if (variant == kPersistent && !proj) {
+  if (variant >= kPersistent && !proj) {
     const int units = units_per_block(p.H, lim.sms);
     int status = kOk;
     if (launch_persistent<T>(rnn_fwd_kernel<CELL, T, true, false>, lim, p, p.H, units,
@@ -174,9 +174,20 @@ int rnn_fwd_typed(const FwdParams& p, int variant, cudaStream_t stream, int* use
   return kOk;
 }
 
-int rnn_fwd(const FwdParams& p, int variant, void* stream, int* used_variant) {
+int rnn_fwd(const FwdParams& p, int variant, int plan, void* stream, int* used_variant,
+            int* used_plan) {
   if (p.T < 1 || p.B < 1 || p.H < 1 || p.HK < 1) return kBadArgument;
   if (p.w_hr != nullptr && p.cell != kLSTM) return kBadArgument;
+  int ran_plan = 0;
+  if (used_plan) *used_plan = 0;
+  if (variant == kCluster) {
+    const int status = rnn_fwd_cluster(p, plan, stream, &ran_plan);
+    if (ran_plan != 0) {
+      if (used_variant) *used_variant = kCluster;
+      if (used_plan) *used_plan = ran_plan;
+      return status;
+    }
+  }
   return dispatch(p.dtype, p.cell, [&](auto cell, auto type) {
     using T = typename decltype(type)::type;
     return rnn_fwd_typed<decltype(cell)::value, T>(p, variant, static_cast<cudaStream_t>(stream),

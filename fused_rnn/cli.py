@@ -152,13 +152,14 @@ def main(argv=None) -> int:
     b.add_argument("--cells", nargs="+", choices=bench.suite.CELLS,
                    help="default LSTM GRU")
     b.add_argument("--dtypes", nargs="+", choices=list(bench.suite.DTYPES),
-                   help="default fp32 tf32 bf16 on CUDA, fp32 on the CPU")
+                   help="default fp32 tf32 bf16 fp16 on CUDA, fp32 on the CPU")
     b.add_argument("--modes", nargs="+", choices=bench.suite.MODES, help="default fwd fwdbwd")
     b.add_argument("--providers", nargs="+", choices=bench.suite.PROVIDERS,
                    help="default all; unavailable ones are listed as skipped, with the reason")
     b.add_argument("--shapes", nargs="+", metavar="T,B,I,H", help="instead of the default grid")
-    b.add_argument("--options", nargs="+", choices=list(bench.suite.OPTIONS),
-                   help="regularisation rows (default on CUDA: all, on the quick shapes, bf16)")
+    b.add_argument("--options", nargs="+", choices=list(bench.suite.OPTIONS) + ["none"],
+                   help="regularisation rows (default on CUDA: all, on the quick shapes, bf16; "
+                        "none: no such rows)")
     b.add_argument("--option-dtypes", nargs="+", choices=list(bench.suite.DTYPES),
                    help="dtypes of the regularisation rows (default bf16)")
     b.add_argument("--quick", action="store_true", help="a small subset of the grid")

@@ -6,7 +6,11 @@
 #   $NAME.json/.png  benchmark results and plot (NAME defaults to h100; commit them to
 #                    benchmarks/results/ when they matter)
 # A device call may run 10 minutes: pick stages with STAGES (default all, in this order):
+#   floors    per-step synchronisation floors (benchmarks/floors.cu): __syncthreads, cluster
+#             barrier with distributed shared memory, grid sync -> floors_$NAME.json
 #   build     build the CUDA extension (torch.utils.cpp_extension, cached) and time it
+#   cluster   the cluster forward's GPU tests (every plan, fp16/bf16), then its plan timings
+#             (benchmarks/cluster_plans.py -> cluster_plans_$NAME.json)
 #   tests     the whole test suite but the GPU parity grids and the big tests (stages of their own)
 #   big       T = 100,000, tensors over 2^31 elements, out of memory: one at a time (each takes
 #             tens of GB; run beside the others under xdist they made unrelated tests run out)
@@ -52,6 +56,8 @@ stage install 120 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 stage gpu 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm \
   --format=csv
 want info && stage info 60 "$PY" -m fused_rnn info
+want floors && stage floors 120 bash -c "nvcc -O3 -std=c++17 -arch=sm_90 benchmarks/floors.cu \
+-o /tmp/frnn_floors && /tmp/frnn_floors > '$OUT/floors_$NAME.json' && cat '$OUT/floors_$NAME.json'"
 want build && stage build 420 "$PY" -c "import time; t = time.time(); import fused_rnn._ext as e; \
 m = e.load(); print('CUDA extension ready in %.1f s:' % (time.time() - t), m.__file__, \
 m.device_info())"
@@ -64,6 +70,10 @@ BIG="test_tensors_over_2_31_elements or test_out_of_memory or test_hundred_thous
 want tests && stage tests 540 "$PY" -m pytest -q -rfE --tb=line "${XDIST[@]}" tests \
   -k "not parity_grid and not sm90 and not test_cuda_build and not ($BIG)"
 want big && stage big 540 "$PY" -m pytest -q -rfE --tb=line -p no:xdist tests/test_gpu_stack.py -k "$BIG"
+want cluster && stage cluster-tests 400 "$PY" -m pytest -q -rfE --tb=short "${XDIST[@]}" \
+  tests/test_cuda_gpu.py -k "cluster"
+want cluster && stage cluster-plans 300 "$PY" benchmarks/cluster_plans.py \
+  --out "$OUT/cluster_plans_$NAME.json"
 want cuda && stage cuda 540 "$PY" -m pytest -q -rs -s tests/test_cuda_kernels.py \
   tests/test_cuda_gpu.py -k "not parity_grid and not sm90 and not test_cuda_build"
 for backend in cuda triton; do

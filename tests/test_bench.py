@@ -16,12 +16,13 @@ def test_default_gpu_grid_is_the_issue_grid():
     s = S.default_suite(CUDA)  # a device object only: nothing runs
     assert list(s.shapes) == [(100, 64, 512, 512), (256, 1, 256, 256), (256, 8, 512, 512),
                               (256, 16, 1024, 1024), (256, 64, 1024, 1024),
-                              (100, 256, 1024, 1024), (64, 32, 2048, 2048), (512, 16, 128, 128)]
-    assert tuple(s.cells) == ("LSTM", "GRU") and tuple(s.dtypes) == ("fp32", "tf32", "bf16")
+                              (100, 256, 1024, 1024), (64, 32, 2048, 2048), (512, 16, 128, 128),
+                              (256, 16, 256, 256), (1024, 16, 768, 768)]
+    assert tuple(s.cells) == ("LSTM", "GRU")
+    assert tuple(s.dtypes) == ("fp32", "tf32", "bf16", "fp16")
     assert tuple(s.modes) == ("fwd", "fwdbwd")
     assert {"cudnn", "loop", "reference", "triton", "triton_persistent", "cuda", "cuda_step",
-            "cuda_persistent"} \
-        <= set(s.providers)
+            "cuda_persistent", "cuda_cluster"} <= set(s.providers)
     assert set(S.default_suite(CUDA, quick=True).shapes) < set(s.shapes)
     # Regularisation rows: every option, bf16, the quick shapes, the fused default providers.
     assert set(s.options) == {"variational_dropout", "weight_drop", "recurrent_dropout",
@@ -29,6 +30,7 @@ def test_default_gpu_grid_is_the_issue_grid():
     assert (tuple(s.option_dtypes), tuple(s.option_shapes), tuple(s.option_providers)) == \
         (("bf16",), tuple(S.GPU_QUICK), ("triton", "cuda"))
     assert S.default_suite(CPU).options == ()
+    assert S.default_suite(CUDA, options=["none"]).options == ()
 
 
 def test_cpu_suite_and_overrides():

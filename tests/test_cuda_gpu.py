@@ -53,6 +53,33 @@ def test_cuda_gpu_parity_grid(cell, dtype, variant):
     assert variant in ran
 
 
+# The cluster forward (csrc/fwd_cluster.cu) on the tensor cores, every plan compiled for the
+# GPU: batch tiles of 16 (B=37: two full and a partial one; B=1), both directions, unsorted
+# lengths, two layers, no bias. The backward runs persistent.
+CLUSTER_PLANS = {64: ("4x2", "4x4", "2x4"), 128: ("8x4", "8x2", "4x4"), 256: ("16x4", "8x4")}
+CLUSTER_RUNS = [(cell, H, plan) for cell in testing.CELLS for H, plans in CLUSTER_PLANS.items()
+                for plan in plans]
+
+
+def _cluster_cases(cell, H):
+    return [Case(cell, T=9, B=37, I=24, H=H, bidirectional=True, packed="unsorted", seed=H + 1),
+            Case(cell, T=33, B=1, I=H, H=H, num_layers=2, seed=H + 2),
+            Case(cell, T=6, B=16, I=8, H=H, bias=False, packed="sorted", seed=H + 3)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("cell,H,plan", CLUSTER_RUNS,
+                         ids=[f"{c}-H{h}-{p}" for c, h, p in CLUSTER_RUNS])
+def test_cuda_cluster_parity(cell, H, plan, dtype):
+    from fused_rnn.ops import cuda_op
+    for case in _cluster_cases(cell, H):
+        cuda_op.last_used.update(fwd=None, plan=None)
+        with cuda_op.variant("cluster"), cuda_op.cluster_plan(plan):
+            res = testing.check(case, "cuda", dtype, "cuda")
+        assert (cuda_op.last_used["fwd"], cuda_op.last_used["plan"]) == ("cluster", plan)
+        assert res.ok, f"{case.label()}: {res.failures()}"
+
+
 SANITIZER = [Case("LSTM", T=5, B=37, I=9, H=70, packed="unsorted", bidirectional=True, seed=1),
              Case("GRU", T=4, B=5, I=16, H=33, num_layers=2, seed=2),
              Case("RNN_TANH", T=3, B=40, I=5, H=129, packed="sorted", seed=3),
@@ -64,10 +91,13 @@ SANITIZER = [Case("LSTM", T=5, B=37, I=9, H=70, packed="unsorted", bidirectional
              Case("GRU", T=4, B=5, I=16, H=33, num_layers=2, bidirectional=True,
                   reg=Regularization(0.2, 0.3, 0.25, 0.0, 0.0, 0.3), seed=7),
              Case("LSTM", T=4, B=9, I=6, H=40, proj_size=17,
-                  reg=Regularization(variational_dropout=0.3, zoneout_hidden=0.4), seed=8)]
+                  reg=Regularization(variational_dropout=0.3, zoneout_hidden=0.4), seed=8),
+             # Shapes the cluster forward takes (bf16; fp32 falls back to persistent).
+             Case("LSTM", T=5, B=37, I=9, H=128, packed="unsorted", bidirectional=True, seed=9),
+             Case("GRU", T=4, B=5, I=16, H=64, num_layers=2, seed=10)]
 
 
-@pytest.mark.parametrize("variant", ["persistent", "step"])
+@pytest.mark.parametrize("variant", ["persistent", "step", "cluster"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", SANITIZER, ids=[c.label() for c in SANITIZER])
 def test_cuda_sanitizer_grid(case, dtype, variant):
@@ -96,4 +126,4 @@ def test_cuda_large_hidden_runs_per_step_and_matches():
     case = Case("LSTM", T=3, B=4, I=32, H=2048, seed=7)
     res = testing.check(case, "cuda", torch.float32, "cuda")
     assert res.ok, res.failures()
-    assert cuda_op.last_used == {"fwd": "step", "bwd": "step"}
+    assert (cuda_op.last_used["fwd"], cuda_op.last_used["bwd"]) == ("step", "step")

@@ -60,7 +60,61 @@ def test_cuda_variants_match_reference_backend(case, variant):
     # H=40 LSTM (over 48 KiB of shared memory).
     fits = not case.proj_size and (DEVICE == "cuda" or case.H * 4 * 8 * 4 // 3 < 44 * 1024)
     expected = "persistent" if variant == "persistent" and fits else "step"
-    assert cuda_op.last_used == {"fwd": expected, "bwd": expected}, cuda_op.last_used
+    assert (cuda_op.last_used["fwd"], cuda_op.last_used["bwd"]) == (expected, expected), \
+        cuda_op.last_used
+
+
+# The cluster forward (csrc/fwd_cluster.cu) for each plan it has for H, against the reference
+# backend. Emulated: fp32/fp64 through the same fragment indexing as the GPU's fp16/bf16 tensor
+# cores (csrc/mma.cuh); on the GPU these H have no fp32 plan, so tests/test_cuda_gpu.py
+# checks the cluster kernels there (fp16, bf16). Batch tiles of 16 (B=20: a full one and a
+# partial one), both directions, unsorted lengths, no bias, two layers.
+CLUSTER_PLANS = {32: ("2x1", "2x2"), 64: ("4x2", "4x4")}
+CLUSTER = [Case("LSTM", T=5, B=20, I=7, H=32, bidirectional=True, packed="unsorted", seed=11),
+           Case("GRU", T=4, B=3, I=5, H=32, num_layers=2, seed=12),
+           Case("RNN_TANH", T=4, B=17, I=6, H=32, packed="sorted", seed=13),
+           Case("RNN_RELU", T=3, B=5, I=4, H=32, bidirectional=True, seed=14),
+           Case("LSTM", T=4, B=9, I=5, H=64, bias=False, seed=15),
+           Case("GRU", T=3, B=18, I=3, H=64, bidirectional=True, packed="unsorted", seed=16)]
+CLUSTER_RUNS = [(c, plan) for c in CLUSTER for plan in CLUSTER_PLANS[c.H]]
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="GPU: tests/test_cuda_gpu.py (fp16/bf16)")
+@pytest.mark.parametrize("case,plan", CLUSTER_RUNS,
+                         ids=[f"{c.label()}-{p}" for c, p in CLUSTER_RUNS])
+def test_cuda_cluster_forward_matches_reference_backend(case, plan):
+    cuda_op = _cuda_op()
+    cuda_op.last_used.update(fwd=None, bwd=None, plan=None)
+    with cuda_op.variant("cluster"), cuda_op.cluster_plan(plan):
+        diffs = testing.compare_backends(case, "cuda", "reference", torch.float64, DEVICE)
+    assert max(diffs.values()) <= 1e-10, diffs
+    # The backward has no cluster kernel: it runs persistent.
+    assert cuda_op.last_used == {"fwd": "cluster", "bwd": "persistent", "plan": plan}
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="emulated plans")
+@pytest.mark.parametrize("why,case,expected", [
+    ("H without a plan", Case("LSTM", T=3, B=4, I=5, H=48, seed=21), ("persistent", None)),
+    ("projection", Case("LSTM", T=3, B=4, I=5, H=32, proj_size=16, seed=22), ("step", None)),
+    ("masks", Case("GRU", T=3, B=4, I=5, H=32, reg=fused_rnn.Regularization(
+        variational_dropout=0.3), seed=23), ("persistent", None)),
+    ("plan missing for H: default", Case("GRU", T=3, B=4, I=5, H=32, seed=24), ("cluster", "2x1")),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_cuda_cluster_falls_back(why, case, expected):
+    """What the cluster forward cannot take runs as persistent (or per step), with the same
+    results; an asked plan that H lacks runs H's default plan."""
+    cuda_op = _cuda_op()
+    cuda_op.last_used.update(fwd=None, bwd=None, plan=None)
+    with cuda_op.variant("cluster"), cuda_op.cluster_plan("4x2"):
+        diffs = testing.compare_backends(case, "cuda", "reference", torch.float64, DEVICE)
+    assert max(diffs.values()) <= 1e-10, diffs
+    assert (cuda_op.last_used["fwd"], cuda_op.last_used["plan"]) == expected
+
+
+def test_cluster_plan_names_are_checked():
+    with pytest.raises(ValueError, match=r"cluster plan: expected '<CS>x<KS>'.*got '16x3'"):
+        with _cuda_op().cluster_plan("16x3"):
+            pass
 
 
 # Regularisation masks of a step (ops/regularize.py, StepMasks): each kind alone, all at once,
@@ -138,7 +192,8 @@ def test_cuda_step_masks_match_reference(cell, proj, kind, variant):
         with cuda_op.variant(variant):
             ours = _masked_layer_run(cuda_op.layer_cuda, cell, inputs, mask, reverse, masks,
                                      dtype, seed)
-        assert cuda_op.last_used == {"fwd": expected, "bwd": expected}, cuda_op.last_used
+        assert (cuda_op.last_used["fwd"], cuda_op.last_used["bwd"]) == (expected, expected), \
+        cuda_op.last_used
         truth = _masked_layer_run(layer_naive, cell, inputs, mask, reverse, masks,
                                   torch.float64, seed)
         errs = [(a - b).abs().max().item() for a, b in zip(ours, truth)]
@@ -187,7 +242,7 @@ def test_binding_checks_name_the_argument():
                     m_c=None, m_zc=None, m_zh=None, scales=[1.0, 1.0, 1.0, 0.0, 0.0], hs=hs,
                     cs=cs, out=out, saved=saved, ms=ms)
         args.update(kw)
-        return ext.rnn_fwd(*args.values(), cell, False, 1, 0)
+        return ext.rnn_fwd(*args.values(), cell, False, 1, 0, 0)[0]
 
     def u8(*shape):
         return torch.ones(shape, dtype=torch.uint8, device=DEVICE)
@@ -249,4 +304,4 @@ def test_bench_cuda_providers_pin_the_variant():
     for provider, expected in (("cuda_step", "step"), ("cuda_persistent", "persistent")):
         fn, _ = S.build(provider, "GRU", (3, 2, 4, 8), "fp32", torch.device(DEVICE))
         fn(torch.randn(3, 2, 4, device=DEVICE, requires_grad=True)).sum().backward()
-        assert cuda_op.last_used == {"fwd": expected, "bwd": expected}
+        assert (cuda_op.last_used["fwd"], cuda_op.last_used["bwd"]) == (expected, expected)

@@ -22,11 +22,14 @@ from ..modules import GRU, LSTM, RNN
 
 Shape = Tuple[int, int, int, int]  # (T, B, I, H)
 
-# The default GPU grid (issue 3): latency-bound (B <= 16) and throughput-bound rows.
+# The default GPU grid (issues 3 and 9): latency-bound (B <= 16) and throughput-bound rows;
+# (256, 16, 256, 256), (512, 16, 128, 128) and (1024, 16, 768, 768) are issue 9's headline rows
+# (the last is where cuDNN's fp16 persistent kernel runs, about 2 us/step on an H100).
 GPU_SHAPES: List[Shape] = [(100, 64, 512, 512), (256, 1, 256, 256), (256, 8, 512, 512),
                            (256, 16, 1024, 1024), (256, 64, 1024, 1024), (100, 256, 1024, 1024),
-                           (64, 32, 2048, 2048), (512, 16, 128, 128)]
-GPU_QUICK: List[Shape] = [(256, 1, 256, 256), (512, 16, 128, 128), (100, 64, 512, 512)]
+                           (64, 32, 2048, 2048), (512, 16, 128, 128), (256, 16, 256, 256),
+                           (1024, 16, 768, 768)]
+GPU_QUICK: List[Shape] = [(256, 16, 256, 256), (512, 16, 128, 128), (1024, 16, 768, 768)]
 # The CPU suite: small enough to finish in seconds on 2 cores.
 CPU_SHAPES: List[Shape] = [(64, 8, 64, 64), (32, 32, 128, 128), (16, 1, 256, 256)]
 CPU_QUICK: List[Shape] = [(16, 4, 32, 32)]
@@ -36,11 +39,11 @@ CELLS = ("LSTM", "GRU", "RNN")
 DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
           "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False)}
 MODES = ("fwd", "fwdbwd")
-# A fused backend's name runs its default variant ("triton": per step; "cuda": persistent
-# where the shape fits, else per step); "<backend>_<variant>" pins the variant (the persistent
-# ones still run per step where the shape does not fit).
+# A fused backend's name runs its default variant ("triton": per step; "cuda": the cluster
+# forward where it applies, else persistent where the shape fits, else per step);
+# "<backend>_<variant>" pins the variant (each still falls back where the shape does not fit).
 PROVIDERS = ("cudnn", "loop", "reference", "triton", "triton_persistent", "cuda", "cuda_step",
-             "cuda_persistent")
+             "cuda_persistent", "cuda_cluster")
 
 # Regularisation rows (issue 6): one option at p = 0.25, in training mode, timed for the fused
 # default providers against the same provider without it. OPTION_* is where they run on the GPU.
@@ -77,13 +80,15 @@ def default_suite(device: torch.device, quick: bool = False, **overrides) -> Sui
     """The default GPU grid on CUDA; on the CPU, a small fp32 suite (TF32/bf16 are GPU matters)."""
     gpu = device.type == "cuda"
     kw = dict(device=device, cells=("LSTM", "GRU"),
-              dtypes=("fp32", "tf32", "bf16") if gpu else ("fp32",), modes=MODES,
+              dtypes=("fp32", "tf32", "bf16", "fp16") if gpu else ("fp32",), modes=MODES,
               providers=PROVIDERS,
               shapes=(GPU_QUICK if quick else GPU_SHAPES) if gpu else
               (CPU_QUICK if quick else CPU_SHAPES),
               name=("gpu" if gpu else "cpu") + ("-quick" if quick else ""),
               options=tuple(OPTIONS) if gpu else (), option_shapes=GPU_QUICK if gpu else ())
     kw.update({k: v for k, v in overrides.items() if v})
+    if tuple(kw.get("options", ())) == ("none",):  # `--options none`: no regularisation rows
+        kw["options"] = ()
     if "shapes" in overrides and overrides["shapes"] and "option_shapes" not in overrides:
         kw["option_shapes"] = overrides["shapes"]
     suite = Suite(**kw)

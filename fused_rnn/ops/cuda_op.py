@@ -2,9 +2,14 @@
 the custom ops fused_rnn::cuda_rnn_fwd / cuda_rnn_bwd (ops/recurrence.py), and the layer
 function that ops/stack.py drives.
 
-Variants of the recurrence, each way: "persistent" (the default: one cooperative launch per
-layer and direction, W_hh on chip, a grid barrier per step; the kernels fall back to "step"
-where the weights do not fit or with a projection) and "step" (one launch per timestep).
+Variants of the recurrence, each way: "persistent" (one cooperative launch per layer and
+direction, W_hh on chip, a grid barrier per step; the kernels fall back to "step" where the
+weights do not fit or with a projection) and "step" (one launch per timestep). "cluster" (the
+default) runs the forward on thread-block clusters with tensor cores and a cluster barrier per
+step (csrc/fwd_cluster.cu), for fp16/bf16 without projection or regularisation masks and an H
+it has a plan for (64, 128, 256); every other forward, and every backward, runs
+"persistent". On an H100 the cluster forward was faster than the persistent one on every row
+measured (benchmarks/results/cluster_plans_h100.json).
 Under FUSED_RNN_CUDA_EMULATE=1 the same kernels run emulated on CPU tensors (fused_rnn/_ext.py).
 """
 import contextlib
@@ -18,13 +23,41 @@ from . import recurrence
 from .cells import GATES
 
 CELL_CODES = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
-VARIANTS = ("step", "persistent")  # their codes in csrc/launch.h are their positions
-_variants = recurrence.Variants(VARIANTS, "persistent")
-# `with variant(name):` runs the CUDA backend's recurrence as `name` ("persistent" or "step")
-# for the layers called inside the block.
+VARIANTS = ("step", "persistent", "cluster")  # their codes in csrc/launch.h are their positions
+_variants = recurrence.Variants(VARIANTS, "cluster")
+# `with variant(name):` runs the CUDA backend's recurrence as `name` for the layers called
+# inside the block.
 variant = _variants.use
-# The variant each launcher ran last ("step" or "persistent"), for tests and the benchmark.
-last_used = {"fwd": None, "bwd": None}
+# The variant each launcher ran last ("step", "persistent" or "cluster"), and the cluster plan
+# of the last forward ("<CS>x<KS>", None where no cluster kernel ran), for tests and the
+# benchmark.
+last_used = {"fwd": None, "bwd": None, "plan": None}
+# The cluster plan to ask for, "<CS>x<KS>" (cluster size, k slices; csrc/fwd_cluster.cu lists
+# the plans compiled per H), or None for the default. Where H has no such plan, the default
+# runs; last_used["plan"] says which did.
+_plan = {"name": None}
+
+
+@contextlib.contextmanager
+def cluster_plan(name: Optional[str]):
+    """`with cluster_plan("16x4"):` asks the cluster forward for that plan (the benchmark's
+    tuning); None restores the default."""
+    code = _plan_code(name)
+    previous, _plan["name"] = _plan["name"], name
+    try:
+        yield code
+    finally:
+        _plan["name"] = previous
+
+
+def _plan_code(name: Optional[str]) -> int:
+    if name is None:
+        return 0
+    cs, sep, ks = str(name).partition("x")
+    if not (sep and cs.isdigit() and ks.isdigit() and 1 <= int(cs) <= 16 and int(ks) in (1, 2, 4)):
+        raise ValueError(f"cluster plan: expected '<CS>x<KS>' with CS in 1..16 and KS in 1, 2, 4 "
+                         f"(e.g. '16x4'), got {name!r}")
+    return int(cs) * 100 + int(ks)
 
 
 def _stream_and_device(t: Tensor):
@@ -64,10 +97,12 @@ def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: 
         mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
         stream, device = _stream_and_device(gi)
         with device:
-            used = _ext.load().rnn_fwd(gi, w_hh, b_hh, w_hr, mask_u8, *_step_masks(masks), hs,
-                                       cs, out, saved, ms, CELL_CODES[cell], reverse,
-                                       VARIANTS.index(variant), stream)
+            used, plan = _ext.load().rnn_fwd(
+                gi, w_hh, b_hh, w_hr, mask_u8, *_step_masks(masks), hs, cs, out, saved, ms,
+                CELL_CODES[cell], reverse, VARIANTS.index(variant), _plan_code(_plan["name"]),
+                stream)
         last_used["fwd"] = VARIANTS[used]
+        last_used["plan"] = f"{plan // 100}x{plan % 100}" if plan else None
     c_n = cs[T].to(gi.dtype, copy=True) if cell == "LSTM" else gi.new_empty(0)
     return (out, hs[T].clone(), c_n, saved, hs, cs, ms) + recurrence.no_ln(saved, 3)
 

@@ -1,0 +1,340 @@
+// The cluster forward (variant kCluster, issue 9): the whole recurrence of one layer and
+// direction in one launch with no grid-wide barrier. Each thread-block cluster of CS blocks
+// owns a tile of 16 batch rows (clusters never talk to each other: batch rows are
+// independent), and its blocks split the hidden units: block r owns units [r.U, r.U + U),
+// U = H / CS, with all their gate rows of W_hh. Per step:
+//   1. every warp multiplies its W_hh fragment, held in registers for the whole sequence, by
+//      h_{t-1} (16 x H, in shared memory) on the tensor cores (mma.m16n8k16, csrc/mma.cuh);
+//      warps split k in KS slices, whose partial sums meet in shared memory;
+//   2. each output element's gates are in one thread, which applies the cell (c stays in
+//      registers) and writes out, hs, cs and the saved gates to global memory;
+//   3. the block copies its U columns of h_t into the state buffer of every block of the
+//      cluster (distributed shared memory), and one cluster barrier ends the step.
+// The state buffer is double-buffered, so one barrier per step suffices: a block writes
+// buffer (k+1)&1 during step k only after every block has finished reading it in step k-1.
+// Why: a grid-wide barrier costs 1.1-1.2 us per step on the H100 (../shared/FACTS.md), which
+// caps a cooperative kernel there; a cluster barrier is local to a few SMs.
+// Takes: fp16/bf16 (fp32 accumulation; emulated: fp32/fp64), no projection, no regularisation
+// masks (the length mask is fine), and an H with a plan below; anything else falls back
+// (rnn_fwd.cu). Outputs and buffer layouts are those of rnn_fwd_kernel, so the backward is
+// the same.
+#include <cstdio>
+#include <cstdlib>
+
+#include "cells.cuh"
+#include "dispatch.cuh"
+#include "mma.cuh"
+
+#ifdef FRNN_EMULATE
+#define FRNN_BOUNDS(threads)
+#else
+#define FRNN_BOUNDS(threads) __launch_bounds__(threads, 1)
+#endif
+
+namespace frnn {
+
+constexpr int kClusterBatch = 16;  // batch rows per cluster: two MMA column tiles of 8
+
+template <int CELL, typename T, int H, int CS, int KS>
+struct ClusterPlan {
+  static constexpr int NG = CellSizes<CELL>::gates, NS = CellSizes<CELL>::saved;
+  static constexpr int U = H / CS;    // hidden units per block
+  static constexpr int UT = U / 16;   // tiles of 16 units (MMA rows of each gate) per block
+  static constexpr int NW = UT * KS;  // warps per block: (unit tile, k slice)
+  static constexpr int KSL = H / KS;  // columns of W_hh per warp
+  static constexpr int KST = KSL / 16;  // MMA k-steps per warp and step
+  // The four quarters of a warp's 16 x 16 output tile (column tile n = j & 1, row half
+  // j >> 1) are finished by the warps of its unit tile in turn: warp ks takes j % KS == ks.
+  static constexpr int NQ = 4 / KS;
+  static constexpr int LDH = H + 16 / int(sizeof(T));  // state row, padded: no bank conflicts
+  static_assert(H % (16 * CS) == 0 && KSL % 16 == 0 && 4 % KS == 0, "no such cluster plan");
+  static_assert(U * sizeof(T) % 16 == 0, "a block's slice of a state row is whole 16-byte words");
+  static constexpr size_t hbuf_bytes = 2 * kClusterBatch * LDH * sizeof(T);
+  // Partial sums in flight: per unit tile and quarter, one slot per warp that posts it (KS-1).
+  static constexpr size_t red_bytes =
+      KS > 1 ? size_t(UT) * 4 * (KS - 1) * NG * 32 * 2 * sizeof(acc_t<T>) : 0;
+  static constexpr size_t smem = hbuf_bytes + red_bytes;
+};
+
+template <typename A>
+struct Acc2 { A x, y; };
+struct alignas(16) Word16 { uint32_t v[4]; };
+
+template <int CELL, typename T, int H, int CS, int KS>
+FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
+    rnn_fwd_cluster_kernel(FwdParams p) {
+#ifdef FRNN_HAS_CLUSTERS
+  using Plan = ClusterPlan<CELL, T, H, CS, KS>;
+  using A = acc_t<T>;
+  using P = pair_t<T>;
+  constexpr int NG = Plan::NG, NS = Plan::NS, U = Plan::U, KST = Plan::KST, LDH = Plan::LDH;
+  constexpr int NQ = Plan::NQ, NT = Plan::NW * 32;
+  const int64_t B = p.B, T_ = p.T;
+  const int rank = cluster_rank();
+  const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
+  const int ut = warp / KS, ks = warp % KS;
+  const int g = lane / 4, q4 = lane % 4;
+  const int64_t b0 = int64_t(blockIdx.y) * kClusterBatch;
+  const int u_tile = rank * U + ut * 16;  // first unit of this warp's tile
+  const T* w_hh = static_cast<const T*>(p.w_hh);
+  const T* b_hh = static_cast<const T*>(p.b_hh);
+  const T* gi = static_cast<const T*>(p.gi);
+  T* hs = static_cast<T*>(p.hs);
+  A* cs = static_cast<A*>(p.cs);
+  T* out = static_cast<T*>(p.out);
+  A* saved = static_cast<A*>(p.saved);
+  unsigned char* smem = dynamic_smem<unsigned char>();
+  T* hbuf = reinterpret_cast<T*>(smem);  // [2][16][LDH]: h_{t-1} and h_t of the batch tile
+  Acc2<A>* red = reinterpret_cast<Acc2<A>*>(smem + Plan::hbuf_bytes);
+
+  // This warp's A fragments: rows q.H + u_tile + (0..15) of W_hh, columns of its k slice.
+  P w[NG][KST][4];
+#pragma unroll
+  for (int q = 0; q < NG; ++q) {
+#pragma unroll
+    for (int s = 0; s < KST; ++s) {
+      const T* r0 = w_hh + int64_t(q * H + u_tile + g) * H + ks * Plan::KSL + s * 16 + 2 * q4;
+      const T* r8 = r0 + 8 * H;
+      w[q][s][0] = load_pair(r0);
+      w[q][s][1] = load_pair(r8);
+      w[q][s][2] = load_pair(r0 + 8);
+      w[q][s][3] = load_pair(r8 + 8);
+    }
+  }
+
+  // The elements this thread finishes: quarter j (owned when j % KS == ks), column c, at unit
+  // u_tile + g + 8 (j >> 1) and batch row b0 + 8 (j & 1) + 2 q4 + c. Per element: the cell
+  // state, the previous h (as stored, rounded to T), and the next step's input gates.
+  A c_st[NQ][2], h_st[NQ][2], bias[NQ][NG];
+  T x_nx[NQ][2][NG];
+  bool v_nx[NQ][2];
+  auto unit_of = [&](int j) { return u_tile + g + 8 * (j >> 1); };
+  auto row_of = [&](int j, int c) { return 8 * (j & 1) + 2 * q4 + c; };
+  auto prefetch = [&](int64_t k) {  // input gates and length mask of step k
+    const int64_t t = p.reverse ? T_ - 1 - k : k;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (j % KS != ks) continue;
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int64_t b = b0 + row_of(j, c);
+        if (b >= B) continue;
+#pragma unroll
+        for (int q = 0; q < NG; ++q) x_nx[j / KS][c][q] = gi[at(t, B, b, NG * H) + q * H + unit_of(j)];
+        v_nx[j / KS][c] = p.mask == nullptr || p.mask[t * B + b] != 0;
+      }
+    }
+  };
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if (j % KS != ks) continue;
+    const int u = unit_of(j);
+#pragma unroll
+    for (int q = 0; q < NG; ++q) bias[j / KS][q] = b_hh ? to_acc(b_hh[q * H + u]) : A(0);
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int64_t b = b0 + row_of(j, c);
+      h_st[j / KS][c] = b < B ? to_acc(hs[at(0, B, b, H) + u]) : A(0);
+      c_st[j / KS][c] = CELL == kLSTM && b < B ? cs[at(0, B, b, H) + u] : A(0);
+    }
+  }
+  for (int idx = tid; idx < kClusterBatch * H; idx += NT) {  // h_0 of the tile, all columns
+    const int row = idx / H, col = idx % H;
+    hbuf[row * LDH + col] = b0 + row < B ? hs[at(0, B, b0 + row, H) + col] : from_acc<T>(A(0));
+  }
+  prefetch(0);
+  cluster_sync();  // every block of the cluster runs (and has h_0) before any remote write
+
+  for (int64_t k = 0; k < T_; ++k) {
+    const int64_t t = p.reverse ? T_ - 1 - k : k;
+    const T* hb = hbuf + (k & 1) * kClusterBatch * LDH;
+    T* hn = hbuf + ((k + 1) & 1) * kClusterBatch * LDH;
+
+    A acc[NG][2][4];
+#pragma unroll
+    for (int q = 0; q < NG; ++q)
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[q][n][e] = A(0);
+#pragma unroll
+    for (int s = 0; s < KST; ++s) {
+      const int kb = ks * Plan::KSL + s * 16 + 2 * q4;
+      P bf[2][2];
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+        bf[n][0] = load_pair(hb + (8 * n + g) * LDH + kb);
+        bf[n][1] = load_pair(hb + (8 * n + g) * LDH + kb + 8);
+      }
+#pragma unroll
+      for (int q = 0; q < NG; ++q)
+#pragma unroll
+        for (int n = 0; n < 2; ++n) mma_16816<T>(acc[q][n], w[q][s], bf[n]);
+    }
+
+    if constexpr (KS > 1) {  // partial sums over k slices: post the quarters others finish
+      auto slot = [&](int j, int src, int q) {  // src != the quarter's owner, j % KS
+        const int s = src - (src > j % KS ? 1 : 0);
+        return red + (((ut * 4 + j) * (KS - 1) + s) * NG + q) * 32 + lane;
+      };
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (j % KS == ks) continue;
+#pragma unroll
+        for (int q = 0; q < NG; ++q)
+          *slot(j, ks, q) = Acc2<A>{acc[q][j & 1][2 * (j >> 1)], acc[q][j & 1][2 * (j >> 1) + 1]};
+      }
+      block_sync();
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (j % KS != ks) continue;
+        for (int src = 0; src < KS; ++src) {
+          if (src == ks) continue;
+#pragma unroll
+          for (int q = 0; q < NG; ++q) {
+            const Acc2<A> v = *slot(j, src, q);
+            acc[q][j & 1][2 * (j >> 1)] += v.x;
+            acc[q][j & 1][2 * (j >> 1) + 1] += v.y;
+          }
+        }
+      }
+    }
+
+    // The cell, in registers; its results go to global memory only after the barrier's
+    // arrive below (an arrive with release semantics waits for earlier global stores).
+    T h_out[NQ][2];
+    A s_out[NQ][2][NS];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (j % KS != ks) continue;
+      const int u = unit_of(j);
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int row = row_of(j, c);
+        const int64_t b = b0 + row;
+        T hv = from_acc<T>(A(0));
+        if (b < B) {
+          A a[4], x[4];
+#pragma unroll
+          for (int q = 0; q < 4; ++q) a[q] = x[q] = A(0);
+#pragma unroll
+          for (int q = 0; q < NG; ++q) {
+            a[q] = acc[q][j & 1][2 * (j >> 1) + c] + bias[j / KS][q];
+            x[q] = to_acc(x_nx[j / KS][c][q]);
+          }
+          const A h_prev = h_st[j / KS][c], c_prev = c_st[j / KS][c];
+          const bool valid = v_nx[j / KS][c];
+          const CellFwd<A> o = cell_forward<CELL>(a, x, h_prev, c_prev,
+                                                  cell_masks<CELL, A>(p.reg, t, b, u, B, H));
+          const T h_new = from_acc<T>(o.h);
+          // Past the sequence's end the state is kept bit for bit and the output is zero.
+          hv = valid ? h_new : from_acc<T>(h_prev);
+          h_out[j / KS][c] = valid ? h_new : from_acc<T>(A(0));
+#pragma unroll
+          for (int q = 0; q < NS; ++q) s_out[j / KS][c][q] = o.s[q];
+          if constexpr (CELL == kLSTM) c_st[j / KS][c] = valid ? o.c : c_prev;
+          h_st[j / KS][c] = to_acc(hv);
+        }
+        hn[row * LDH + u] = hv;
+      }
+    }
+
+    block_sync();  // this block's columns of h_t are in hn
+    constexpr int kWords = U * int(sizeof(T)) / 16;  // 16-byte words of a row's slice
+    for (int idx = tid; idx < (CS - 1) * kClusterBatch * kWords; idx += NT) {
+      const int d = idx / (kClusterBatch * kWords), r = idx % (kClusterBatch * kWords);
+      Word16* src = reinterpret_cast<Word16*>(hn + (r / kWords) * LDH + rank * U) + r % kWords;
+      *cluster_map(src, (rank + 1 + d) % CS) = *src;
+    }
+    cluster_arrive();  // this block's part of h_t is everywhere; it has read h_{t-1}
+
+    // While the other blocks arrive: this step's results to global memory, the next step's
+    // input gates into flight.
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (j % KS != ks) continue;
+      const int u = unit_of(j);
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int64_t b = b0 + row_of(j, c);
+        if (b >= B) continue;
+        hs[at(k + 1, B, b, H) + u] = from_acc<T>(h_st[j / KS][c]);
+        out[at(t, B, b, H) + u] = h_out[j / KS][c];
+#pragma unroll
+        for (int q = 0; q < NS; ++q) saved[at(t, B, b, NS * H) + q * H + u] = s_out[j / KS][c][q];
+        if constexpr (CELL == kLSTM) cs[at(k + 1, B, b, H) + u] = c_st[j / KS][c];
+      }
+    }
+    if (k + 1 < T_) prefetch(k + 1);
+    cluster_wait();  // h_t complete in every block
+  }
+#endif
+}
+
+namespace {
+
+template <int CELL, typename T, int H, int CS, int KS>
+int launch_plan(const FwdParams& p, cudaStream_t stream, bool* ran) {
+  using Plan = ClusterPlan<CELL, T, H, CS, KS>;
+  auto kernel = rnn_fwd_cluster_kernel<CELL, T, H, CS, KS>;
+  const int64_t tiles = (p.B + kClusterBatch - 1) / kClusterBatch;
+  *ran = false;
+  if (tiles > 65535 || clusters_fit(kernel, CS, Plan::NW * 32, Plan::smem) < 1) return kOk;
+  *ran = true;
+  return status_of(launch_cluster(kernel, dim3(CS, unsigned(tiles)), dim3(Plan::NW * 32),
+                                  Plan::smem, stream, CS, p));
+}
+
+// The plans compiled, as (H, CS, KS), per H the default first. Registers per thread for W_hh:
+// gates.H / (4.KS) (LSTM H=256, KS=4: 64).
+#ifdef FRNN_EMULATE
+#define FRNN_CLUSTER_PLANS(X) X(32, 2, 1) X(32, 2, 2) X(64, 4, 2) X(64, 4, 4)
+#else
+// (LSTM 256 with KS=2, 128 weight registers, spills: not listed.)
+#define FRNN_CLUSTER_PLANS(X)                                                         \
+  X(64, 4, 2) X(64, 4, 4) X(64, 2, 4) X(128, 8, 4) X(128, 8, 2) X(128, 4, 4) X(256, 16, 4) \
+  X(256, 8, 4)
+#endif
+
+template <int CELL, typename T>
+int launch_cluster_fwd(const FwdParams& p, int plan, cudaStream_t stream, int* used_plan) {
+  *used_plan = 0;
+  if constexpr (kHasMma<T>) {
+    bool ran = false;
+    int status = kOk;
+    // The asked plan where it exists for this H, else the default for H.
+    for (int pass = 0; pass < 2 && !ran; ++pass) {
+      bool tried = false;
+#define FRNN_TRY_PLAN(H_, CS_, KS_)                                                   \
+  if (!tried && !ran && p.H == H_ && (pass == 1 || plan == CS_ * 100 + KS_)) {       \
+    tried = true;                                                                     \
+    status = launch_plan<CELL, T, H_, CS_, KS_>(p, stream, &ran);                     \
+    if (ran) *used_plan = CS_ * 100 + KS_;                                            \
+  }
+      FRNN_CLUSTER_PLANS(FRNN_TRY_PLAN)
+#undef FRNN_TRY_PLAN
+    }
+    return status;
+  } else {
+    (void)p; (void)plan; (void)stream;
+    return kOk;
+  }
+}
+
+}  // namespace
+
+int rnn_fwd_cluster(const FwdParams& p, int plan, void* stream, int* used_plan) {
+  *used_plan = 0;
+  const StepMasks& m = p.reg;
+  const bool masks = m.h || m.g || m.c || m.zc || m.zh || m.zc_p != 0.0 || m.zh_p != 0.0;
+  // Pairs of 16-bit weights are read as 32-bit words.
+  if (p.w_hr != nullptr || p.HK != p.H || masks || reinterpret_cast<uintptr_t>(p.w_hh) % 4 != 0)
+    return kOk;
+  return dispatch(p.dtype, p.cell, [&](auto cell, auto type) {
+    using T = typename decltype(type)::type;
+    return launch_cluster_fwd<decltype(cell)::value, T>(p, plan, static_cast<cudaStream_t>(stream),
+                                                        used_plan);
+  });
+}
+
+}  // namespace frnn
