@@ -113,7 +113,7 @@ int saved_values(int64_t cell) { return cell <= frnn::kGRU ? 4 : 1; }
 
 // Forward of one layer and direction; fills hs[1:], cs[1:], out, saved (and ms with a
 // projection). m_h .. scales: the regularisation (step_masks). plan: the cluster plan to try
-// (CS.100 + KS; 0 the default). Returns the variant that ran (0 per step, 1 persistent,
+// (CS.100 + KS; 0 the default). store_saved false: no backward follows (FwdParams). Returns the variant that ran (0 per step, 1 persistent,
 // 2 cluster) and the cluster plan that ran (0 if none).
 std::tuple<int64_t, int64_t> rnn_fwd(const at::Tensor& gi, const at::Tensor& w_hh,
                 const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
@@ -122,7 +122,7 @@ std::tuple<int64_t, int64_t> rnn_fwd(const at::Tensor& gi, const at::Tensor& w_h
                 const std::optional<at::Tensor>& m_zc, const std::optional<at::Tensor>& m_zh,
                 const std::vector<double>& scales, at::Tensor& hs, at::Tensor& cs,
                 at::Tensor& out, at::Tensor& saved, at::Tensor& ms, int64_t cell, bool reverse,
-                int64_t variant, int64_t plan, int64_t stream) {
+                int64_t variant, int64_t plan, bool store_saved, int64_t stream) {
   const int G = cell_gates(cell);
   TORCH_CHECK(variant >= frnn::kStep && variant <= frnn::kCluster,
               "variant: expected 0 (step), 1 (persistent) or 2 (cluster), got ", variant);
@@ -170,6 +170,7 @@ std::tuple<int64_t, int64_t> rnn_fwd(const at::Tensor& gi, const at::Tensor& w_h
   p.cell = int(cell);
   p.dtype = dtype_code(gi, "gi");
   p.reverse = reverse;
+  p.store_saved = store_saved;
   int used = -1, used_plan = 0;
   const int status = frnn::rnn_fwd(p, int(variant), int(plan), reinterpret_cast<void*>(stream),
                                    &used, &used_plan);

@@ -258,11 +258,14 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
       for (int c = 0; c < 2; ++c) {
         const int64_t b = b0 + row_of(j, c);
         if (b >= B) continue;
-        hs[at(k + 1, B, b, H) + u] = from_acc<T>(h_st[j / KS][c]);
         out[at(t, B, b, H) + u] = h_out[j / KS][c];
+        // Without a backward (inference) only h_n and c_n of the states are read.
+        if (!p.store_saved && k + 1 < T_) continue;
+        hs[at(k + 1, B, b, H) + u] = from_acc<T>(h_st[j / KS][c]);
+        if constexpr (CELL == kLSTM) cs[at(k + 1, B, b, H) + u] = c_st[j / KS][c];
+        if (!p.store_saved) continue;
 #pragma unroll
         for (int q = 0; q < NS; ++q) saved[at(t, B, b, NS * H) + q * H + u] = s_out[j / KS][c][q];
-        if constexpr (CELL == kLSTM) cs[at(k + 1, B, b, H) + u] = c_st[j / KS][c];
       }
     }
     if (k + 1 < T_) prefetch(k + 1);

@@ -59,6 +59,9 @@ struct FwdParams {
   StepMasks reg;
   int64_t T, B, H, HK;
   int cell, dtype, reverse;
+  // 0: no backward will follow; a kernel may then write hs and cs at the last step only and
+  // leave saved unwritten (the cluster forward does; the others write everything).
+  int store_saved;
 };
 
 // Backward of one layer and direction, in reverse processing order. carry_h (B, HK) holds

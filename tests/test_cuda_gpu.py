@@ -80,6 +80,32 @@ def test_cuda_cluster_parity(cell, H, plan, dtype):
         assert res.ok, f"{case.label()}: {res.failures()}"
 
 
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_cuda_cluster_inference_matches_training_forward(cell):
+    """Under no_grad the cluster forward skips the stores only the backward reads; output, h_n
+    and c_n are the same bits as in a forward that keeps them (packed, bidirectional, bf16)."""
+    import copy
+
+    import fused_rnn
+    from fused_rnn.ops import cuda_op
+    torch.manual_seed(5)
+    ref = getattr(torch.nn, cell)(24, 128, bidirectional=True, device="cuda",
+                                  dtype=torch.bfloat16)
+    module = fused_rnn.convert(copy.deepcopy(ref), "cuda")
+    x = torch.randn(40, 37, 24, device="cuda", dtype=torch.bfloat16)
+    lengths = torch.randint(1, 41, (37,))
+    lengths[3] = 40
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    runs = []
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), cuda_op.variant("cluster"):
+            out, state = module(packed)
+        assert cuda_op.last_used["fwd"] == "cluster"
+        runs.append([out.data] + list(state if cell == "LSTM" else (state,)))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
 SANITIZER = [Case("LSTM", T=5, B=37, I=9, H=70, packed="unsorted", bidirectional=True, seed=1),
              Case("GRU", T=4, B=5, I=16, H=33, num_layers=2, seed=2),
              Case("RNN_TANH", T=3, B=40, I=5, H=129, packed="sorted", seed=3),

@@ -4,6 +4,8 @@ against float64 torch and the reference backend. On a machine without a GPU they
 thread, an emulated device of 3 SMs and 48 KiB of shared memory, so tiny shapes already split
 over several blocks and batch chunks); on a GPU, for real. The GPU-only grid (fp16/bf16, >= 200
 cases per cell) is tests/test_cuda_gpu.py."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -90,6 +92,34 @@ def test_cuda_cluster_forward_matches_reference_backend(case, plan):
     assert max(diffs.values()) <= 1e-10, diffs
     # The backward has no cluster kernel: it runs persistent.
     assert cuda_op.last_used == {"fwd": "cluster", "bwd": "persistent", "plan": plan}
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="GPU: tests/test_cuda_gpu.py (fp16/bf16)")
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_cuda_cluster_inference_writes_outputs_and_final_state(cell):
+    """Without a gradient to come (torch.no_grad) the cluster forward writes out every step but
+    the states only at the last one (FwdParams.store_saved): output, h_n and c_n still equal the
+    reference backend's, packed (the final state of a short sequence is kept, not recomputed)
+    and in both directions."""
+    cuda_op = _cuda_op()
+    torch.manual_seed(3)
+    ref = nn.LSTM(6, 32, bidirectional=True) if cell == "LSTM" else nn.GRU(6, 32,
+                                                                          bidirectional=True)
+    ref = ref.double()
+    x = torch.randn(5, 20, 6, dtype=torch.float64)
+    lengths = torch.randint(1, 6, (20,))
+    lengths[0] = 5
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    runs = {}
+    for backend in ("reference", "cuda"):
+        module = fused_rnn.convert(copy.deepcopy(ref), backend)
+        with torch.no_grad(), cuda_op.variant("cluster"):
+            out, state = module(packed)
+        runs[backend] = [nn.utils.rnn.pad_packed_sequence(out)[0]] + list(
+            state if cell == "LSTM" else (state,))
+    assert cuda_op.last_used["fwd"] == "cluster"
+    for got, want in zip(runs["cuda"], runs["reference"]):
+        assert (got - want).abs().max().item() <= 1e-10
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="emulated plans")
@@ -242,7 +272,7 @@ def test_binding_checks_name_the_argument():
                     m_c=None, m_zc=None, m_zh=None, scales=[1.0, 1.0, 1.0, 0.0, 0.0], hs=hs,
                     cs=cs, out=out, saved=saved, ms=ms)
         args.update(kw)
-        return ext.rnn_fwd(*args.values(), cell, False, 1, 0, 0)[0]
+        return ext.rnn_fwd(*args.values(), cell, False, 1, 0, True, 0)[0]
 
     def u8(*shape):
         return torch.ones(shape, dtype=torch.uint8, device=DEVICE)

@@ -78,10 +78,11 @@ def _step_masks(masks) -> list:
 def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
                  b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],
                  reverse: bool, variant: str = "persistent", masks=recurrence.NO_MASKS,
-                 ln=None):
+                 ln=None, store_saved: bool = True):
     """One layer and direction: the forward contract of ops/recurrence.py. gi (T, B, G·H) with
     b_ih; h0 (B, HK); c0 (B, H) (LSTM); w_hh (G·H, HK); b_hh (G·H,); w_hr (HK, H) or None;
-    mask (T, B) bool or None; masks: the regularisation of each step (ops/regularize.py).
+    mask (T, B) bool or None; masks: the regularisation of each step (ops/regularize.py);
+    store_saved False: the cluster forward writes only out, h_n and c_n (inference).
     LayerNorm cells are not in the CUDA kernels yet: ln must be None (functional refuses them
     for this backend first)."""
     if ln is not None:
@@ -100,7 +101,7 @@ def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: 
             used, plan = _ext.load().rnn_fwd(
                 gi, w_hh, b_hh, w_hr, mask_u8, *_step_masks(masks), hs, cs, out, saved, ms,
                 CELL_CODES[cell], reverse, VARIANTS.index(variant), _plan_code(_plan["name"]),
-                stream)
+                store_saved, stream)
         last_used["fwd"] = VARIANTS[used]
         last_used["plan"] = f"{plan // 100}x{plan % 100}" if plan else None
     c_n = cs[T].to(gi.dtype, copy=True) if cell == "LSTM" else gi.new_empty(0)
@@ -141,4 +142,4 @@ _fwd_op = recurrence.make_ops("cuda", rnn_fwd_cuda, rnn_bwd_cuda)
 
 
 # ops/stack.py's layer function on the CUDA kernels.
-layer_cuda = recurrence.make_layer(_fwd_op, _variants)
+layer_cuda = recurrence.make_layer(_fwd_op, _variants, rnn_fwd_cuda)

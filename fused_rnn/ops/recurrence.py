@@ -6,11 +6,13 @@ Contract of a backend's kernels, one layer and direction (buffer layouts in
 ops/triton_kernels.py and csrc/params.h; `masks` is an ops/regularize.StepMasks whose docstring
 gives the step math, NO_MASKS when no regularisation is on; `ln` the LayerNorm cell's
 (γ_hh, β_hh, γ_c, β_c), γ_c and β_c None for GRU, or None without layer_norm):
-  fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant, masks, ln)
+  fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant, masks, ln, store_saved)
       -> out (T, B, HK), h_n (B, HK), c_n (B, H) (empty unless LSTM), saved (T, B, S·H),
          hs (T+1, B, HK), cs (T+1, B, H) (empty unless LSTM), ms (T, B, H) (empty without proj),
          and with ln (else empty): xg (T, B, G·H) the normalised h·W_hhᵀ, xc (T, B, H) the
-         normalised cell update (LSTM), rstd (T, B, 2) their 1/σ
+         normalised cell update (LSTM), rstd (T, B, 2) their 1/σ;
+         store_saved False (no gradient will be asked for) lets a kernel leave saved, hs[1:T]
+         and cs[1:T] unwritten: only out, h_n and c_n are then defined
   bwd(cell, dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, reverse, has_bias, variant,
       masks, ln, xg, xc, rstd)
       -> dgi (T, B, G·H), dh0 (B, HK), dc0 (empty unless LSTM), dw_hh, db_hh (empty without
@@ -140,16 +142,18 @@ def make_ops(backend: str, fwd: Callable, bwd: Callable) -> Callable:
                cell: str, reverse: bool, variant: str, m_h: Optional[Tensor],
                m_g: Optional[Tensor], m_c: Optional[Tensor], m_zc: Optional[Tensor],
                m_zh: Optional[Tensor], scales: List[float], ln_hw: Optional[Tensor],
-               ln_hb: Optional[Tensor], ln_cw: Optional[Tensor], ln_cb: Optional[Tensor]
+               ln_hb: Optional[Tensor], ln_cw: Optional[Tensor], ln_cb: Optional[Tensor],
+               store_saved: bool = True
                ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                           Tensor, Tensor]:
         return fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant,
                    StepMasks.of((m_h, m_g, m_c, m_zc, m_zh), scales),
-                   None if ln_hw is None else (ln_hw, ln_hb, ln_cw, ln_cb))
+                   None if ln_hw is None else (ln_hw, ln_hb, ln_cw, ln_cb),
+                   store_saved=store_saved)
 
     @fwd_op.register_fake
     def _(gi, h0, c0, w_hh, b_hh, w_hr, mask, cell, reverse, variant, m_h, m_g, m_c, m_zc, m_zh,
-          scales, ln_hw, ln_hb, ln_cw, ln_cb):
+          scales, ln_hw, ln_hb, ln_cw, ln_cb, store_saved=True):
         T, B, _ = gi.shape
         HK = h0.shape[-1]
         H = w_hh.shape[0] // GATES[cell]
@@ -233,14 +237,26 @@ class Variants:
             self.current = previous
 
 
-def make_layer(fwd_op: Callable, variants: Variants) -> Callable:
+def make_layer(fwd_op: Callable, variants: Variants, fwd: Callable) -> Callable:
     """ops/stack.py's layer function (signature of ops.naive.layer_naive) on a backend's
-    forward op (from make_ops)."""
+    forward op (from make_ops) and its fwd function (what the op calls)."""
 
     def layer(mode, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, masks=NO_MASKS, ln=None):
         lnp = (None,) * 4 if ln is None else (ln.hh_weight, ln.hh_bias, ln.c_weight, ln.c_bias)
-        out, h_n, c_n, *_ = fwd_op(gi, h0, c0, w_hh, b_hh, w_hr,
-                                   None if mask is None else mask[..., 0], mode, reverse,
-                                   variants.current, *masks[:5], masks.scales(), *lnp)
+        step_mask = None if mask is None else mask[..., 0]
+        # Without a gradient to come, the kernels may skip what only the backward reads.
+        store_saved = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (gi, h0, c0, w_hh, b_hh, w_hr, *lnp))
+        if not store_saved and not torch.compiler.is_compiling():
+            # Eager inference needs no autograd node: calling fwd itself saves the custom op's
+            # dispatch, about 80 us per layer and direction on the host (issue 9's short rows
+            # run 300-800 us in all on an H100).
+            out, h_n, c_n, *_ = fwd(mode, gi, h0, c0, w_hh, b_hh, w_hr, step_mask, reverse,
+                                    variants.current, masks, None if ln is None else lnp,
+                                    store_saved=False)
+        else:
+            out, h_n, c_n, *_ = fwd_op(gi, h0, c0, w_hh, b_hh, w_hr, step_mask, mode, reverse,
+                                       variants.current, *masks[:5], masks.scales(), *lnp,
+                                       store_saved)
         return out, h_n, (c_n if mode == "LSTM" else None)
     return layer

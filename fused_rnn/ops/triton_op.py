@@ -154,7 +154,8 @@ def _step_masks(masks, like: Tensor):
 
 def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
                    b_hh: Optional[Tensor], w_hr: Optional[Tensor], mask: Optional[Tensor],
-                   reverse: bool, variant: str = "step", masks=recurrence.NO_MASKS, ln=None):
+                   reverse: bool, variant: str = "step", masks=recurrence.NO_MASKS, ln=None,
+                   store_saved: bool = True):
     """One layer and direction. gi (T, B, G·H) with b_ih; h0 (B, HK), c0 (B, H); w_hh
     (G·H, HK); b_hh (G·H,); w_hr (HK, H) for an LSTM with proj_size HK, else None (HK = H);
     mask (T, B) bool or None. Returns out (T, B, HK), h_n (B, HK), c_n (B, H) (empty unless
@@ -381,4 +382,4 @@ _fwd_op = recurrence.make_ops("triton", rnn_fwd_triton, rnn_bwd_triton)
 
 
 # ops/stack.py's layer function on the Triton kernels.
-layer_triton = recurrence.make_layer(_fwd_op, _variants)
+layer_triton = recurrence.make_layer(_fwd_op, _variants, rnn_fwd_triton)
