@@ -13,7 +13,8 @@ from fused_rnn import _alloc
 from fused_rnn.bench.suite import DTYPES, build, measure
 from fused_rnn.ops import cuda_op
 
-PLANS = {64: ("4x2", "4x4", "2x4"), 128: ("8x4", "8x2", "4x4"), 256: ("16x4", "8x4")}
+PLANS = {64: ("4x4", "4x2", "2x4", "4x4a"), 128: ("8x4", "8x2", "4x4", "8x4a"),
+         256: ("16x4", "8x4", "16x4a", "8x4a")}
 SHAPES = [(512, 16, 64, 64), (512, 16, 128, 128), (256, 16, 256, 256), (256, 64, 256, 256),
           (256, 1, 256, 256)]
 

@@ -53,14 +53,21 @@ struct ClusterPlan {
   // Partial sums in flight: per unit tile and quarter, one slot per warp that posts it (KS-1).
   static constexpr size_t red_bytes =
       KS > 1 ? size_t(UT) * 4 * (KS - 1) * NG * 32 * 2 * sizeof(acc_t<T>) : 0;
-  static constexpr size_t smem = hbuf_bytes + red_bytes;
+  // Two transaction barriers (exchange kAsync): one per state buffer.
+  static constexpr size_t smem = hbuf_bytes + red_bytes + 2 * sizeof(uint64_t);
 };
 
 template <typename A>
 struct Acc2 { A x, y; };
-struct alignas(16) Word16 { uint32_t v[4]; };
 
-template <int CELL, typename T, int H, int CS, int KS>
+// How h_t reaches the other blocks of the cluster. kBarrier: stores into their shared memory,
+// then the cluster barrier (measured on the H100: the barrier's release is a MEMBAR.ALL.GPU,
+// which also waits for the step's global stores). kAsync: st.async stores that count against
+// the receiving block's transaction barrier (mbarrier), on which that block waits; no
+// cluster-wide barrier, no fence. (kAsync has not run on a GPU yet.)
+enum Exchange : int { kBarrier = 0, kAsync = 1 };
+
+template <int CELL, typename T, int H, int CS, int KS, int EX>
 FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
     rnn_fwd_cluster_kernel(FwdParams p) {
 #ifdef FRNN_HAS_CLUSTERS
@@ -86,6 +93,9 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
   unsigned char* smem = dynamic_smem<unsigned char>();
   T* hbuf = reinterpret_cast<T*>(smem);  // [2][16][LDH]: h_{t-1} and h_t of the batch tile
   Acc2<A>* red = reinterpret_cast<Acc2<A>*>(smem + Plan::hbuf_bytes);
+  // bars[b]: the arrival of the other blocks' parts of the state in buffer b (kAsync).
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + Plan::hbuf_bytes + Plan::red_bytes);
+  constexpr unsigned kRemoteBytes = unsigned((CS - 1) * kClusterBatch * U * sizeof(T));
 
   // This warp's A fragments: rows q.H + u_tile + (0..15) of W_hh, columns of its k slice.
   P w[NG][KST][4];
@@ -143,10 +153,22 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
     hbuf[row * LDH + col] = b0 + row < B ? hs[at(0, B, b0 + row, H) + col] : from_acc<T>(A(0));
   }
   prefetch(0);
+  if (EX == kAsync && tid == 0) {
+    mbar_init(&bars[0], 1);
+    mbar_init(&bars[1], 1);
+    fence_mbarrier_init();
+  }
   cluster_sync();  // every block of the cluster runs (and has h_0) before any remote write
 
   for (int64_t k = 0; k < T_; ++k) {
     const int64_t t = p.reverse ? T_ - 1 - k : k;
+    if constexpr (EX == kAsync) {
+      // The other blocks' parts of h_{k-1}, sent in step k-1 (the n-th use of a buffer
+      // completes its barrier's phase n, n = (k-1) >> 1), then arm the barrier of the buffer
+      // this step fills. Step 0 reads h_0, loaded locally; the last step sends nothing.
+      if (k > 0) mbar_wait(&bars[k & 1], unsigned(((k - 1) >> 1) & 1));
+      if (tid == 0 && k + 1 < T_) mbar_arrive_expect(&bars[(k + 1) & 1], kRemoteBytes);
+    }
     const T* hb = hbuf + (k & 1) * kClusterBatch * LDH;
     T* hn = hbuf + ((k + 1) & 1) * kClusterBatch * LDH;
 
@@ -241,12 +263,18 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
 
     block_sync();  // this block's columns of h_t are in hn
     constexpr int kWords = U * int(sizeof(T)) / 16;  // 16-byte words of a row's slice
-    for (int idx = tid; idx < (CS - 1) * kClusterBatch * kWords; idx += NT) {
+    const bool send = EX == kBarrier || k + 1 < T_;
+    for (int idx = tid; send && idx < (CS - 1) * kClusterBatch * kWords; idx += NT) {
       const int d = idx / (kClusterBatch * kWords), r = idx % (kClusterBatch * kWords);
       Word16* src = reinterpret_cast<Word16*>(hn + (r / kWords) * LDH + rank * U) + r % kWords;
-      *cluster_map(src, (rank + 1 + d) % CS) = *src;
+      if constexpr (EX == kAsync) {
+        st_async16(src, (rank + 1 + d) % CS, *src, &bars[(k + 1) & 1]);
+      } else {
+        *cluster_map(src, (rank + 1 + d) % CS) = *src;
+      }
     }
-    cluster_arrive();  // this block's part of h_t is everywhere; it has read h_{t-1}
+    // kBarrier: this block's part of h_t is everywhere; it has read h_{t-1}.
+    if constexpr (EX == kBarrier) cluster_arrive();
 
     // While the other blocks arrive: this step's results to global memory, the next step's
     // input gates into flight.
@@ -269,17 +297,17 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
       }
     }
     if (k + 1 < T_) prefetch(k + 1);
-    cluster_wait();  // h_t complete in every block
+    if constexpr (EX == kBarrier) cluster_wait();  // h_t complete in every block
   }
 #endif
 }
 
 namespace {
 
-template <int CELL, typename T, int H, int CS, int KS>
+template <int CELL, typename T, int H, int CS, int KS, int EX>
 int launch_plan(const FwdParams& p, cudaStream_t stream, bool* ran) {
   using Plan = ClusterPlan<CELL, T, H, CS, KS>;
-  auto kernel = rnn_fwd_cluster_kernel<CELL, T, H, CS, KS>;
+  auto kernel = rnn_fwd_cluster_kernel<CELL, T, H, CS, KS, EX>;
   const int64_t tiles = (p.B + kClusterBatch - 1) / kClusterBatch;
   *ran = false;
   if (tiles > 65535 || clusters_fit(kernel, CS, Plan::NW * 32, Plan::smem) < 1) return kOk;
@@ -288,15 +316,19 @@ int launch_plan(const FwdParams& p, cudaStream_t stream, bool* ran) {
                                   Plan::smem, stream, CS, p));
 }
 
-// The plans compiled, as (H, CS, KS), per H the default first. Registers per thread for W_hh:
-// gates.H / (4.KS) (LSTM H=256, KS=4: 64).
+// The plans compiled, as (H, CS, KS, exchange), per H the default first; a plan's code is
+// exchange.10000 + CS.100 + KS. Registers per thread for W_hh: gates.H / (4.KS) (LSTM H=256,
+// KS=4: 64).
 #ifdef FRNN_EMULATE
-#define FRNN_CLUSTER_PLANS(X) X(32, 2, 1) X(32, 2, 2) X(64, 4, 2) X(64, 4, 4)
+#define FRNN_CLUSTER_PLANS(X)                                                          \
+  X(32, 2, 1, 0) X(32, 2, 2, 0) X(64, 4, 2, 0) X(64, 4, 4, 0) X(32, 2, 1, 1) X(32, 2, 2, 1) \
+  X(64, 4, 4, 1)
 #else
 // (LSTM 256 with KS=2, 128 weight registers, spills: not listed.)
 #define FRNN_CLUSTER_PLANS(X)                                                         \
-  X(64, 4, 2) X(64, 4, 4) X(64, 2, 4) X(128, 8, 4) X(128, 8, 2) X(128, 4, 4) X(256, 16, 4) \
-  X(256, 8, 4)
+  X(64, 4, 4, 0) X(64, 4, 2, 0) X(64, 2, 4, 0) X(128, 8, 4, 0) X(128, 8, 2, 0)          \
+  X(128, 4, 4, 0) X(256, 16, 4, 0) X(256, 8, 4, 0) X(64, 4, 4, 1) X(128, 8, 4, 1)       \
+  X(256, 16, 4, 1) X(256, 8, 4, 1)
 #endif
 
 template <int CELL, typename T>
@@ -308,11 +340,12 @@ int launch_cluster_fwd(const FwdParams& p, int plan, cudaStream_t stream, int* u
     // The asked plan where it exists for this H, else the default for H.
     for (int pass = 0; pass < 2 && !ran; ++pass) {
       bool tried = false;
-#define FRNN_TRY_PLAN(H_, CS_, KS_)                                                   \
-  if (!tried && !ran && p.H == H_ && (pass == 1 || plan == CS_ * 100 + KS_)) {       \
+#define FRNN_TRY_PLAN(H_, CS_, KS_, EX_)                                              \
+  if (!tried && !ran && p.H == H_ &&                                                  \
+      (pass == 1 || plan == EX_ * 10000 + CS_ * 100 + KS_)) {                         \
     tried = true;                                                                     \
-    status = launch_plan<CELL, T, H_, CS_, KS_>(p, stream, &ran);                     \
-    if (ran) *used_plan = CS_ * 100 + KS_;                                            \
+    status = launch_plan<CELL, T, H_, CS_, KS_, EX_>(p, stream, &ran);                \
+    if (ran) *used_plan = EX_ * 10000 + CS_ * 100 + KS_;                              \
   }
       FRNN_CLUSTER_PLANS(FRNN_TRY_PLAN)
 #undef FRNN_TRY_PLAN

@@ -34,6 +34,8 @@ FRNN_DEVICE T* dynamic_smem() {
 
 FRNN_DEVICE void warp_sync() { __syncwarp(); }
 
+struct alignas(16) Word16 { uint32_t v[4]; };  // the unit of copies between shared memories
+
 // Thread-block clusters (sm_90): rank of this block in its cluster, the cluster barrier
 // (barrier.cluster.arrive.release + wait.acquire: shared-memory writes before it, remote ones
 // included, are visible to every block of the cluster after it), and the address of the same
@@ -53,6 +55,46 @@ FRNN_DEVICE void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.ali
 template <typename T>
 FRNN_DEVICE T* cluster_map(T* p, int rank) {
   return cooperative_groups::this_cluster().map_shared_rank(p, unsigned(rank));
+}
+// Transaction barriers (mbarrier) in shared memory, and 16-byte asynchronous stores into
+// another block's shared memory that count against that block's barrier (st.async ...
+// complete_tx). A block waits for its data on its own barrier: no cluster-wide barrier and no
+// release fence, which on sm_90 is a MEMBAR.ALL.GPU that also waits for global stores.
+FRNN_DEVICE unsigned smem_u32(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+// One thread: arrival count `count`; then fence_mbarrier_init and a cluster_sync before use.
+FRNN_DEVICE void mbar_init(uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
+}
+FRNN_DEVICE void fence_mbarrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// One arrival that also expects `bytes` more of transactions in the current phase.
+FRNN_DEVICE void mbar_arrive_expect(uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)),
+               "r"(bytes) : "memory");
+}
+// *dst = v in block `rank` of the cluster (dst, bar: addresses in this block's shared memory,
+// of the same variables there), completing 16 bytes of that block's barrier `bar`.
+FRNN_DEVICE void st_async16(Word16* dst, int rank, const Word16& v, uint64_t* bar) {
+  unsigned rd, rb;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(rd) : "r"(smem_u32(dst)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(rb) : "r"(smem_u32(bar)), "r"(rank));
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, "
+      "[%5];\n" ::"r"(rd), "r"(v.v[0]), "r"(v.v[1]), "r"(v.v[2]), "r"(v.v[3]), "r"(rb)
+      : "memory");
+}
+// Until the phase of parity `parity` of `bar` has completed.
+FRNN_DEVICE void mbar_wait(uint64_t* bar, unsigned parity) {
+  unsigned done = 0;
+  while (!done) {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        " selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
+  }
 }
 #endif
 
@@ -169,6 +211,7 @@ inline bool cooperative_refused(cudaError_t e) {
 
 #include <cmath>
 #include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -246,6 +289,7 @@ FRNN_DEVICE void block_sync() { emu::ctx.block_barrier->wait(); }
 FRNN_DEVICE void grid_sync() { emu::ctx.grid_barrier->wait(); }
 FRNN_DEVICE void warp_sync() { emu::ctx.warp_barrier->wait(); }
 #define FRNN_HAS_CLUSTERS 1
+struct alignas(16) Word16 { uint32_t v[4]; };  // the unit of copies between shared memories
 FRNN_DEVICE int cluster_rank() { return emu::ctx.cluster_rank; }
 FRNN_DEVICE void cluster_sync() { emu::ctx.cluster_barrier->wait(); }
 FRNN_DEVICE void cluster_arrive() {}
@@ -261,6 +305,60 @@ template <typename T>
 FRNN_DEVICE T* cluster_map(T* p, int rank) {
   const auto offset = reinterpret_cast<unsigned char*>(p) - emu::ctx.smem;
   return reinterpret_cast<T*>(emu::ctx.cluster_smem[rank] + offset);
+}
+
+// Transaction barriers and asynchronous remote stores (see the CUDA branch): the barrier's
+// state lives in a table beside the 8 bytes of shared memory that name it, under one lock.
+namespace emu {
+struct Mbar {
+  unsigned count = 0, pending = 0, phase = 0;
+  long long tx = 0;
+};
+struct MbarTable {
+  std::mutex m;
+  std::condition_variable cv;
+  std::map<const void*, Mbar> bars;
+  void complete_if_done(Mbar& b) {
+    if (b.pending == 0 && b.tx == 0) {
+      b.phase ^= 1u;
+      b.pending = b.count;
+      cv.notify_all();
+    }
+  }
+};
+inline MbarTable& mbars() {
+  static MbarTable t;
+  return t;
+}
+}  // namespace emu
+FRNN_DEVICE void mbar_init(uint64_t* bar, unsigned count) {
+  auto& t = emu::mbars();
+  std::lock_guard<std::mutex> lock(t.m);
+  emu::Mbar b;
+  b.count = b.pending = count;
+  t.bars[bar] = b;
+}
+FRNN_DEVICE void fence_mbarrier_init() {}
+FRNN_DEVICE void mbar_arrive_expect(uint64_t* bar, unsigned bytes) {
+  auto& t = emu::mbars();
+  std::lock_guard<std::mutex> lock(t.m);
+  emu::Mbar& b = t.bars.at(bar);
+  b.tx += bytes;
+  b.pending -= 1;
+  t.complete_if_done(b);
+}
+FRNN_DEVICE void st_async16(Word16* dst, int rank, const Word16& v, uint64_t* bar) {
+  *cluster_map(dst, rank) = v;
+  auto& t = emu::mbars();
+  std::lock_guard<std::mutex> lock(t.m);
+  emu::Mbar& b = t.bars.at(cluster_map(bar, rank));
+  b.tx -= 16;
+  t.complete_if_done(b);
+}
+FRNN_DEVICE void mbar_wait(uint64_t* bar, unsigned parity) {
+  auto& t = emu::mbars();
+  std::unique_lock<std::mutex> lock(t.m);
+  t.cv.wait(lock, [&] { return t.bars.at(bar).phase != parity; });
 }
 
 namespace emu {

@@ -56,7 +56,8 @@ def test_cuda_gpu_parity_grid(cell, dtype, variant):
 # The cluster forward (csrc/fwd_cluster.cu) on the tensor cores, every plan compiled for the
 # GPU: batch tiles of 16 (B=37: two full and a partial one; B=1), both directions, unsorted
 # lengths, two layers, no bias. The backward runs persistent.
-CLUSTER_PLANS = {64: ("4x2", "4x4", "2x4"), 128: ("8x4", "8x2", "4x4"), 256: ("16x4", "8x4")}
+CLUSTER_PLANS = {64: ("4x4", "4x2", "2x4", "4x4a"), 128: ("8x4", "8x2", "4x4", "8x4a"),
+                 256: ("16x4", "8x4", "16x4a", "8x4a")}
 CLUSTER_RUNS = [(cell, H, plan) for cell in testing.CELLS for H, plans in CLUSTER_PLANS.items()
                 for plan in plans]
 

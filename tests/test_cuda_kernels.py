@@ -71,7 +71,7 @@ def test_cuda_variants_match_reference_backend(case, variant):
 # cores (csrc/mma.cuh); on the GPU these H have no fp32 plan, so tests/test_cuda_gpu.py
 # checks the cluster kernels there (fp16, bf16). Batch tiles of 16 (B=20: a full one and a
 # partial one), both directions, unsorted lengths, no bias, two layers.
-CLUSTER_PLANS = {32: ("2x1", "2x2"), 64: ("4x2", "4x4")}
+CLUSTER_PLANS = {32: ("2x1", "2x2", "2x1a", "2x2a"), 64: ("4x2", "4x4", "4x4a")}
 CLUSTER = [Case("LSTM", T=5, B=20, I=7, H=32, bidirectional=True, packed="unsorted", seed=11),
            Case("GRU", T=4, B=3, I=5, H=32, num_layers=2, seed=12),
            Case("RNN_TANH", T=4, B=17, I=6, H=32, packed="sorted", seed=13),
@@ -142,9 +142,13 @@ def test_cuda_cluster_falls_back(why, case, expected):
 
 
 def test_cluster_plan_names_are_checked():
-    with pytest.raises(ValueError, match=r"cluster plan: expected '<CS>x<KS>'.*got '16x3'"):
-        with _cuda_op().cluster_plan("16x3"):
-            pass
+    for bad in ("16x3", "16x4b", "x4", "16"):
+        with pytest.raises(ValueError, match=rf"cluster plan: expected '<CS>x<KS>'.*got '{bad}'"):
+            with _cuda_op().cluster_plan(bad):
+                pass
+    cuda_op = _cuda_op()
+    for name in ("16x4", "2x1a", "8x2"):
+        assert cuda_op._plan_name(cuda_op._plan_code(name)) == name
 
 
 # Regularisation masks of a step (ops/regularize.py, StepMasks): each kind alone, all at once,

@@ -33,8 +33,9 @@ variant = _variants.use
 # benchmark.
 last_used = {"fwd": None, "bwd": None, "plan": None}
 # The cluster plan to ask for, "<CS>x<KS>" (cluster size, k slices; csrc/fwd_cluster.cu lists
-# the plans compiled per H), or None for the default. Where H has no such plan, the default
-# runs; last_used["plan"] says which did.
+# the plans compiled per H), with a trailing "a" for the asynchronous exchange (st.async and
+# transaction barriers instead of the cluster barrier; not yet run on a GPU), or None for the
+# default. Where H has no such plan, the default runs; last_used["plan"] says which did.
 _plan = {"name": None}
 
 
@@ -51,13 +52,23 @@ def cluster_plan(name: Optional[str]):
 
 
 def _plan_code(name: Optional[str]) -> int:
+    """csrc/fwd_cluster.cu's code of a plan name: exchange * 10000 + CS * 100 + KS."""
     if name is None:
         return 0
-    cs, sep, ks = str(name).partition("x")
+    text = str(name)
+    exchange = 1 if text.endswith("a") else 0
+    cs, sep, ks = text[:len(text) - exchange].partition("x")
     if not (sep and cs.isdigit() and ks.isdigit() and 1 <= int(cs) <= 16 and int(ks) in (1, 2, 4)):
-        raise ValueError(f"cluster plan: expected '<CS>x<KS>' with CS in 1..16 and KS in 1, 2, 4 "
-                         f"(e.g. '16x4'), got {name!r}")
-    return int(cs) * 100 + int(ks)
+        raise ValueError(f"cluster plan: expected '<CS>x<KS>' with CS in 1..16 and KS in 1, 2, 4, "
+                         f"and 'a' after it for the asynchronous exchange (e.g. '16x4', '16x4a'), "
+                         f"got {name!r}")
+    return exchange * 10000 + int(cs) * 100 + int(ks)
+
+
+def _plan_name(code: int) -> Optional[str]:
+    if not code:
+        return None
+    return f"{code % 10000 // 100}x{code % 100}{'a' if code >= 10000 else ''}"
 
 
 def _stream_and_device(t: Tensor):
@@ -103,7 +114,7 @@ def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: 
                 CELL_CODES[cell], reverse, VARIANTS.index(variant), _plan_code(_plan["name"]),
                 store_saved, stream)
         last_used["fwd"] = VARIANTS[used]
-        last_used["plan"] = f"{plan // 100}x{plan % 100}" if plan else None
+        last_used["plan"] = _plan_name(plan)
     c_n = cs[T].to(gi.dtype, copy=True) if cell == "LSTM" else gi.new_empty(0)
     return (out, hs[T].clone(), c_n, saved, hs, cs, ms) + recurrence.no_ln(saved, 3)
 
