@@ -9,7 +9,8 @@
 #   floors    per-step synchronisation floors (benchmarks/floors.cu): __syncthreads, cluster
 #             barrier with distributed shared memory, grid sync -> floors_$NAME.json
 #   build     build the CUDA extension (torch.utils.cpp_extension, cached) and time it
-#   cluster   the cluster forward's GPU tests (every plan, fp16/bf16), then its plan timings
+#   cluster   a smoke run of the asynchronous exchange (a hang costs 90 s), the cluster
+#             forward's GPU tests (every plan, fp16/bf16), then its plan timings
 #             (benchmarks/cluster_plans.py -> cluster_plans_$NAME.json)
 #   tests     the whole test suite but the GPU parity grids and the big tests (stages of their own)
 #   big       T = 100,000, tensors over 2^31 elements, out of memory: one at a time (each takes
@@ -70,6 +71,7 @@ BIG="test_tensors_over_2_31_elements or test_out_of_memory or test_hundred_thous
 want tests && stage tests 540 "$PY" -m pytest -q -rfE --tb=line "${XDIST[@]}" tests \
   -k "not parity_grid and not sm90 and not test_cuda_build and not ($BIG)"
 want big && stage big 540 "$PY" -m pytest -q -rfE --tb=line -p no:xdist tests/test_gpu_stack.py -k "$BIG"
+want cluster && stage cluster-async-smoke 90 "$PY" scripts/cluster_async_smoke.py
 want cluster && stage cluster-tests 400 "$PY" -m pytest -q -rfE --tb=short "${XDIST[@]}" \
   tests/test_cuda_gpu.py -k "cluster"
 want cluster && stage cluster-plans 300 "$PY" benchmarks/cluster_plans.py \
