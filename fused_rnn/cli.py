@@ -110,6 +110,8 @@ def cmd_bench(args) -> int:
         out.print("No CUDA GPU here: running the small CPU suite (reference and a Python loop "
                   "against torch's own CPU LSTM/GRU). The GPU suite (the default grid against "
                   "cuDNN, fp32/tf32/bf16) needs CUDA.")
+    if args.sweep:
+        return _bench_sweep(args, device, out)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes or []]
     if any(len(s) != 4 for s in shapes):
         raise SystemExit("--shapes: expected T,B,I,H for each shape, e.g. 256,16,512,512")
@@ -129,6 +131,29 @@ def cmd_bench(args) -> int:
     json_path = bench.write_json(results, folder / f"{name}.json")
     png_path = bench.plot(results, folder / f"{name}.png")
     out.print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def _bench_sweep(args, device, out) -> int:
+    """`fused-rnn bench --sweep`: µs per step against H, B and T (bench/sweep.py)."""
+    from rich.progress import track
+
+    from .bench import sweep
+    results = sweep.run_sweeps(device, cells=args.cells or ("LSTM",), dtypes=args.dtypes,
+                               providers=args.providers, progress=lambda jobs: track(
+                                   jobs, description="sweeping", console=out, transient=True))
+    results["meta"]["command"] = "fused-rnn " + " ".join(args.argv)
+    rows = [(r["sweep"], r["provider"], r["dtype"], r["cell"], f"{r['T']},{r['B']},{r['H']}",
+             f"{r['us_per_step']:.2f}") for r in results["rows"]]
+    out.print(format_table(("sweep", "provider", "dtype", "cell", "T,B,H", "µs/step"), rows,
+                           title="fused_rnn sweeps: forward µs per step"))
+    for what, reason in results["meta"]["skipped"].items():
+        out.print(f"skipped {what}: {reason}")
+    from .bench import write_json
+    name = (args.name or ("gpu" if device.type == "cuda" else "cpu")) + "_sweep"
+    folder = Path(args.out)
+    paths = [write_json(results, folder / f"{name}.json")] + sweep.plot(results, folder, name)
+    out.print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -163,6 +188,9 @@ def main(argv=None) -> int:
     b.add_argument("--option-dtypes", nargs="+", choices=list(bench.suite.DTYPES),
                    help="dtypes of the regularisation rows (default bf16)")
     b.add_argument("--quick", action="store_true", help="a small subset of the grid")
+    b.add_argument("--sweep", action="store_true",
+                   help="instead of the grid: forward µs per step against H, B and T (LSTM, "
+                        "bf16 and fp16 on CUDA), one plot per sweep")
     b.add_argument("--out", default="fused-rnn-results", help="output folder")
     b.add_argument("--name", help="file name stem (default: the suite's name, e.g. gpu, cpu)")
     b.add_argument("--device", help="cpu or cuda (default: cuda if available)")

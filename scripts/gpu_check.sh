@@ -22,6 +22,7 @@
 #   parity    fused-rnn parity on CUDA
 #   examples  examples/char_lm.py and seq2seq.py, 300 steps, cudnn/triton/cuda (json, png)
 #   bench     the benchmark suite
+#   sweep     fused-rnn bench --sweep: us/step against H, B, T (LSTM bf16/fp16), a plot each
 #   STAGES="build cuda sanitize" bash scripts/gpu_check.sh
 #   STAGES="bench" bash scripts/gpu_check.sh --quick      (extra arguments go to the bench)
 # The install stage always runs first.
@@ -96,5 +97,6 @@ for ex in char_lm seq2seq; do
     --backend cudnn triton cuda --json "$OUT/${ex}_$NAME.json" --plot "$OUT/${ex}_$NAME.png"
 done
 want bench && stage bench 540 "$PY" -m fused_rnn bench --out "$OUT" --name "$NAME" "$@"
+want sweep && stage sweep 540 "$PY" -m fused_rnn bench --sweep --out "$OUT" --name "$NAME"
 echo "gpu_check: overall status $status; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
 exit $status

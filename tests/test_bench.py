@@ -171,3 +171,29 @@ def test_option_cost_table():
     console.print(report.option_table({"rows": rows}))
     text = console.export_text()
     assert "zoneout" in text and "1.050" in text
+
+
+def test_cli_bench_sweep_writes_rows_and_a_plot_per_axis(tmp_path, capsys, monkeypatch):
+    """`--sweep` on the CPU: the small sweeps over H, B and T, cuDNN and the reference backend,
+    forward rows with µs per step, one JSON and one PNG per axis."""
+    from fused_rnn.bench import sweep
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    rc = cli.main(["bench", "--sweep", "--out", str(tmp_path), "--name", "s", "--device", "cpu"])
+    assert rc == 0
+    assert "µs/step" in capsys.readouterr().out
+    data = json.loads((tmp_path / "s_sweep.json").read_text())
+    rows = data["rows"]
+    n_points = sum(len(v) for v in sweep.CPU_SWEEPS.values())
+    assert len(rows) == 2 * n_points  # cudnn and reference, LSTM, fp32, fwd
+    assert {r["provider"] for r in rows} == {"cudnn", "reference"}
+    for r in rows:
+        assert r["mode"] == "fwd" and r["us_per_step"] == pytest.approx(
+            r["median_ms"] * 1e3 / r["T"])
+        swept = {k: r[k] for k in ("T", "B", "H") if k != r["sweep"]}
+        assert swept == {k: v for k, v in sweep.CPU_BASE.items() if k != r["sweep"]}
+        assert r[r["sweep"]] in sweep.CPU_SWEEPS[r["sweep"]] and r["I"] == r["H"]
+    for axis in ("H", "B", "T"):
+        png = (tmp_path / f"s_sweep_{axis}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="sweep axis: expected H, B or T, got 'I'"):
+        sweep.shapes("I", [1], sweep.CPU_BASE)
