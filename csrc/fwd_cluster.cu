@@ -120,34 +120,36 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
   bool v_nx[NQ][2];
   auto unit_of = [&](int j) { return u_tile + g + 8 * (j >> 1); };
   auto row_of = [&](int j, int c) { return 8 * (j & 1) + 2 * q4 + c; };
-  auto prefetch = [&](int64_t k) {  // input gates and length mask of step k
-    const int64_t t = p.reverse ? T_ - 1 - k : k;
+  // f(j, c) for each element this thread finishes. Unrolled, so that j and c (and the state
+  // arrays' indices j / KS, c) are constants: the arrays stay in registers.
+  auto for_owned = [&](auto f) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       if (j % KS != ks) continue;
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int64_t b = b0 + row_of(j, c);
-        if (b >= B) continue;
-#pragma unroll
-        for (int q = 0; q < NG; ++q) x_nx[j / KS][c][q] = gi[at(t, B, b, NG * H) + q * H + unit_of(j)];
-        v_nx[j / KS][c] = p.mask == nullptr || p.mask[t * B + b] != 0;
-      }
+      for (int c = 0; c < 2; ++c) f(j, c);
     }
   };
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    if (j % KS != ks) continue;
-    const int u = unit_of(j);
-#pragma unroll
-    for (int q = 0; q < NG; ++q) bias[j / KS][q] = b_hh ? to_acc(b_hh[q * H + u]) : A(0);
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {
+  auto prefetch = [&](int64_t k) {  // input gates and length mask of step k
+    const int64_t t = p.reverse ? T_ - 1 - k : k;
+    for_owned([&](int j, int c) {
       const int64_t b = b0 + row_of(j, c);
-      h_st[j / KS][c] = b < B ? to_acc(hs[at(0, B, b, H) + u]) : A(0);
-      c_st[j / KS][c] = CELL == kLSTM && b < B ? cs[at(0, B, b, H) + u] : A(0);
+      if (b >= B) return;
+#pragma unroll
+      for (int q = 0; q < NG; ++q) x_nx[j / KS][c][q] = gi[at(t, B, b, NG * H) + q * H + unit_of(j)];
+      v_nx[j / KS][c] = p.mask == nullptr || p.mask[t * B + b] != 0;
+    });
+  };
+  for_owned([&](int j, int c) {
+    const int u = unit_of(j);
+    const int64_t b = b0 + row_of(j, c);
+    if (c == 0) {
+#pragma unroll
+      for (int q = 0; q < NG; ++q) bias[j / KS][q] = b_hh ? to_acc(b_hh[q * H + u]) : A(0);
     }
-  }
+    h_st[j / KS][c] = b < B ? to_acc(hs[at(0, B, b, H) + u]) : A(0);
+    c_st[j / KS][c] = CELL == kLSTM && b < B ? cs[at(0, B, b, H) + u] : A(0);
+  });
   for (int idx = tid; idx < kClusterBatch * H; idx += NT) {  // h_0 of the tile, all columns
     const int row = idx / H, col = idx % H;
     hbuf[row * LDH + col] = b0 + row < B ? hs[at(0, B, b0 + row, H) + col] : from_acc<T>(A(0));
@@ -226,40 +228,34 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
     // arrive below (an arrive with release semantics waits for earlier global stores).
     T h_out[NQ][2];
     A s_out[NQ][2][NS];
+    for_owned([&](int j, int c) {
+      const int u = unit_of(j), row = row_of(j, c);
+      const int64_t b = b0 + row;
+      T hv = from_acc<T>(A(0));
+      if (b < B) {
+        A a[4], x[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if (j % KS != ks) continue;
-      const int u = unit_of(j);
+        for (int q = 0; q < 4; ++q) a[q] = x[q] = A(0);
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int row = row_of(j, c);
-        const int64_t b = b0 + row;
-        T hv = from_acc<T>(A(0));
-        if (b < B) {
-          A a[4], x[4];
-#pragma unroll
-          for (int q = 0; q < 4; ++q) a[q] = x[q] = A(0);
-#pragma unroll
-          for (int q = 0; q < NG; ++q) {
-            a[q] = acc[q][j & 1][2 * (j >> 1) + c] + bias[j / KS][q];
-            x[q] = to_acc(x_nx[j / KS][c][q]);
-          }
-          const A h_prev = h_st[j / KS][c], c_prev = c_st[j / KS][c];
-          const bool valid = v_nx[j / KS][c];
-          const CellFwd<A> o = cell_forward<CELL>(a, x, h_prev, c_prev,
-                                                  cell_masks<CELL, A>(p.reg, t, b, u, B, H));
-          const T h_new = from_acc<T>(o.h);
-          // Past the sequence's end the state is kept bit for bit and the output is zero.
-          hv = valid ? h_new : from_acc<T>(h_prev);
-          h_out[j / KS][c] = valid ? h_new : from_acc<T>(A(0));
-#pragma unroll
-          for (int q = 0; q < NS; ++q) s_out[j / KS][c][q] = o.s[q];
-          if constexpr (CELL == kLSTM) c_st[j / KS][c] = valid ? o.c : c_prev;
-          h_st[j / KS][c] = to_acc(hv);
+        for (int q = 0; q < NG; ++q) {
+          a[q] = acc[q][j & 1][2 * (j >> 1) + c] + bias[j / KS][q];
+          x[q] = to_acc(x_nx[j / KS][c][q]);
         }
-        hn[row * LDH + u] = hv;
+        const A h_prev = h_st[j / KS][c], c_prev = c_st[j / KS][c];
+        const bool valid = v_nx[j / KS][c];
+        const CellFwd<A> o = cell_forward<CELL>(a, x, h_prev, c_prev,
+                                                cell_masks<CELL, A>(p.reg, t, b, u, B, H));
+        const T h_new = from_acc<T>(o.h);
+        // Past the sequence's end the state is kept bit for bit and the output is zero.
+        hv = valid ? h_new : from_acc<T>(h_prev);
+        h_out[j / KS][c] = valid ? h_new : from_acc<T>(A(0));
+#pragma unroll
+        for (int q = 0; q < NS; ++q) s_out[j / KS][c][q] = o.s[q];
+        if constexpr (CELL == kLSTM) c_st[j / KS][c] = valid ? o.c : c_prev;
+        h_st[j / KS][c] = to_acc(hv);
       }
-    }
+      hn[row * LDH + u] = hv;
+    });
 
     block_sync();  // this block's columns of h_t are in hn
     constexpr int kWords = U * int(sizeof(T)) / 16;  // 16-byte words of a row's slice
@@ -278,24 +274,19 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
 
     // While the other blocks arrive: this step's results to global memory, the next step's
     // input gates into flight.
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if (j % KS != ks) continue;
+    for_owned([&](int j, int c) {
       const int u = unit_of(j);
+      const int64_t b = b0 + row_of(j, c);
+      if (b >= B) return;
+      out[at(t, B, b, H) + u] = h_out[j / KS][c];
+      // Without a backward (inference) only h_n and c_n of the states are read.
+      if (!p.store_saved && k + 1 < T_) return;
+      hs[at(k + 1, B, b, H) + u] = from_acc<T>(h_st[j / KS][c]);
+      if constexpr (CELL == kLSTM) cs[at(k + 1, B, b, H) + u] = c_st[j / KS][c];
+      if (!p.store_saved) return;
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const int64_t b = b0 + row_of(j, c);
-        if (b >= B) continue;
-        out[at(t, B, b, H) + u] = h_out[j / KS][c];
-        // Without a backward (inference) only h_n and c_n of the states are read.
-        if (!p.store_saved && k + 1 < T_) continue;
-        hs[at(k + 1, B, b, H) + u] = from_acc<T>(h_st[j / KS][c]);
-        if constexpr (CELL == kLSTM) cs[at(k + 1, B, b, H) + u] = c_st[j / KS][c];
-        if (!p.store_saved) continue;
-#pragma unroll
-        for (int q = 0; q < NS; ++q) saved[at(t, B, b, NS * H) + q * H + u] = s_out[j / KS][c][q];
-      }
-    }
+      for (int q = 0; q < NS; ++q) saved[at(t, B, b, NS * H) + q * H + u] = s_out[j / KS][c][q];
+    });
     if (k + 1 < T_) prefetch(k + 1);
     if constexpr (EX == kBarrier) cluster_wait();  // h_t complete in every block
   }

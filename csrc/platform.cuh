@@ -120,21 +120,29 @@ cudaError_t launch(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem,
 
 // Launch `kernel(args)` as clusters of `cluster` blocks along x (grid.x a multiple of it).
 // Sizes over 8 (the portable limit) are allowed where the GPU has them (16 on the H100).
-template <typename... Args>
-cudaError_t launch_cluster(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem,
-                           cudaStream_t stream, int cluster, Args... args) {
+// A launch configuration of clusters of `cluster` blocks along x; `attr` holds its one
+// attribute and must outlive it.
+inline cudaLaunchConfig_t cluster_config(dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                                         int cluster, cudaLaunchAttribute* attr) {
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = unsigned(cluster);
+  attr->val.clusterDim.y = 1;
+  attr->val.clusterDim.z = 1;
   cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = unsigned(cluster);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
+  return cfg;
+}
+
+template <typename... Args>
+cudaError_t launch_cluster(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem,
+                           cudaStream_t stream, int cluster, Args... args) {
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config(grid, block, smem, stream, cluster, &attr);
   return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
@@ -151,17 +159,9 @@ int clusters_fit(void (*kernel)(Args...), int cluster, int threads, size_t smem)
     cudaGetLastError();
     return 0;
   }
-  cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = unsigned(cluster);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.gridDim = dim3(unsigned(cluster));
-  cfg.blockDim = dim3(unsigned(threads));
-  cfg.dynamicSmemBytes = smem;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config(dim3(unsigned(cluster)), dim3(unsigned(threads)),
+                                                smem, nullptr, cluster, &attr);
   int n = 0;
   if (cudaOccupancyMaxActiveClusters(&n, fn, &cfg) != cudaSuccess) {
     cudaGetLastError();
