@@ -2,7 +2,7 @@
 
     FUSED_RNN_BUILD_CUDA=1 pip install --no-build-isolation .
 
-needs a CUDA build of torch and nvcc (sm_80 and sm_90, flags in fused_rnn/_ext.py). Without the
+needs a CUDA build of torch and nvcc (sm_80 and sm_90, flags in fused_rnn/ops/cuda/extension.py). Without the
 variable the package installs as pure Python, and the extension is built on first use of
 backend="cuda" (torch.utils.cpp_extension + ninja, cached). --no-build-isolation: building
 against the installed torch, never a freshly downloaded one.
@@ -18,9 +18,9 @@ if os.environ.get("FUSED_RNN_BUILD_CUDA", "0") not in ("", "0"):
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
     root = Path(__file__).resolve().parent
-    # _ext.py's flags, read without importing the package (whose __init__ imports torch
+    # extension.py's flags, read without importing the package (whose __init__ imports torch
     # modules that may not be importable here yet).
-    flags = runpy.run_path(str(root / "fused_rnn" / "_ext.py"))
+    flags = runpy.run_path(str(root / "fused_rnn" / "ops" / "cuda" / "extension.py"))
     csrc = root / "csrc"
     ext_modules = [CUDAExtension(
         "fused_rnn._C",

@@ -1,6 +1,6 @@
-"""Time every cluster plan of the CUDA backend's cluster forward (csrc/fwd_cluster.cu) against
+"""Time every cluster plan of the CUDA backend's cluster forward (csrc/rnn_fwd_cluster.cu) against
 cuDNN and the persistent variant, forward only, on a few shapes per H; prints a table and writes
-JSON. For choosing the default plan per H (issue 9) until `fused-rnn bench --tune` does it.
+JSON. For choosing the default plan per H until `fused-rnn bench --tune` does it.
 
     python benchmarks/cluster_plans.py --out results.json
 """
@@ -11,7 +11,7 @@ import torch
 
 from fused_rnn import _alloc
 from fused_rnn.bench.suite import DTYPES, build, measure
-from fused_rnn.ops import cuda_op
+from fused_rnn.ops.cuda import launch as cuda_launch
 
 PLANS = {64: ("4x4", "4x2", "2x4", "4x4a"), 128: ("8x4", "8x2", "4x4", "8x4a"),
          256: ("16x4", "8x4", "16x4a", "8x4a")}
@@ -39,10 +39,10 @@ def main():
                         fn, _ = build(provider, cell, shape, dtype, dev)
 
                         def call():
-                            with torch.no_grad(), cuda_op.cluster_plan(plan):
+                            with torch.no_grad(), cuda_launch.cluster_plan(plan):
                                 fn(x)
                         call()
-                        ran = cuda_op.last_used["plan"] if provider == "cuda_cluster" else None
+                        ran = cuda_launch.last_used["plan"] if provider == "cuda_cluster" else None
                         med, p20, p80 = measure(call, dev)
                         row = dict(cell=cell, dtype=dtype, T=T, B=B, I=I, H=H, provider=provider,
                                    plan=plan, plan_ran=ran, median_ms=med,

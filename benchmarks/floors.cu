@@ -1,4 +1,4 @@
-// Per-step synchronisation floors of the GPU (issue 9): what one step of a recurrence costs
+// Per-step synchronisation floors of the GPU: what one step of a recurrence costs
 // when it does nothing but the synchronisation its design needs.
 //   syncthreads   one block, __syncthreads() per step (a one-block kernel's floor)
 //   cluster<N>    a thread-block cluster of N blocks; per step each block writes one word into

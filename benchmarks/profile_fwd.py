@@ -1,6 +1,6 @@
 """Where a fused forward's time goes on the GPU: per call, the wall time (CUDA events around the
 module call), the device time of each kernel (torch.profiler) and the host time of the call.
-For issue 9's headline rows; prints one block per row.
+For the benchmark's headline rows (`--quick`); prints one block per row.
 
     python benchmarks/profile_fwd.py [--variant cluster] [--json out.json]
 """
@@ -14,7 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import fused_rnn
 from fused_rnn import _alloc
-from fused_rnn.ops import cuda_op
+from fused_rnn.ops.cuda import launch as cuda_launch
 
 ROWS = [("LSTM", "bf16", (256, 16, 256, 256)), ("LSTM", "bf16", (512, 16, 128, 128)),
         ("LSTM", "fp16", (1024, 16, 768, 768)), ("GRU", "bf16", (256, 16, 256, 256))]
@@ -37,7 +37,7 @@ def main():
             x = torch.randn(T, B, I, device=dev, dtype=DT[dtype])
             n = 10
             for name, fn in (("fused", lambda: m(x)), ("cudnn", lambda: ref(x))):
-                with cuda_op.variant(args.variant):
+                with cuda_launch.variant(args.variant):
                     for _ in range(3):
                         fn()
                     torch.cuda.synchronize()
@@ -61,7 +61,7 @@ def main():
                         kernels[ev.key[:70]] += ev.device_time_total / n
                 row = dict(cell=cell, dtype=dtype, T=T, B=B, I=I, H=H, provider=name,
                            wall_ms=wall, host_ms=host, kernels_us=dict(kernels),
-                           used=dict(cuda_op.last_used) if name == "fused" else None)
+                           used=dict(cuda_launch.last_used) if name == "fused" else None)
                 results.append(row)
                 print(f"{cell} {dtype} T{T} B{B} I{I} H{H} {name}: wall {wall:.3f} ms "
                       f"({wall * 1e3 / T:.2f} us/step), host {host * 1e3:.3f} ms/call, "

@@ -1,4 +1,4 @@
-// The one torch-facing file: checks the tensors the Python launchers (fused_rnn/ops/cuda_op.py)
+// The one torch-facing file: checks the tensors the Python launchers (fused_rnn/ops/cuda/launch.py)
 // allocated, fills the plain params structs and calls the launchers in rnn_fwd.cu/rnn_bwd.cu.
 // It includes no CUDA header (the stream comes in as an integer from
 // torch.cuda.current_stream().cuda_stream), so it compiles against any torch build; with
@@ -126,7 +126,8 @@ std::tuple<int64_t, int64_t> rnn_fwd(const at::Tensor& gi, const at::Tensor& w_h
   const int G = cell_gates(cell);
   TORCH_CHECK(variant >= frnn::kStep && variant <= frnn::kCluster,
               "variant: expected 0 (step), 1 (persistent) or 2 (cluster), got ", variant);
-  TORCH_CHECK(plan >= 0 && plan < 100000, "plan: expected CS*100 + KS (or 0), got ", plan);
+  TORCH_CHECK(plan >= 0 && plan < frnn::kPlanCodeEnd,
+              "plan: expected a cluster plan code (plans.h) or 0, got ", plan);
   TORCH_CHECK(gi.dim() == 3, "gi: expected (T, B, G*H), got ", gi.sizes());
   const int64_t T = gi.size(0), B = gi.size(1), H = w_hh.size(0) / G, HK = hs.size(-1);
   const auto dt = gi.scalar_type(), acc = acc_type(gi);

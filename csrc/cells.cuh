@@ -1,6 +1,6 @@
 // Pointwise cell math of LSTM, GRU and Elman RNN, forward and backward, shared by every kernel,
 // with the regularisation masks of a step (fused_rnn/ops/regularize.py has the step math).
-// Formulas and saved values as fused_rnn/ops/triton_kernels.py (_fwd_cell, _bwd_cell), so the
+// Formulas and saved values as fused_rnn/ops/triton/cell.py (_fwd_cell, _bwd_cell), so the
 // two fused backends hand the same tensors to the shared weight-gradient GEMMs.
 #pragma once
 #include "params.h"

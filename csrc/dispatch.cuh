@@ -46,9 +46,7 @@ size_t block_smem_bytes(bool persistent, int R, int64_t K) {
 
 // Hidden units per block for n units over the device: one block per SM where it can (the
 // persistent kernels need every block resident; per step, more blocks than SMs only queue).
-// The per-step kernels cap it at kMaxStepUnits, which bounds their shared memory (the `pre`
-// tile: kBatchChunk x G.units accumulators, 32 KiB for fp64 LSTM) for any H.
-constexpr int kMaxStepUnits = 32;
+// The per-step kernels cap it at kMaxStepUnits (plans.h).
 inline int units_per_block(int64_t n, int sms) {
   int64_t u = (n + sms - 1) / sms;
   return int(u < 1 ? 1 : u);

@@ -4,6 +4,6 @@
 #error "emulated.cpp is built with -DFRNN_EMULATE only"
 #endif
 #include "device.cu"
-#include "fwd_cluster.cu"
+#include "rnn_fwd_cluster.cu"
 #include "rnn_bwd.cu"
 #include "rnn_fwd.cu"

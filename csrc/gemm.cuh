@@ -9,18 +9,12 @@
 #pragma once
 #include <type_traits>
 
+#include "plans.h"
 #include "platform.cuh"
 #include "types.cuh"
 
 namespace frnn {
 
-constexpr int kChunkK = 32;
-constexpr int kRowsPerThread = 4;
-#ifndef FRNN_EMULATE
-constexpr int kBatchChunk = 32;  // batch rows a block handles at once
-#else
-constexpr int kBatchChunk = 3;   // small, so that CPU tests cover the batch loop
-#endif
 // Rows of the staging buffer: whole groups of kRowsPerThread (rows past nb are zeros).
 constexpr int kStageRows = (kBatchChunk + kRowsPerThread - 1) / kRowsPerThread * kRowsPerThread;
 

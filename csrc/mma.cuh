@@ -1,4 +1,4 @@
-// The warp-wide tensor-core product of the cluster kernels (csrc/fwd_cluster.cu):
+// The warp-wide tensor-core product of the cluster kernels (csrc/rnn_fwd_cluster.cu):
 //   C (16 x 8, accumulation type) += A (16 x 16) . B (16 x 8)
 // as PTX's mma.sync.m16n8k16 (row-major A, column-major B) lays it out over the 32 lanes of a
 // warp, with g = lane / 4 and q = lane % 4 (PTX ISA, "Matrix fragments for mma.m16n8k16"):

@@ -2,7 +2,7 @@
 // No CUDA and no torch headers here: both sides include this file, and the CPU build of torch
 // ships no CUDA headers.
 //
-// Layouts (all contiguous, as in fused_rnn/ops/triton_kernels.py, so both fused backends share
+// Layouts (all contiguous, as in fused_rnn/ops/triton/cell.py, so both fused backends share
 // the Python glue): gi, out, saved, ms, dout, dgh, dgi, dhs are in time order (T, B, .); the
 // states hs (T+1, B, HK) and cs (T+1, B, H) are in processing order: hs[k] is the state before
 // the k-th step, which is at time k (forward) or T-1-k (reverse). A step past a sequence's

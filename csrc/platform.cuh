@@ -40,7 +40,7 @@ struct alignas(16) Word16 { uint32_t v[4]; };  // the unit of copies between sha
 // (barrier.cluster.arrive.release + wait.acquire: shared-memory writes before it, remote ones
 // included, are visible to every block of the cluster after it), and the address of the same
 // shared-memory variable in another block of the cluster (distributed shared memory). Only
-// kernels compiled for sm_90 may call them (csrc/fwd_cluster.cu guards its body).
+// kernels compiled for sm_90 may call them (csrc/rnn_fwd_cluster.cu guards its body).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define FRNN_HAS_CLUSTERS 1
 FRNN_DEVICE int cluster_rank() { return int(cooperative_groups::this_cluster().block_rank()); }

@@ -13,7 +13,8 @@ def _index(seq: PackedSequence):
     """(time, batch) index of every row of seq.data, batch in the original order."""
     batch_sizes = seq.batch_sizes.to(seq.data.device)
     steps = torch.arange(batch_sizes.numel(), device=seq.data.device)
-    t_idx = torch.repeat_interleave(steps, batch_sizes)
+    # output_size: no host sync on CUDA, and meta tensors (shape inference) need it
+    t_idx = torch.repeat_interleave(steps, batch_sizes, output_size=seq.data.shape[0])
     starts = torch.cumsum(batch_sizes, 0) - batch_sizes
     j_idx = torch.arange(t_idx.numel(), device=seq.data.device) - starts[t_idx]
     b_idx = seq.sorted_indices[j_idx] if seq.sorted_indices is not None else j_idx

@@ -3,9 +3,9 @@
 "reference": plain torch (ops/naive.py), any device, the ground truth.
 "cudnn":     torch's own implementation, as nn.LSTM runs it (cuDNN on CUDA, ATen's native
              kernels on the CPU), for comparison.
-"triton":    per-step fused Triton kernels (ops/triton_op.py): CUDA tensors, or CPU tensors in
+"triton":    per-step fused Triton kernels (ops/triton/): CUDA tensors, or CPU tensors in
              float32/float64 when TRITON_INTERPRET=1 (the interpreter, for tests).
-"cuda":      fused CUDA C++ kernels (csrc/, ops/cuda_op.py): CUDA tensors with a CUDA build of
+"cuda":      fused CUDA C++ kernels (csrc/, ops/cuda/): CUDA tensors with a CUDA build of
              torch, or CPU tensors in float32/float64 when FUSED_RNN_CUDA_EMULATE=1 (the
              kernels emulated on the CPU, for tests).
 """
@@ -73,7 +73,7 @@ def why_not(backend: str, device: Optional[torch.device],
 
 
 def _why_not_cuda(device, dtype) -> Optional[str]:
-    from . import _ext
+    from .ops.cuda import extension as _ext
     if _ext.emulated():
         if device is not None and device.type != "cpu":
             return (f"FUSED_RNN_CUDA_EMULATE=1 runs the emulated kernels on CPU tensors, and the "
@@ -91,7 +91,7 @@ def _why_not_cuda(device, dtype) -> Optional[str]:
 def _cuda_extension_loads() -> bool:
     """For "auto": whether the CUDA extension loads (it builds on first use). A failed build
     warns once and lets "auto" go on to the next backend; backend="cuda" raises instead."""
-    from . import _ext
+    from .ops.cuda import extension as _ext
     try:
         _ext.load()
         return True
@@ -105,11 +105,45 @@ def _cuda_extension_loads() -> bool:
 _ext_failure_warned: list = []
 
 
-def resolve(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+def _resolve_layer_norm(backend: str, device: torch.device, dtype, proj: bool) -> str:
+    """A LayerNorm cell runs on the Triton kernels (not with proj_size) or the reference
+    backend: "auto" takes Triton where it can run, else the reference, and on CUDA tensors says
+    so once (a per-step loop, not a fused kernel)."""
+    if backend == "auto":
+        if device.type == "cuda" and not proj and why_not("triton", device, dtype) is None:
+            return "triton"
+        if device.type == "cuda" and not _ln_warned:
+            _ln_warned.append(True)
+            warnings.warn("fused_rnn: layer_norm runs on the reference backend here (a per-step "
+                          "loop in plain torch): the fused LayerNorm cells are Triton kernels "
+                          "without proj_size", RuntimeWarning)
+        return "reference"
+    if backend == "reference" or (backend == "triton" and not proj):
+        return resolve(backend, device, dtype)
+    why = ("proj_size with layer_norm runs on the reference backend only" if proj and
+           backend == "triton" else "layer_norm runs on backend='triton' or 'reference' only "
+           "so far")
+    raise RuntimeError(f"backend={backend!r} cannot run this call: {why}")
+
+
+_ln_warned: list = []
+
+
+def resolve(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None, *,
+            layer_norm: bool = False, proj: bool = False, options: str = "",
+            cell: bool = False) -> str:
     """The concrete backend for a call. An explicit backend that cannot run the call raises
     RuntimeError saying why; "auto" takes the fastest fused backend that can run on CUDA
-    tensors, else "reference" (on the CPU always: the interpreter is for tests, not speed)."""
+    tensors, else "reference" (on the CPU always: the interpreter is for tests, not speed).
+    layer_norm: a LayerNorm cell; proj: an LSTM with proj_size; options: the regularisation
+    options asked for (their names, "" for none); cell: a cell (LSTMCell, ...), not a layer."""
     check_name(backend)
+    if backend == "cudnn" and options:
+        raise RuntimeError(f"backend='cudnn' cannot run this call: it is torch's own "
+                           f"{'cell' if cell else 'RNN'}, which has no regularisation options; "
+                           f"got {options}")
+    if layer_norm:
+        return _resolve_layer_norm(backend, device, dtype, proj)
     if backend == "auto":
         if device.type != "cuda":
             return "reference"

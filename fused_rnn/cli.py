@@ -71,9 +71,14 @@ def cmd_parity(args) -> int:
     # Off the CPU, dropout masks cannot match the CPU truth's: no dropout cases there.
     cases = testing.random_cases(args.cases, seed=args.seed, with_dropout=device.type == "cpu")
     dtypes = [_DTYPES[d] for d in args.dtype]
+    atols = ", ".join(f"{d}: {testing.ATOL[_DTYPES[d]]:g}"
+                      + (" x max(1, rms(truth))" if _DTYPES[d] in testing.ATOL_SCALED else "")
+                      for d in args.dtype)
     print(f"parity on {device}: {len(cases)} random cases x {len(dtypes)} dtypes x "
-          f"{len(names)} backends, against float64 torch on the CPU; bound = 2 x torch's error "
-          f"in the same dtype + atol ({', '.join(f'{d}: {testing.ATOL[_DTYPES[d]]:g}' for d in args.dtype)})")
+          f"{len(names)} backends, against float64 torch on the CPU; per tensor, rms err <= "
+          f"{testing.RMS_FACTOR:g} x torch's rms err + atol and max err <= "
+          f"{testing.MAX_FACTOR:g} x torch's max err + atol, torch in the same dtype; "
+          f"atol {atols}")
     groups = defaultdict(list)
     failures = []
     with warnings.catch_warnings():
@@ -88,13 +93,17 @@ def cmd_parity(args) -> int:
     rows = []
     for (name, cell, dtype), results in groups.items():
         ok = sum(r.ok for r in results)
+        worst = max((r.worst() for r in results), key=lambda w: (w[0] != w[0], w[0]))
         rows.append((name, cell, dtype, len(results), f"{ok}/{len(results)}",
                      f"{max(max(r.errors.values()) for r in results):.2e}",
                      f"{max(max(r.torch_errors.values()) for r in results):.2e}",
-                     f"{max(r.worst_ratio for r in results):.3f}",
+                     f"{max(max(r.rms_errors.values()) for r in results):.2e}",
+                     f"{max(max(r.torch_rms_errors.values()) for r in results):.2e}",
+                     f"{worst[0]:.3f} ({worst[2]})",
                      "PASS" if ok == len(results) else "FAIL"))
     console().print(format_table(("backend", "cell", "dtype", "cases", "passed", "max err",
-                                  "torch err", "worst err/bound", "status"), rows))
+                                  "torch max err", "rms err", "torch rms err",
+                                  "worst err/bound", "status"), rows))
     for res in failures[:20]:
         print(f"FAIL {res.backend} {res.dtype} {res.case.label()}: {'; '.join(res.failures())}")
     return 1 if failures else 0
@@ -121,7 +130,10 @@ def cmd_bench(args) -> int:
     results = bench.run_suite(suite, progress=lambda jobs: track(
         jobs, description="benchmarking", console=out, transient=True))
     results["meta"]["command"] = "fused-rnn " + " ".join(args.argv)
-    out.print(bench.table(results))
+    out.print(bench.table(results))  # with the busy-machine warning under it, if any
+    meta = results["meta"]
+    out.print(f"load average (1 min): {meta['load_start']} at the start, {meta['load_end']} at "
+              f"the end, on {meta['cores']} cores; busy: {'yes' if meta['busy'] else 'no'}")
     if bench.option_costs(results["rows"]):
         out.print(bench.option_table(results))
     for what, reason in results["meta"]["skipped"].items():
@@ -143,10 +155,15 @@ def _bench_sweep(args, device, out) -> int:
                                providers=args.providers, progress=lambda jobs: track(
                                    jobs, description="sweeping", console=out, transient=True))
     results["meta"]["command"] = "fused-rnn " + " ".join(args.argv)
+    from .bench.report import SPREAD_LIMIT, busy_note, spread
     rows = [(r["sweep"], r["provider"], r["dtype"], r["cell"], f"{r['T']},{r['B']},{r['H']}",
-             f"{r['us_per_step']:.2f}") for r in results["rows"]]
-    out.print(format_table(("sweep", "provider", "dtype", "cell", "T,B,H", "µs/step"), rows,
-                           title="fused_rnn sweeps: forward µs per step"))
+             f"{r['us_per_step']:.2f}",
+             f"{spread(r):.2f}" + (" !" if spread(r) > SPREAD_LIMIT else ""))
+            for r in results["rows"]]
+    out.print(format_table(("sweep", "provider", "dtype", "cell", "T,B,H", "µs/step", "spread"),
+                           rows, title="fused_rnn sweeps: forward µs per step"))
+    if busy_note(results):
+        out.print(busy_note(results), style="bold red")
     for what, reason in results["meta"]["skipped"].items():
         out.print(f"skipped {what}: {reason}")
     from .bench import write_json
@@ -161,8 +178,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fused-rnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, GPU, and which backends can run here (and why not)")
-    p = sub.add_parser("parity", help="max error of each backend against torch's LSTM/GRU/RNN "
-                                      "over random cases; exits 1 if any breaks the rule")
+    p = sub.add_parser("parity", help="RMS and max error of each backend against torch's "
+                                      "LSTM/GRU/RNN over random cases, against float64 truth "
+                                      "(docs/testing.md); exits 1 if any breaks the rule")
     p.add_argument("--backend", action="append", choices=[b for b in backends.NAMES
                                                           if b != "auto"],
                    help="backend to check (repeatable; default: every available one)")
@@ -172,27 +190,57 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     from . import bench
-    b = sub.add_parser("bench", help="time every provider against cuDNN over the shape grid; "
-                                     "write JSON results and a PNG plot")
-    b.add_argument("--cells", nargs="+", choices=bench.suite.CELLS,
-                   help="default LSTM GRU")
-    b.add_argument("--dtypes", nargs="+", choices=list(bench.suite.DTYPES),
-                   help="default fp32 tf32 bf16 fp16 on CUDA, fp32 on the CPU")
-    b.add_argument("--modes", nargs="+", choices=bench.suite.MODES, help="default fwd fwdbwd")
-    b.add_argument("--providers", nargs="+", choices=bench.suite.PROVIDERS,
-                   help="default all; unavailable ones are listed as skipped, with the reason")
-    b.add_argument("--shapes", nargs="+", metavar="T,B,I,H", help="instead of the default grid")
-    b.add_argument("--options", nargs="+", choices=list(bench.suite.OPTIONS) + ["none"],
-                   help="regularisation rows (default on CUDA: all, on the quick shapes, bf16; "
-                        "none: no such rows)")
-    b.add_argument("--option-dtypes", nargs="+", choices=list(bench.suite.DTYPES),
-                   help="dtypes of the regularisation rows (default bf16)")
-    b.add_argument("--quick", action="store_true", help="a small subset of the grid")
+    S = bench.suite
+
+    def shape_list(shapes):
+        return " ".join(",".join(map(str, s)) for s in shapes)
+    b = sub.add_parser(
+        "bench", help="time every provider against cuDNN (torch's own kernels on the CPU) over "
+                      "the shape grid; write JSON results and a PNG plot",
+        description="Time every provider against torch's own LSTM/GRU (cuDNN on CUDA, ATen on "
+                    "the CPU) over a grid of (T, B, I, H) shapes, forward and forward+backward; "
+                    "print a table of median ms and speedups, and write <name>.json and "
+                    "<name>.png under --out. Each row gives the median and 20/80 percentiles: on "
+                    "CUDA from triton.testing.do_bench, on the CPU from at least "
+                    f"{S.CPU_MEASUREMENTS} timed blocks of calls, or {S.CPU_MIN_MEASUREMENTS} once "
+                    f"a row has taken {S.CPU_MAX_RUN_S:g} s. Rows whose (p80 - p20) / median is "
+                    f"above {bench.report.SPREAD_LIMIT:g} are marked '!', and a warning under the "
+                    "table says when the machine looks busy: a 1-minute load average above the "
+                    "number of cores at the start or end, or at least "
+                    f"{bench.report.BUSY_SHARE:.0%} of the rows marked; the JSON records the "
+                    "load, the spreads and the verdict (meta: busy, busy_reasons).")
+    b.add_argument("--cells", nargs="+", choices=S.CELLS,
+                   help="cell types (default: LSTM GRU; with --sweep: LSTM)")
+    b.add_argument("--dtypes", nargs="+", choices=list(S.DTYPES),
+                   help="dtypes (default: fp32 tf32 bf16 fp16 on CUDA, fp32 on the CPU; with "
+                        "--sweep: bf16 fp16 on CUDA)")
+    b.add_argument("--modes", nargs="+", choices=S.MODES,
+                   help="fwd: forward without grad; fwdbwd: forward, then backward of "
+                        "out.sum() (default: fwd fwdbwd)")
+    b.add_argument("--providers", nargs="+", choices=S.PROVIDERS,
+                   help="providers, cudnn included (default: all; unavailable ones are listed as "
+                        "skipped, with the reason; with --sweep: cudnn cuda triton on CUDA, cudnn "
+                        "reference on the CPU)")
+    b.add_argument("--shapes", nargs="+", metavar="T,B,I,H",
+                   help="instead of the default grid (CUDA: "
+                        f"{shape_list(S.GPU_SHAPES)}; CPU: {shape_list(S.CPU_SHAPES)})")
+    b.add_argument("--options", nargs="+", choices=list(S.OPTIONS) + ["none"],
+                   help="regularisation rows, at p = 0.25 in training, for the triton and cuda "
+                        "providers (default: all of them on CUDA, on the quick shapes or those of "
+                        "--shapes; none on the CPU; none: no such rows)")
+    b.add_argument("--option-dtypes", nargs="+", choices=list(S.DTYPES),
+                   help="dtypes of the regularisation rows (default: bf16)")
+    b.add_argument("--quick", action="store_true",
+                   help=f"a small subset of the grid (CUDA: {shape_list(S.GPU_QUICK)}; CPU: "
+                        f"{shape_list(S.CPU_QUICK)}) (default: off)")
     b.add_argument("--sweep", action="store_true",
                    help="instead of the grid: forward µs per step against H, B and T (LSTM, "
-                        "bf16 and fp16 on CUDA), one plot per sweep")
-    b.add_argument("--out", default="fused-rnn-results", help="output folder")
-    b.add_argument("--name", help="file name stem (default: the suite's name, e.g. gpu, cpu)")
+                        "bf16 and fp16 on CUDA, fp32 on the CPU), one plot per sweep (default: "
+                        "off)")
+    b.add_argument("--out", default="fused-rnn-results",
+                   help="output folder (default: %(default)s)")
+    b.add_argument("--name", help="file name stem (default: the suite's name: gpu, gpu-quick, "
+                                  "cpu or cpu-quick; with --sweep: gpu or cpu, then _sweep)")
     b.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -50,6 +50,8 @@ def _mode_of(module) -> str:
         return "LSTM"
     if isinstance(module, (nn.GRU, nn.GRUCell)):
         return "GRU"
+    if isinstance(module, nn.RNNBase):  # nn.RNN keeps the mode its constructor chose
+        return module.mode
     return "RNN_TANH" if module.nonlinearity == "tanh" else "RNN_RELU"
 
 
@@ -154,7 +156,14 @@ class _FusedRNNBase(_Backend):
                           layer_norm=self._layer_norm_weights(), **kw)
         if self.mode == "GRU":
             return F.gru(input, weights, hx, layer_norm=self._layer_norm_weights(), **kw)
-        return F.rnn(input, weights, hx, nonlinearity=self.nonlinearity, **kw)
+        # As nn.RNN: forward follows `mode`, which __init__ set from nonlinearity; assigning
+        # nonlinearity afterwards changes neither (torch 2.13).
+        if self.mode not in _RNN_NONLINEARITY:
+            raise ValueError(f"mode: expected 'RNN_TANH' or 'RNN_RELU' for RNN, got {self.mode!r}")
+        return F.rnn(input, weights, hx, nonlinearity=_RNN_NONLINEARITY[self.mode], **kw)
+
+
+_RNN_NONLINEARITY = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}
 
 
 class LSTM(_FusedRNNBase, nn.LSTM):
@@ -181,14 +190,24 @@ class RNN(_FusedRNNBase, nn.RNN):
 class _FusedCellBase(_Backend):
     def forward(self, input, hx=None):
         """As nn.LSTMCell/GRUCell/RNNCell.forward: (h', c') for LSTMCell, else h'."""
-        args = (input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        kw = dict(backend=self.backend, training=self.training,
-                  regularization=self.regularization)
+        reg = self.regularization
+        # Only the regularisation options differ between train and eval (as torch's cells,
+        # whose forward never reads self.training): without them, the mode is not looked at.
+        training = self.training if reg.any else False
         if isinstance(self, nn.LSTMCell):
-            return F.lstm_cell(*args, layer_norm=self._layer_norm_weights(), **kw)
-        if isinstance(self, nn.GRUCell):
-            return F.gru_cell(*args, layer_norm=self._layer_norm_weights(), **kw)
-        return F.rnn_cell(*args, nonlinearity=self.nonlinearity, **kw)
+            mode = "LSTM"
+        elif isinstance(self, nn.GRUCell):
+            mode = "GRU"
+        else:  # as nn.RNNCell, read on every call
+            mode = F._rnn_mode(self.nonlinearity)
+        h, c = F._cell(mode, input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                       self.bias_hh, self.backend, training, reg,
+                       self._layer_norm_weights() if mode in ("LSTM", "GRU") else None,
+                       labels=_CELL_PARAMS)
+        return (h, c) if mode == "LSTM" else h
+
+
+_CELL_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 class LSTMCell(_FusedCellBase, nn.LSTMCell):

@@ -1,12 +1,22 @@
 """Parity harness shared by `fused-rnn parity` and the test suite.
 
-The rule (as flash-attention states it): on the same inputs, compare each backend and torch's
-own implementation in the same dtype against a float64 ground truth computed by torch on the CPU;
-the backend's max abs error may be at most 2x torch's plus a tiny atol. Inputs and weights are
-rounded to the tested dtype first, so the truth is exact for the values each run sees. Checked:
-the output, h_n, c_n and the gradients of the input, h_0, c_0 and every parameter, through a
-loss with random (never all-ones) cotangents. In float64 on the CPU, torch is the truth itself,
-so the bound is the atol alone: 1e-10.
+The rule: on the same inputs, compare each backend and torch's own implementation in the same
+dtype against a float64 ground truth computed by torch on the CPU. For every checked tensor,
+  accuracy: RMS error <= 2 x torch's RMS error + atol   (RMS_FACTOR)
+  outliers: max abs error <= 4 x torch's max abs error + atol   (MAX_FACTOR)
+The RMS is a statistic of all the tensor's elements, so it does not hinge on one element's
+rounding the way the max alone did (a 2x bound on the max failed on some CPUs and not others);
+the looser max bound still catches a few wrong elements. atol = ATOL[dtype] x max(1, RMS of the
+float64 truth) outside float64: rounding errors are relative, and gradients summed over T·B
+rows reach RMS 45 in the CLI's random cases, where a fixed 1e-6 is below one float32 ulp
+(measured: scripts/parity_distribution.py). In float64 on the CPU,
+torch is the truth itself, so the bound is the atol alone: 1e-10, not scaled. The bf16/fp16
+atol (1e-3) is a placeholder until it is measured from cuDNN's error distribution on a GPU
+(docs/testing.md, "The parity rule").
+
+Inputs and weights are rounded to the tested dtype first, so the truth is exact for the values
+each run sees. Checked: the output, h_n, c_n and the gradients of the input, h_0, c_0 and
+every parameter, through a loss with random (never all-ones) cotangents.
 
 Cases with regularisation options (Case.reg) or a LayerNorm cell (Case.layer_norm) have no
 torch counterpart: there the truth is our reference backend in float64 and "torch's error" is
@@ -25,11 +35,17 @@ import torch.nn as nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from .modules import convert
+from .ops.cells import CELLS
 from .ops.regularize import Regularization
 
-# The "tiny atol" of the rule, per dtype. Half types only run on the GPU.
+# The rule's factors: RMS error <= RMS_FACTOR x torch's + atol (accuracy), max error <=
+# MAX_FACTOR x torch's + atol (outliers).
+RMS_FACTOR = 2.0
+MAX_FACTOR = 4.0
+# The atol of the rule, per dtype. Half types only run on the GPU (not yet measured there).
 ATOL = {torch.float64: 1e-10, torch.float32: 1e-6, torch.bfloat16: 1e-3, torch.float16: 1e-3}
-CELLS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+# dtypes whose atol scales with the float64 truth's RMS, atol x max(1, rms(truth)).
+ATOL_SCALED = frozenset({torch.float32, torch.bfloat16, torch.float16})
 
 
 @dataclass(frozen=True)
@@ -191,30 +207,117 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+def _rms_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    return _rms(a - b)
+
+
+def _rms(a: torch.Tensor) -> float:
+    """Root mean square of the elements (0 for an empty tensor; NaN if any element is NaN)."""
+    if a.numel() == 0:
+        return 0.0
+    return a.double().square().mean().sqrt().item()
+
+
+def atol(dtype: torch.dtype, truth_rms: float = 0.0) -> float:
+    """The atol of the rule for a tensor whose float64 truth has RMS `truth_rms`:
+    ATOL[dtype], times max(1, truth_rms) outside float64 (see ATOL_SCALED)."""
+    scale = max(1.0, truth_rms) if dtype in ATOL_SCALED else 1.0
+    return ATOL[dtype] * scale
+
+
 @dataclass
 class Result:
+    """One case's errors against the float64 truth, per checked tensor, and the rule's verdict.
+
+    errors / torch_errors: max abs errors of the backend / of torch (or of the reference, for
+    cases torch has no twin of), same dtype and device; rms_errors / torch_rms_errors: their
+    root-mean-square errors; truth_rms: the RMS of the float64 truth, which scales the atol.
+    A tensor passes when both rms_ratio and max_ratio are <= 1 (NaN fails)."""
     case: Case
     backend: str
     dtype: torch.dtype
     errors: Dict[str, float]       # backend's max abs error against the float64 truth
     torch_errors: Dict[str, float]  # torch's own, same dtype and device
+    rms_errors: Dict[str, float] = dataclasses.field(default_factory=dict)
+    torch_rms_errors: Dict[str, float] = dataclasses.field(default_factory=dict)
+    truth_rms: Dict[str, float] = dataclasses.field(default_factory=dict)
 
-    def bound(self, name: str) -> float:
-        return 2 * self.torch_errors[name] + ATOL[self.dtype]
+    def atol(self, name: str) -> float:
+        return atol(self.dtype, self.truth_rms.get(name, 0.0))
+
+    def rms_bound(self, name: str) -> float:
+        """RMS_FACTOR x torch's RMS error + atol."""
+        return RMS_FACTOR * self.torch_rms_errors[name] + self.atol(name)
+
+    def max_bound(self, name: str) -> float:
+        """MAX_FACTOR x torch's max error + atol."""
+        return MAX_FACTOR * self.torch_errors[name] + self.atol(name)
+
+    bound = max_bound  # the name of the max-error bound before the RMS statistic existed
+
+    def rms_ratio(self, name: str) -> float:
+        return self.rms_errors[name] / self.rms_bound(name)
+
+    def max_ratio(self, name: str) -> float:
+        return self.errors[name] / self.max_bound(name)
+
+    def ratios(self) -> Dict[str, Dict[str, float]]:
+        """{tensor: {"rms": rms_ratio, "max": max_ratio}} (no "rms" where it was not measured)."""
+        return {k: {**({"rms": self.rms_ratio(k)} if k in self.rms_errors else {}),
+                    "max": self.max_ratio(k)} for k in self.errors}
+
+    def worst(self):
+        """(ratio, tensor, statistic) of the largest ratio; NaN first: NaN fails."""
+        items = [(r, k, stat) for k, rs in self.ratios().items() for stat, r in rs.items()]
+        nan = [item for item in items if item[0] != item[0]]
+        return nan[0] if nan else max(items, default=(0.0, "", ""))
 
     @property
     def worst_ratio(self) -> float:
-        """max over tensors of error / bound; the case passes when it is <= 1 (NaN fails)."""
-        ratios = [self.errors[k] / self.bound(k) for k in self.errors]
-        return float("nan") if any(r != r for r in ratios) else max(ratios)
+        """max over tensors of both ratios, error / bound; the case passes when it is <= 1
+        (NaN fails)."""
+        return self.worst()[0]
 
     @property
     def ok(self) -> bool:
         return self.worst_ratio <= 1.0
 
     def failures(self) -> List[str]:
-        return [f"{k}: err {self.errors[k]:.3g} > bound {self.bound(k):.3g}"
-                for k in self.errors if not self.errors[k] <= self.bound(k)]
+        """One line per failed statistic, e.g. "h_n: err (rms) 3e-05 > bound 2.1e-05 = 2 x
+        torch's 1e-05 + atol 1e-06"."""
+        out = []
+        for k in self.errors:
+            a = self.atol(k)
+            if k in self.rms_errors and not self.rms_ratio(k) <= 1.0:
+                out.append(f"{k}: err (rms) {self.rms_errors[k]:.3g} > bound "
+                           f"{self.rms_bound(k):.3g} = {RMS_FACTOR:g} x torch's "
+                           f"{self.torch_rms_errors[k]:.3g} + atol {a:.3g}")
+            if not self.max_ratio(k) <= 1.0:
+                out.append(f"{k}: err (max) {self.errors[k]:.3g} > bound "
+                           f"{self.max_bound(k):.3g} = {MAX_FACTOR:g} x torch's "
+                           f"{self.torch_errors[k]:.3g} + atol {a:.3g}")
+        return out
+
+
+def compare(ours: Dict[str, torch.Tensor], truth: Dict[str, torch.Tensor],
+            theirs: Dict[str, torch.Tensor], dtype, case: Optional[Case] = None,
+            backend: str = "") -> Result:
+    """The rule applied to tensors already computed: `ours` and `theirs` (torch's, or the
+    reference's, in dtype) against the float64 `truth`, keyed alike."""
+    if set(ours) != set(truth) or set(theirs) != set(truth):
+        raise AssertionError(f"{backend or 'ours'} returned {sorted(ours)}, torch "
+                             f"{sorted(theirs)}, the truth {sorted(truth)}")
+    t = {k: v.detach().to("cpu", torch.float64) for k, v in truth.items()}
+    a = {k: ours[k].detach().to("cpu", torch.float64) for k in t}
+    b = {k: theirs[k].detach().to("cpu", torch.float64) for k in t}
+    return Result(case, backend, dtype,
+                  errors={k: _max_err(a[k], t[k]) for k in t},
+                  torch_errors={k: _max_err(b[k], t[k]) for k in t},
+                  rms_errors={k: _rms_err(a[k], t[k]) for k in t},
+                  torch_rms_errors={k: _rms_err(b[k], t[k]) for k in t},
+                  truth_rms={k: _rms(t[k]) for k in t})
 
 
 def check(case: Case, backend: str, dtype=torch.float64, device="cpu") -> Result:
@@ -259,10 +362,7 @@ def _add_layer_norm(module, seed: int, dtype):
 
 
 def _result(case, backend, dtype, ours, truth, theirs) -> Result:
-    if set(ours) != set(truth):
-        raise AssertionError(f"{backend} returned {sorted(ours)}, torch {sorted(truth)}")
-    return Result(case, backend, dtype, {k: _max_err(ours[k], truth[k]) for k in truth},
-                  {k: _max_err(theirs[k], truth[k]) for k in truth})
+    return compare(ours, truth, theirs, dtype, case, backend)
 
 
 def compare_backends(case: Case, a: str, b: str, dtype=torch.float64, device="cpu"

@@ -8,7 +8,7 @@ import sys
 import torch
 
 import fused_rnn
-from fused_rnn.ops import cuda_op
+from fused_rnn.ops.cuda import launch as cuda_launch
 
 
 def main() -> int:
@@ -19,10 +19,10 @@ def main() -> int:
         x = torch.randn(37, 21, H, device="cuda", dtype=torch.bfloat16)
         outs = {}
         for name in (plan[:-1], plan):
-            with torch.no_grad(), cuda_op.variant("cluster"), cuda_op.cluster_plan(name):
+            with torch.no_grad(), cuda_launch.variant("cluster"), cuda_launch.cluster_plan(name):
                 outs[name] = m(x)[0]
             torch.cuda.synchronize()
-            ran = cuda_op.last_used["plan"]
+            ran = cuda_launch.last_used["plan"]
             if ran != name:
                 print(f"H={H} {name}: ran {ran} instead")
                 bad += 1

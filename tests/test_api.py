@@ -119,12 +119,12 @@ def test_gpu_backend_on_cpu_tensors_says_why(name, monkeypatch):
 def test_auto_skips_a_cuda_extension_that_fails_to_build(monkeypatch):
     """On a CUDA device whose extension does not build, "auto" warns once and takes the next
     fused backend instead of failing the call."""
-    from fused_rnn import _ext
+    from fused_rnn.ops.cuda import extension
 
     def fail(_emulate):
         raise RuntimeError("building fused_rnn's CUDA extension failed (test)")
     monkeypatch.setattr(backends, "why_not", lambda b, d, t=None: None)
-    monkeypatch.setattr(_ext, "_load", fail)
+    monkeypatch.setattr(extension, "_load", fail)
     monkeypatch.setattr(backends, "_ext_failure_warned", [])
     with pytest.warns(RuntimeWarning, match="'auto' skips 'cuda': building"):
         assert backends.resolve("auto", torch.device("cuda")) == "triton"

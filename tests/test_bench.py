@@ -1,5 +1,8 @@
-"""The benchmark harness on the CPU: grid selection, rows, files, table, skipped providers."""
+"""The benchmark harness on the CPU: grid selection, rows, files, table, skipped providers,
+the timer's measurement count and the busy-machine warning."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +13,25 @@ from fused_rnn.bench import report, suite as S
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 ROW_KEYS = {"cell", "dtype", "T", "B", "I", "H", "mode", "provider", "option", "median_ms",
             "p20_ms", "p80_ms", "peak_mb"}
+# Fields added to the rows since; stored results may lack them.
+NEW_ROW_KEYS = {"measurements", "load", "spread", "noisy"}
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+TIMER = {k: getattr(S, k) for k in ("CPU_MEASUREMENTS", "CPU_MIN_MEASUREMENTS", "CPU_MIN_RUN_S",
+                                    "CPU_MAX_RUN_S")}
+
+
+@pytest.fixture(autouse=True)
+def _short_timer(monkeypatch):
+    """These tests check rows, not times: a few blocks per row, on one thread (on a loaded
+    machine, a tiny op on two threads can wait a whole time slice for the second one). The
+    timer's own test puts the real counts back."""
+    for k, v in dict(CPU_MEASUREMENTS=4, CPU_MIN_MEASUREMENTS=4, CPU_MIN_RUN_S=0.0,
+                     CPU_MAX_RUN_S=0.0).items():
+        monkeypatch.setattr(S, k, v)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_default_gpu_grid_is_the_issue_grid():
@@ -60,17 +82,127 @@ def test_run_suite_rows_and_skips(monkeypatch):
     rows = res["rows"]
     assert len(rows) == 2 * 3 * 2  # cells x (cudnn, loop, reference) x modes
     for r in rows:
-        assert set(r) == ROW_KEYS
+        assert set(r) == ROW_KEYS | NEW_ROW_KEYS
         assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
         assert r["peak_mb"] is None  # no such count on the CPU
+        assert r["measurements"] >= 4 and r["spread"] == pytest.approx(report.spread(r))
+        assert r["noisy"] == (r["spread"] > report.SPREAD_LIMIT)
     assert {r["provider"] for r in rows} == {"cudnn", "loop", "reference"}
     for name in ("triton fp32", "triton_persistent fp32"):
         assert "interpreter, which is for tests, not timing" in res["meta"]["skipped"][name]
     assert "CUDA tensors" in res["meta"]["skipped"]["cuda fp32"]
     meta = res["meta"]
-    for key in ("gpu", "torch", "cuda", "cudnn", "triton", "git_commit", "date", "device"):
+    for key in ("gpu", "torch", "cuda", "cudnn", "triton", "git_commit", "date", "device",
+                "cores", "load_start", "load_end", "busy", "busy_reasons", "spread_limit"):
         assert key in meta
     assert meta["torch"] == torch.__version__ and meta["device"] == "cpu"
+    assert meta["busy"] == bool(meta["busy_reasons"]) == bool(report.busy_reasons(res))
+
+
+def test_cpu_timer_takes_many_measurements(monkeypatch):
+    """The CPU path times many blocks (the real counts, not this file's short ones), so p20 and
+    p80 are two different measurements, not one sample three times."""
+    for k, v in TIMER.items():
+        monkeypatch.setattr(S, k, v)
+    call = S.calls("cudnn", "LSTM", (4, 2, 4, 4), "fp32", CPU)[0]["fwd"]
+    t = S.timings(call, CPU)
+    assert t["measurements"] >= S.CPU_MIN_MEASUREMENTS >= 10
+    assert t["p20_ms"] <= t["median_ms"] <= t["p80_ms"] and t["p20_ms"] < t["p80_ms"]
+    assert S.measure(call, CPU)[0] > 0  # the (median, p20, p80) form other scripts use
+
+
+def test_cpu_timer_stops_at_the_minimum_count_for_slow_rows(monkeypatch):
+    """A slow row (or a busy machine): after CPU_MAX_RUN_S, CPU_MIN_MEASUREMENTS blocks are
+    enough; a fast one runs CPU_MEASUREMENTS blocks and CPU_MIN_RUN_S."""
+    for k, v in TIMER.items():
+        monkeypatch.setattr(S, k, v)
+    clock = [0.0]
+
+    class FakeTimer:  # each call "takes" 0.5 s (the first, sizing the block, too)
+        def __init__(self, fn):
+            pass
+
+        def timeit(self, number):
+            clock[0] += 0.5 * number
+            return 0.5 * number
+
+    monkeypatch.setattr(S.timeit, "Timer", FakeTimer)
+    t = S.timings(lambda: None, CPU)
+    assert t["measurements"] == S.CPU_MIN_MEASUREMENTS and t["median_ms"] == 500.0
+
+
+def _fake_timings(spread):
+    """timings() that "measures" 1 ms with the given (p80 - p20) / median."""
+    def timings(fn, device, grad_to_none=()):
+        return dict(median_ms=1.0, p20_ms=1.0 - spread / 2, p80_ms=1.0 + spread / 2,
+                    measurements=20)
+    return timings
+
+
+@pytest.mark.parametrize("spread,load,busy", [(0.05, 0.1, False), (0.8, 0.1, True),
+                                              (0.05, 99.0, True)])
+def test_busy_machine_is_flagged(monkeypatch, spread, load, busy):
+    """A large spread or a load average above the cores marks the run busy, in the JSON and
+    under the table; a quiet one is not marked. (Fake timings and load: nothing is loaded.)"""
+    from rich.console import Console
+    monkeypatch.setattr(S, "timings", _fake_timings(spread))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    res = S.run_suite(S.default_suite(CPU, shapes=[(3, 2, 4, 4)], cells=["GRU"]))
+    meta = res["meta"]
+    assert meta["load_start"] == meta["load_end"] == load and meta["cores"] == S.cores()
+    assert meta["busy"] is busy and meta["spread_limit"] == report.SPREAD_LIMIT
+    assert all(r["noisy"] is (spread > report.SPREAD_LIMIT) for r in res["rows"])
+    assert all(r["load"] == load for r in res["rows"])
+    assert any("load average 99.00 at the start" in why for why in meta["busy_reasons"]) \
+        is (load > S.cores())
+    assert any("6 of 6 rows" in why for why in meta["busy_reasons"]) is (spread > 0.25)
+    console = Console(width=250, record=True)
+    console.print(report.table(res))
+    text = console.export_text()
+    assert ("WARNING: the machine looks busy" in text) is busy
+    marked = [line for line in text.splitlines() if " ! " in line]
+    assert len(marked) == (2 if spread > report.SPREAD_LIMIT else 0)  # fwd and fwdbwd
+
+
+def test_one_noisy_row_is_marked_but_the_machine_is_not_busy():
+    """Below BUSY_SHARE of the rows noisy: those rows are marked and a note says so, but the
+    machine is not called busy (one row can be the code's own variance)."""
+    rows = [_row("cudnn", 1.0, T=t) for t in range(8)]
+    rows[3] = dict(rows[3], p20_ms=0.7, p80_ms=1.3)  # spread 0.6
+    res = report.check_busy({"meta": {"device": "cpu", "cores": 2, "load_start": 0.5,
+                                      "load_end": 1.0}, "rows": rows})
+    assert res["meta"]["busy"] is False and res["meta"]["busy_reasons"] == []
+    assert report.busy_note(res).startswith("note: 1 of 8 rows")
+    rows[4] = dict(rows[4], p20_ms=0.7, p80_ms=1.3)  # 2 of 8 = BUSY_SHARE: busy
+    assert report.busy_reasons(res) == ["2 of 8 rows have (p80 - p20) / median above 0.25 "
+                                        "(marked !)"]
+
+
+def test_cli_bench_prints_the_warning_and_load(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(S, "timings", _fake_timings(0.05))
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 0.0, 0.0))
+    assert cli.main(["bench", "--shapes", "3,1,4,4", "--cells", "GRU", "--providers", "cudnn",
+                     "--out", str(tmp_path), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: the machine looks busy" in out and "load average 50.00 at the start" in out
+    assert f"load average (1 min): 50.0 at the start, 50.0 at the end, on {S.cores()} cores; " \
+           "busy: yes" in out
+    meta = json.loads((tmp_path / "cpu.json").read_text())["meta"]
+    assert meta["busy"] is True and meta["load_start"] == 50.0
+
+
+@pytest.mark.parametrize("name", ["cpu.json", "h100_headline.json"])
+def test_stored_results_still_load(name):
+    """Results stored before the spread and load fields existed: the table and the check
+    still work (the spread from p20/p80/median; no load recorded, so none checked)."""
+    from rich.console import Console
+    res = json.loads((RESULTS / name).read_text())
+    reasons = report.busy_reasons(res)
+    assert not any("load average" in why for why in reasons)
+    console = Console(width=400, record=True)
+    console.print(report.table(res))
+    text = console.export_text()
+    assert "spread" in text and "geomean" in text
 
 
 def test_gpu_dtypes_are_skipped_on_cpu_with_reason():
@@ -81,7 +213,7 @@ def test_gpu_dtypes_are_skipped_on_cpu_with_reason():
 
 def _row(provider, ms, cell="LSTM", T=8, mode="fwd"):
     return dict(cell=cell, dtype="bf16", T=T, B=1, I=4, H=4, mode=mode, provider=provider,
-                median_ms=ms, p20_ms=ms, p80_ms=ms, peak_mb=1.0)
+                median_ms=ms, p20_ms=0.99 * ms, p80_ms=1.01 * ms, peak_mb=1.0)
 
 
 def test_speedups_and_geomean():
@@ -105,6 +237,7 @@ def test_table_contents():
     lines = [line for line in text.splitlines() if "fwdbwd" in line]
     assert len(lines) == 1 and " - " in lines[0]  # triton did not run that row
     assert any("geomean" in line and "4.00" in line for line in text.splitlines())
+    assert "spread" in text and "0.02" in text and "!" not in text and "WARNING" not in text
 
 
 def test_cli_bench_writes_json_plot_and_table(tmp_path, capsys, monkeypatch):

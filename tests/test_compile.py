@@ -11,7 +11,7 @@ import fused_rnn
 from fused_rnn import backends
 
 CPU_BACKENDS = ["reference"] + (["triton"] if backends.triton_interpreted() else [])
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+needs_cuda = pytest.mark.gpu
 
 
 class Tagger(nn.Module):

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from fused_rnn import _ext
+from fused_rnn.ops.cuda import extension
 
 NVCC = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
 needs_nvcc = pytest.mark.skipif(not Path(NVCC).exists(), reason="nvcc not found")
 
 
 def test_kernel_sources_do_not_include_torch():
-    files = sorted(p for p in _ext.CSRC.iterdir() if p.suffix in (".cu", ".cuh", ".h"))
-    assert {f"{name}" for name in _ext.CUDA_SOURCES} <= {p.name for p in files}
+    files = sorted(p for p in extension.CSRC.iterdir() if p.suffix in (".cu", ".cuh", ".h"))
+    assert {f"{name}" for name in extension.CUDA_SOURCES} <= {p.name for p in files}
     for path in files:
         includes = re.findall(r'#include\s+[<"]([^>"]+)[>"]', path.read_text())
         bad = [i for i in includes if i.split("/")[0] in ("torch", "ATen", "c10", "caffe2")]
@@ -24,11 +24,13 @@ def test_kernel_sources_do_not_include_torch():
 
 
 @needs_nvcc
+@pytest.mark.nvcc
+@pytest.mark.slow
 def test_cuda_sources_compile_for_sm80_and_sm90(tmp_path):
     procs = {}
-    for name in _ext.CUDA_SOURCES:
-        cmd = [NVCC, *_ext.NVCC_FLAGS, "-Xptxas", "-v", "-I", str(_ext.CSRC), "-c",
-               str(_ext.CSRC / name), "-o", str(tmp_path / (name + ".o"))]
+    for name in extension.CUDA_SOURCES:
+        cmd = [NVCC, *extension.NVCC_FLAGS, "-Xptxas", "-v", "-I", str(extension.CSRC), "-c",
+               str(extension.CSRC / name), "-o", str(tmp_path / (name + ".o"))]
         procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True)
     kernels = 0
@@ -48,6 +50,7 @@ def test_cuda_sources_compile_for_sm80_and_sm90(tmp_path):
     assert kernels >= 2 * 2 * 32, kernels
 
 
+@pytest.mark.nvcc
 def test_binding_compiles_for_the_gpu_build():
     """binding.cpp as the GPU build compiles it (no FRNN_EMULATE), against this torch's headers:
     it includes no CUDA header, so the CPU wheel's headers suffice. The emulated build, which
@@ -59,8 +62,8 @@ def test_binding_compiles_for_the_gpu_build():
     if cxx is None:
         pytest.skip("no C++ compiler")
     incs = [f"-I{p}" for p in include_paths() + [sysconfig.get_paths()["include"],
-                                                 str(_ext.CSRC)]]
+                                                 str(extension.CSRC)]]
     res = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", "-DTORCH_EXTENSION_NAME=_C", *incs,
-                          str(_ext.CSRC / "binding.cpp")], capture_output=True, text=True,
+                          str(extension.CSRC / "binding.cpp")], capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-5000:]

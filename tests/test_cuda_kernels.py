@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 import fused_rnn
-from fused_rnn import _ext, testing
+from fused_rnn import testing
+from fused_rnn.ops.cuda import extension
 from fused_rnn.testing import Case
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -21,13 +22,13 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def _emulate_without_gpu(monkeypatch):
     if DEVICE == "cpu":
         monkeypatch.setenv("FUSED_RNN_CUDA_EMULATE", "1")
-    elif _ext.why_not_buildable() is not None:
-        pytest.skip(f"CUDA extension: {_ext.why_not_buildable()}")
+    elif extension.why_not_buildable() is not None:
+        pytest.skip(f"CUDA extension: {extension.why_not_buildable()}")
 
 
-def _cuda_op():
-    from fused_rnn.ops import cuda_op
-    return cuda_op
+def _cuda_launch():
+    from fused_rnn.ops.cuda import launch as cuda_launch
+    return cuda_launch
 
 
 GRID = testing.random_cases(40, seed=505, with_dropout=DEVICE == "cpu")
@@ -53,20 +54,20 @@ def test_cuda_matches_torch(case, dtype):
 @pytest.mark.parametrize("variant", ["persistent", "step"])
 @pytest.mark.parametrize("case", TILED, ids=[c.label() for c in TILED])
 def test_cuda_variants_match_reference_backend(case, variant):
-    cuda_op = _cuda_op()
-    cuda_op.last_used.update(fwd=None, bwd=None)
-    with cuda_op.variant(variant):
+    cuda_launch = _cuda_launch()
+    cuda_launch.last_used.update(fwd=None, bwd=None)
+    with cuda_launch.variant(variant):
         diffs = testing.compare_backends(case, "cuda", "reference", torch.float64, DEVICE)
     assert max(diffs.values()) <= 1e-10, diffs
     # The persistent kernels take everything here but projections and, emulated, the
     # H=40 LSTM (over 48 KiB of shared memory).
     fits = not case.proj_size and (DEVICE == "cuda" or case.H * 4 * 8 * 4 // 3 < 44 * 1024)
     expected = "persistent" if variant == "persistent" and fits else "step"
-    assert (cuda_op.last_used["fwd"], cuda_op.last_used["bwd"]) == (expected, expected), \
-        cuda_op.last_used
+    assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["bwd"]) == (expected, expected), \
+        cuda_launch.last_used
 
 
-# The cluster forward (csrc/fwd_cluster.cu) for each plan it has for H, against the reference
+# The cluster forward (csrc/rnn_fwd_cluster.cu) for each plan it has for H, against the reference
 # backend. Emulated: fp32/fp64 through the same fragment indexing as the GPU's fp16/bf16 tensor
 # cores (csrc/mma.cuh); on the GPU these H have no fp32 plan, so tests/test_cuda_gpu.py
 # checks the cluster kernels there (fp16, bf16). Batch tiles of 16 (B=20: a full one and a
@@ -85,13 +86,13 @@ CLUSTER_RUNS = [(c, plan) for c in CLUSTER for plan in CLUSTER_PLANS[c.H]]
 @pytest.mark.parametrize("case,plan", CLUSTER_RUNS,
                          ids=[f"{c.label()}-{p}" for c, p in CLUSTER_RUNS])
 def test_cuda_cluster_forward_matches_reference_backend(case, plan):
-    cuda_op = _cuda_op()
-    cuda_op.last_used.update(fwd=None, bwd=None, plan=None)
-    with cuda_op.variant("cluster"), cuda_op.cluster_plan(plan):
+    cuda_launch = _cuda_launch()
+    cuda_launch.last_used.update(fwd=None, bwd=None, plan=None)
+    with cuda_launch.variant("cluster"), cuda_launch.cluster_plan(plan):
         diffs = testing.compare_backends(case, "cuda", "reference", torch.float64, DEVICE)
     assert max(diffs.values()) <= 1e-10, diffs
     # The backward has no cluster kernel: it runs persistent.
-    assert cuda_op.last_used == {"fwd": "cluster", "bwd": "persistent", "plan": plan}
+    assert cuda_launch.last_used == {"fwd": "cluster", "bwd": "persistent", "plan": plan}
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="GPU: tests/test_cuda_gpu.py (fp16/bf16)")
@@ -101,7 +102,7 @@ def test_cuda_cluster_inference_writes_outputs_and_final_state(cell):
     the states only at the last one (FwdParams.store_saved): output, h_n and c_n still equal the
     reference backend's, packed (the final state of a short sequence is kept, not recomputed)
     and in both directions."""
-    cuda_op = _cuda_op()
+    cuda_launch = _cuda_launch()
     torch.manual_seed(3)
     ref = nn.LSTM(6, 32, bidirectional=True) if cell == "LSTM" else nn.GRU(6, 32,
                                                                           bidirectional=True)
@@ -113,11 +114,11 @@ def test_cuda_cluster_inference_writes_outputs_and_final_state(cell):
     runs = {}
     for backend in ("reference", "cuda"):
         module = fused_rnn.convert(copy.deepcopy(ref), backend)
-        with torch.no_grad(), cuda_op.variant("cluster"):
+        with torch.no_grad(), cuda_launch.variant("cluster"):
             out, state = module(packed)
         runs[backend] = [nn.utils.rnn.pad_packed_sequence(out)[0]] + list(
             state if cell == "LSTM" else (state,))
-    assert cuda_op.last_used["fwd"] == "cluster"
+    assert cuda_launch.last_used["fwd"] == "cluster"
     for got, want in zip(runs["cuda"], runs["reference"]):
         assert (got - want).abs().max().item() <= 1e-10
 
@@ -133,22 +134,22 @@ def test_cuda_cluster_inference_writes_outputs_and_final_state(cell):
 def test_cuda_cluster_falls_back(why, case, expected):
     """What the cluster forward cannot take runs as persistent (or per step), with the same
     results; an asked plan that H lacks runs H's default plan."""
-    cuda_op = _cuda_op()
-    cuda_op.last_used.update(fwd=None, bwd=None, plan=None)
-    with cuda_op.variant("cluster"), cuda_op.cluster_plan("4x2"):
+    cuda_launch = _cuda_launch()
+    cuda_launch.last_used.update(fwd=None, bwd=None, plan=None)
+    with cuda_launch.variant("cluster"), cuda_launch.cluster_plan("4x2"):
         diffs = testing.compare_backends(case, "cuda", "reference", torch.float64, DEVICE)
     assert max(diffs.values()) <= 1e-10, diffs
-    assert (cuda_op.last_used["fwd"], cuda_op.last_used["plan"]) == expected
+    assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["plan"]) == expected
 
 
 def test_cluster_plan_names_are_checked():
     for bad in ("16x3", "16x4b", "x4", "16"):
         with pytest.raises(ValueError, match=rf"cluster plan: expected '<CS>x<KS>'.*got '{bad}'"):
-            with _cuda_op().cluster_plan(bad):
+            with _cuda_launch().cluster_plan(bad):
                 pass
-    cuda_op = _cuda_op()
+    from fused_rnn.ops.cuda import plans
     for name in ("16x4", "2x1a", "8x2"):
-        assert cuda_op._plan_name(cuda_op._plan_code(name)) == name
+        assert plans.plan_name(plans.plan_code(name)) == name
 
 
 # Regularisation masks of a step (ops/regularize.py, StepMasks): each kind alone, all at once,
@@ -201,11 +202,11 @@ def test_cuda_step_masks_match_reference(cell, proj, kind, variant):
     """The kernels apply the regularisation masks of ops/regularize.py exactly as the reference
     layer does: outputs and every gradient (autograd through ops/naive.py is the truth), both
     directions, packed (unsorted lengths, one of them full), in fp64 to <= 1e-10. fp32 and the
-    2x rule: tests/test_regularization.py, through the modules."""
+    parity rule: tests/test_regularization.py, through the modules."""
     dtype = torch.float64
     from fused_rnn.ops.cells import GATES
     from fused_rnn.ops.naive import layer_naive
-    cuda_op = _cuda_op()
+    cuda_launch = _cuda_launch()
     seed = 1000 + MASKED.index((cell, proj, kind))
     gen = torch.Generator().manual_seed(seed)
     T, B, H = 5, 7, 8  # emulated: 3 blocks of units, 3 batch chunks
@@ -222,12 +223,12 @@ def test_cuda_step_masks_match_reference(cell, proj, kind, variant):
     masks = _step_masks(kind, cell, T, B, H, HK, gen)
     expected = "persistent" if variant == "persistent" and not proj else "step"
     for reverse in (False, True):
-        cuda_op.last_used.update(fwd=None, bwd=None)
-        with cuda_op.variant(variant):
-            ours = _masked_layer_run(cuda_op.layer_cuda, cell, inputs, mask, reverse, masks,
+        cuda_launch.last_used.update(fwd=None, bwd=None)
+        with cuda_launch.variant(variant):
+            ours = _masked_layer_run(cuda_launch.layer_cuda, cell, inputs, mask, reverse, masks,
                                      dtype, seed)
-        assert (cuda_op.last_used["fwd"], cuda_op.last_used["bwd"]) == (expected, expected), \
-        cuda_op.last_used
+        assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["bwd"]) == (expected, expected), \
+        cuda_launch.last_used
         truth = _masked_layer_run(layer_naive, cell, inputs, mask, reverse, masks,
                                   torch.float64, seed)
         errs = [(a - b).abs().max().item() for a, b in zip(ours, truth)]
@@ -260,7 +261,7 @@ def test_cuda_backward_is_bitwise_reproducible():
 
 
 def test_binding_checks_name_the_argument():
-    ext = _ext.load()
+    ext = extension.load()
     T, B, H = 2, 3, 4
     f = torch.float64
     gi = torch.randn(T, B, 4 * H, dtype=f, device=DEVICE)
@@ -328,14 +329,14 @@ def test_emulated_dtype_and_no_emulation_errors(monkeypatch):
 
 def test_variant_names_are_checked():
     with pytest.raises(ValueError, match="variant: expected one of"):
-        with _cuda_op().variant("fast"):
+        with _cuda_launch().variant("fast"):
             pass
 
 
 def test_bench_cuda_providers_pin_the_variant():
     from fused_rnn.bench import suite as S
-    cuda_op = _cuda_op()
+    cuda_launch = _cuda_launch()
     for provider, expected in (("cuda_step", "step"), ("cuda_persistent", "persistent")):
         fn, _ = S.build(provider, "GRU", (3, 2, 4, 8), "fp32", torch.device(DEVICE))
         fn(torch.randn(3, 2, 4, device=DEVICE, requires_grad=True)).sum().backward()
-        assert (cuda_op.last_used["fwd"], cuda_op.last_used["bwd"]) == (expected, expected)
+        assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["bwd"]) == (expected, expected)

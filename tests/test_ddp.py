@@ -268,6 +268,8 @@ def ddp_runs(request, tmp_path_factory):
     return run
 
 
+# One pytest-xdist worker takes them all (--dist loadgroup): the workers' processes start once.
+@pytest.mark.xdist_group("ddp")
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
 @pytest.mark.parametrize("device,dist_backend,case", list(_case_params()))
 def test_ddp_matches_single_process(ddp_runs, device, dist_backend, case):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 import torch.nn as nn
-from torch.nn.utils.rnn import pack_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import fused_rnn
 from fused_rnn import functional as F
@@ -134,8 +134,104 @@ def test_bad_input_gets_a_clear_error(name, monkeypatch):
 
 
 def test_torch_raises_for_the_same_inputs():
-    # We raise where nn.LSTM raises (T=0, feature size), so the modules stay drop-ins.
-    ref = nn.LSTM(I, H, L)
-    for bad in (x(0, B, I), x(T, B, I + 1)):
+    # We raise where nn.LSTM raises (T=0, feature size, hidden size) and an exception of its
+    # type (RuntimeError), which is also the ValueError we raised before: the modules stay
+    # drop-ins and old callers keep working.
+    ref, ours = nn.LSTM(I, H, L), lstm()
+    for args in ((x(0, B, I),), (x(T, B, I + 1),), (x(), states(L, B + 1, H))):
         with pytest.raises(RuntimeError):
-            ref(bad)
+            ref(*args)
+        with pytest.raises(F.InputError) as info:
+            ours(*args)
+        assert isinstance(info.value, RuntimeError) and isinstance(info.value, ValueError)
+
+
+def packed(batch_sizes, rows=None, sorted_indices=None, unsorted_indices=None):
+    """A PackedSequence built by hand (the constructor checks none of this)."""
+    batch_sizes = torch.tensor(batch_sizes)
+    rows = int(batch_sizes.sum()) if rows is None else rows
+    idx = [None if i is None else torch.tensor(i) for i in (sorted_indices, unsorted_indices)]
+    return PackedSequence(torch.randn(rows, I), batch_sizes, *idx)
+
+
+PACKED_CASES = {
+    # name: (PackedSequence, pattern the message must match)
+    "data rows != sum(batch_sizes)": (packed([2, 2, 1], rows=4),
+                                      r"^input.data: expected sum\(batch_sizes\) = 5 rows, got 4"),
+    "increasing batch_sizes": (packed([2, 3, 1]),
+                               r"^input.batch_sizes: expected non-increasing sizes .*got 3 at "
+                               r"step 1 after 2 \(batch_sizes \[2, 3, 1\]\)"),
+    "zero batch size": (packed([2, 0]), r"^input.batch_sizes: expected positive sizes, got 0 "
+                                        r"at step 1"),
+    "negative batch size": (packed([2, -1]), r"^input.batch_sizes: expected positive sizes, "
+                                             r"got -1"),
+    "empty batch_sizes": (packed([], rows=0), r"^input.batch_sizes: expected a non-empty 1-D "
+                                              r"integer tensor"),
+    "float batch_sizes": (PackedSequence(torch.randn(3, I), torch.tensor([2.0, 1.0])),
+                          r"^input.batch_sizes: expected a non-empty 1-D integer tensor .*got "
+                          r"a 1-D torch.float32"),
+    "sorted_indices out of range": (packed([2, 1], sorted_indices=[0, 2],
+                                           unsorted_indices=[0, 1]),
+                                    r"^input.sorted_indices: expected a permutation of "
+                                    r"range\(2\), got \[0, 2\]"),
+    "sorted_indices repeated": (packed([3, 1], sorted_indices=[1, 1, 0],
+                                       unsorted_indices=[2, 0, 1]),
+                                r"^input.sorted_indices: expected a permutation of range\(3\), "
+                                r"got \[1, 1, 0\]"),
+    "sorted_indices length": (packed([2, 1], sorted_indices=[0, 1, 2]),
+                              r"^input.sorted_indices: expected a 1-D integer tensor of 2 "
+                              r"indices \(batch_sizes\[0\]\), got shape \(3,\)"),
+    "unsorted_indices not the inverse": (packed([3, 1], sorted_indices=[1, 2, 0],
+                                                unsorted_indices=[1, 2, 0]),
+                                         r"^input.unsorted_indices: expected the inverse of "
+                                         r"sorted_indices \[1, 2, 0\], got \[1, 2, 0\]"),
+}
+
+
+@pytest.mark.parametrize("name", list(PACKED_CASES))
+def test_malformed_packed_sequence(name):
+    seq, pattern = PACKED_CASES[name]
+    with pytest.raises(F.InputError, match=pattern):
+        lstm()(seq)
+
+
+def test_hand_built_packed_sequence_that_is_consistent_runs():
+    seq = packed([3, 2, 2], sorted_indices=[2, 0, 1], unsorted_indices=[1, 2, 0])
+    out, _ = lstm()(seq)
+    assert out.data.shape == (7, H) and torch.equal(out.batch_sizes, seq.batch_sizes)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cell_weight_of_another_dtype_is_named(name):
+    """A cell whose weight_ih was replaced by one of another dtype: the error names weight_ih
+    (the odd one out), not the weights that still agree with each other."""
+    cell = getattr(fused_rnn, name)(I, H, backend="reference")
+    cell.weight_ih = nn.Parameter(cell.weight_ih.detach().double())
+    with pytest.raises(F.InputError, match=r"^weight_ih: expected dtype torch.float32 on cpu like "
+                                           r"weight_hh .*got torch.float64 on cpu"):
+        cell(x(3, I))
+    # without biases the two weights tie: the message still names both
+    cell = getattr(fused_rnn, name)(I, H, bias=False, backend="reference")
+    cell.weight_ih = nn.Parameter(cell.weight_ih.detach().double())
+    with pytest.raises(F.InputError, match=r"^weight_hh: .* like weight_ih"):
+        cell(x(3, I))
+
+
+def test_layer_weight_of_another_dtype_is_named():
+    m = lstm()
+    m.weight_hh_l1 = nn.Parameter(m.weight_hh_l1.detach().double())
+    with pytest.raises(F.InputError, match=r"^weights\[5\] \(weight_hh_l1\): expected dtype "
+                                           r"torch.float32 on cpu like weights\[0\] "
+                                           r"\(weight_ih_l0\).*got torch.float64"):
+        m(x())
+
+
+def test_device_errors_carry_torchs_wording():
+    with pytest.raises(RuntimeError, match=r"Input and parameter tensors are not at the same "
+                                           r"device, found input tensor at meta and parameter "
+                                           r"tensor at cpu"):
+        lstm()(x(device="meta"))
+    with pytest.raises(RuntimeError, match=r"Input and hidden tensors are not at the same device"
+                                           r", found input tensor at cpu and hidden tensor at "
+                                           r"meta"):
+        fused_rnn.GRU(I, H, L, backend="reference")(x(), torch.randn(L, B, H, device="meta"))

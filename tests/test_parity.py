@@ -1,6 +1,8 @@
 """Reference backend against torch's own LSTM/GRU/RNN on the CPU (fused_rnn.testing's rule):
-float64 max abs error <= 1e-10, float32 error <= 2x torch's own error against float64 + 1e-6,
-for the output, h_n, c_n and every gradient."""
+float64 max abs error <= 1e-10; float32, against float64, RMS error <= 2x torch's own + atol
+and max error <= 4x torch's own + atol (atol 1e-6 x max(1, RMS of the truth)), for the output,
+h_n, c_n and every gradient. And the rule itself: it rejects wrong kernels and a precision
+loss (an LSTM whose cell state is rounded to float16 at every step)."""
 import copy
 import dataclasses
 
@@ -76,6 +78,73 @@ def test_harness_catches_an_unwritten_element(monkeypatch):
     assert not res.ok and any("output" in f for f in res.failures())
 
 
+class _StepLSTM(nn.Module):
+    """A one-layer LSTM written step by step, with nn.LSTM's parameter names (so
+    testing.run differentiates the same parameters), whose cell state can be rounded to
+    float16 after every step: a deliberate loss of precision, not a wrong formula."""
+
+    def __init__(self, ref: nn.LSTM, round_c: bool):
+        super().__init__()
+        for name, p in ref.named_parameters():
+            self.register_parameter(name, nn.Parameter(p.detach().clone()))
+        self.round_c = round_c
+
+    def forward(self, x, hx):
+        h, c = hx[0][0], hx[1][0]
+        outs = []
+        for x_t in x:
+            gates = (nn.functional.linear(x_t, self.weight_ih_l0, self.bias_ih_l0)
+                     + nn.functional.linear(h, self.weight_hh_l0, self.bias_hh_l0))
+            i, f, g, o = gates.chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            if self.round_c:
+                c = c.half().to(x.dtype)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outs.append(h)
+        return torch.stack(outs), (h[None], c[None])
+
+
+def test_rule_rejects_a_cell_state_rounded_to_half():
+    case = Case("LSTM", T=9, B=4, I=6, H=8, seed=3)
+    rounded = testing.torch_module(case).float().double()
+    truth = testing.run(rounded, case, torch.float64)
+    theirs = testing.run(rounded, case, torch.float32)
+    exact = testing.run(_StepLSTM(rounded, round_c=False), case, torch.float32)
+    lossy = testing.run(_StepLSTM(rounded, round_c=True), case, torch.float32)
+    assert testing.compare(exact, truth, theirs, torch.float32).ok  # the loop itself is fine
+    res = testing.compare(lossy, truth, theirs, torch.float32)
+    assert not res.ok
+    failed = {f.split(":")[0] for f in res.failures() if ": err (rms)" in f}
+    assert {"output", "h_n", "c_n"} <= failed, res.failures()
+
+
+def test_rule_names_the_statistic_that_fails():
+    s = torch.ones(1000, dtype=torch.float64)
+    s[::2] = -1
+    truth = {"t": 0.5 * s}
+    theirs = {"t": 0.5 * s + 1e-5 * s}  # RMS and max error 1e-5: bounds 2.1e-5 and 4.1e-5
+    worse = testing.compare({"t": 0.5 * s + 3e-5 * s}, truth, theirs, torch.float32)
+    assert not worse.ok and worse.failures()[0].startswith("t: err (rms) 3e-05 > bound 2.1e-05")
+    assert worse.max_ratio("t") < 1 and len(worse.failures()) == 1
+    spike = theirs["t"].clone()
+    spike[7] = 0.5 * s[7] + 1e-4  # one outlier: RMS error 1.05e-5
+    outlier = testing.compare({"t": spike}, truth, theirs, torch.float32)
+    assert not outlier.ok and outlier.failures()[0].startswith("t: err (max) 0.0001 > bound")
+    assert outlier.rms_ratio("t") < 1 and len(outlier.failures()) == 1
+    assert outlier.worst()[1:] == ("t", "max") and outlier.worst_ratio == outlier.max_ratio("t")
+    assert testing.compare(theirs, truth, theirs, torch.float32).ok
+
+
+def test_atol_scales_with_the_truth():
+    """The same absolute error passes on a tensor of RMS 100 (atol 1e-4) and fails on one of
+    RMS 1 (atol 1e-6); float64's atol does not scale."""
+    for scale, ok in ((100.0, True), (1.0, False)):
+        truth = {"t": torch.full((10,), scale, dtype=torch.float64)}
+        res = testing.compare({"t": truth["t"] + 5e-5}, truth, truth, torch.float32)
+        assert res.ok is ok and res.atol("t") == pytest.approx(1e-6 * scale)
+    assert testing.atol(torch.float64, 100.0) == 1e-10
+
+
 def test_buffers_are_poisoned_under_test():
     assert _alloc.poisoning()
     assert torch.isnan(_alloc.empty((3, 2), like=torch.zeros(1))).all()
@@ -134,8 +203,9 @@ def test_cells_match_torch(cell, base, unbatched, with_hx, bias):
     truth = _run_cell(ref, *args, torch.float64)
     assert_close_exact(_run_cell(ours, *args, torch.float64), truth)
     ours32, theirs32 = _run_cell(ours, *args, torch.float32), _run_cell(ref, *args, torch.float32)
-    for a, b, t in zip(ours32, theirs32, truth):
-        assert (a - t).abs().max().item() <= 2 * (b - t).abs().max().item() + 1e-6
+    res = testing.compare(dict(enumerate(ours32)), dict(enumerate(truth)),
+                          dict(enumerate(theirs32)), torch.float32)
+    assert res.ok, res.failures()
 
 
 @pytest.mark.parametrize("ctor,base", [(fused_rnn.LSTM, nn.LSTM), (fused_rnn.GRU, nn.GRU),

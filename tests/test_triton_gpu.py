@@ -1,14 +1,14 @@
 """GPU parity of the Triton backend (skipped without CUDA): for each cell type, >= 200 random
 cases (layers, directions, batch_first, proj_size, packed, unbatched, odd sizes, hx given or not), each in
-fp32 (TF32 off), bf16 and fp16, against float64 torch on the CPU. The bound is 2x cuDNN's own
-error in the same dtype plus the atol (fused_rnn.testing), for outputs, h_n, c_n and all
-gradients."""
+fp32 (TF32 off), bf16 and fp16, against float64 torch on the CPU. The bounds are cuDNN's own
+errors in the same dtype, 2x its RMS error and 4x its max error, plus the atol
+(fused_rnn.testing), for outputs, h_n, c_n and all gradients."""
 import pytest
 import torch
 
 from fused_rnn import testing
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = pytest.mark.gpu
 CASES_PER_CELL = 200
 
 
@@ -22,6 +22,7 @@ def _cases(cell):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
                          ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("cell", testing.CELLS)
+@pytest.mark.grid
 def test_triton_gpu_parity_grid(cell, dtype):
     cases = _cases(cell)
     assert len(cases) >= CASES_PER_CELL

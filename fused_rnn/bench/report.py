@@ -1,4 +1,5 @@
-"""Results of the suite: speedups over cuDNN, the table, the JSON file and the plot."""
+"""Results of the suite: speedups over cuDNN, the busy-machine check, the table, the JSON file
+and the plot."""
 import json
 import math
 from collections import defaultdict
@@ -7,6 +8,11 @@ from typing import Dict, List, Tuple
 
 BASELINE = "cudnn"
 ROW_KEYS = ("cell", "dtype", "T", "B", "I", "H", "mode")
+# A row whose (p80 - p20) / median is above SPREAD_LIMIT is marked noisy; when at least
+# BUSY_SHARE of the rows are, the machine was busy (one noisy row alone can be the code's own
+# variance, e.g. a bimodal kernel). Measured: TBD
+SPREAD_LIMIT = 0.25
+BUSY_SHARE = 0.25
 
 
 def _key(row) -> Tuple:
@@ -62,6 +68,52 @@ def geomean(values: List[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
+def spread(row: dict) -> float:
+    """(p80 - p20) / median of a row (also of stored rows, which may not have the field)."""
+    return (row["p80_ms"] - row["p20_ms"]) / row["median_ms"] if row["median_ms"] > 0 \
+        else float("inf")
+
+
+def busy_reasons(results: dict) -> List[str]:
+    """Why the timings look unreliable, if they do: a 1-minute load average above the number
+    of cores at the start or end of the run (when recorded), and BUSY_SHARE or more of the rows
+    with a spread above SPREAD_LIMIT. Empty when the machine looked quiet."""
+    meta, rows = results.get("meta", {}), results["rows"]
+    reasons = []
+    cores = meta.get("cores")
+    for when in ("start", "end"):
+        load = meta.get(f"load_{when}")
+        if load is not None and cores and load > cores:
+            reasons.append(f"load average {load:.2f} at the {when} of the run, above the "
+                           f"{cores} cores")
+    noisy = sum(spread(r) > SPREAD_LIMIT for r in rows)
+    if noisy and noisy >= BUSY_SHARE * len(rows):
+        reasons.append(f"{noisy} of {len(rows)} rows have (p80 - p20) / median above "
+                       f"{SPREAD_LIMIT:g} (marked !)")
+    return reasons
+
+
+def check_busy(results: dict) -> dict:
+    """Record the busy-machine check in results["meta"] ("busy", "busy_reasons",
+    "spread_limit", "busy_share"); returns results."""
+    reasons = busy_reasons(results)
+    results["meta"].update(busy=bool(reasons), busy_reasons=reasons, spread_limit=SPREAD_LIMIT,
+                           busy_share=BUSY_SHARE)
+    return results
+
+
+def busy_note(results: dict) -> str:
+    """The warning line under a table: the machine looks busy, or (a milder note) a few rows
+    are noisy; "" when neither."""
+    reasons = busy_reasons(results)
+    if reasons:
+        return ("WARNING: the machine looks busy, these timings are not reliable: "
+                + "; ".join(reasons) + ". Rerun on a quiet machine.")
+    noisy = sum(spread(r) > SPREAD_LIMIT for r in results["rows"])
+    return (f"note: {noisy} of {len(results['rows'])} rows have (p80 - p20) / median above "
+            f"{SPREAD_LIMIT:g} (marked !): their times are less certain") if noisy else ""
+
+
 def table(results: dict):
     """A rich Table: one row per config, each provider's median ms and speedup over cuDNN, and
     the geometric-mean speedup per provider last."""
@@ -72,13 +124,16 @@ def table(results: dict):
     device = results["meta"]["device"]
     baseline = "cuDNN" if device == "cuda" else "torch (ATen on the CPU)"
     t = Table(title=f"fused_rnn bench on {results['meta'].get('gpu') or 'CPU'}: median ms and "
-                    f"speedup over {baseline} (provider 'cudnn')")
+                    f"speedup over {baseline} (provider 'cudnn')",
+              caption=busy_note(results) or None, caption_style="bold red",
+              caption_justify="left")
     for col in ROW_KEYS:
         t.add_column(col, justify="right" if col in "TBIH" else "left")
     for name in names:
         t.add_column(f"{name} ms", justify="right")
         if name != BASELINE:
             t.add_column(f"{name} x", justify="right")
+    t.add_column("spread", justify="right")  # the largest (p80 - p20) / median of the row
     for key, config in by_config(rows).items():
         cells = [str(v) for v in key]
         base = config.get(BASELINE)
@@ -88,6 +143,8 @@ def table(results: dict):
             if name != BASELINE:
                 cells.append(f"{base['median_ms'] / row['median_ms']:.2f}"
                              if row and base else "-")
+        worst = max(spread(r) for r in config.values())
+        cells.append(f"{worst:.2f}" + (" !" if worst > SPREAD_LIMIT else ""))
         t.add_row(*cells)
     gm = speedups(rows)
     footer = ["geomean", "", "", "", "", "", ""]
@@ -95,6 +152,7 @@ def table(results: dict):
         footer.append("")
         if name != BASELINE:
             footer.append(f"{geomean(gm.get(name, [])):.2f}")
+    footer.append("")
     t.add_section()
     t.add_row(*footer)
     return t
@@ -153,7 +211,8 @@ def plot(results: dict, path: Path) -> Path:
         ax.set_xticks(range(len(configs)), labels, fontsize=7)
         ax.set_ylabel("speedup over cudnn")
         ax.set_title(f"{mode}, {dtype}  (T,B,I,H)", fontsize=9)
-        ax.legend(fontsize=7, loc="best")
+        if others:  # the baseline alone has no bars
+            ax.legend(fontsize=7, loc="best")
     device = results["meta"].get("gpu") or "CPU"
     fig.suptitle(f"fused_rnn bench on {device}", fontsize=10)
     fig.tight_layout()

@@ -8,8 +8,11 @@ into the input and all weights).
 import contextlib
 import datetime
 import importlib.metadata
+import math
+import os
 import platform
 import subprocess
+import timeit
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -19,11 +22,12 @@ import torch.nn as nn
 
 from .. import __version__, _alloc, backends
 from ..modules import GRU, LSTM, RNN
+from . import report
 
 Shape = Tuple[int, int, int, int]  # (T, B, I, H)
 
-# The default GPU grid (issues 3 and 9): latency-bound (B <= 16) and throughput-bound rows;
-# (256, 16, 256, 256), (512, 16, 128, 128) and (1024, 16, 768, 768) are issue 9's headline rows
+# The default GPU grid: latency-bound (B <= 16) and throughput-bound rows;
+# (256, 16, 256, 256), (512, 16, 128, 128) and (1024, 16, 768, 768) are the headline rows
 # (the last is where cuDNN's fp16 persistent kernel runs, about 2 us/step on an H100).
 GPU_SHAPES: List[Shape] = [(100, 64, 512, 512), (256, 1, 256, 256), (256, 8, 512, 512),
                            (256, 16, 1024, 1024), (256, 64, 1024, 1024), (100, 256, 1024, 1024),
@@ -45,7 +49,7 @@ MODES = ("fwd", "fwdbwd")
 PROVIDERS = ("cudnn", "loop", "reference", "triton", "triton_persistent", "cuda", "cuda_step",
              "cuda_persistent", "cuda_cluster")
 
-# Regularisation rows (issue 6): one option at p = 0.25, in training mode, timed for the fused
+# Regularisation rows: one option at p = 0.25, in training mode, timed for the fused
 # default providers against the same provider without it. OPTION_* is where they run on the GPU.
 OPTIONS = {"variational_dropout": dict(variational_dropout=0.25),
            "weight_drop": dict(weight_drop=0.25), "recurrent_dropout": dict(recurrent_dropout=0.25),
@@ -153,9 +157,9 @@ def build(provider: str, cell: str, shape: Shape, dtype: str,
                            **OPTIONS.get(option, {}))
         if variant:
             if backend == "triton":
-                from ..ops.triton_op import variant as pin
+                from ..ops.triton.launch import variant as pin
             else:
-                from ..ops.cuda_op import variant as pin
+                from ..ops.cuda.launch import variant as pin
 
             def run(x):
                 with pin(variant):
@@ -166,33 +170,89 @@ def build(provider: str, cell: str, shape: Shape, dtype: str,
 
 @contextlib.contextmanager
 def tf32(enabled: bool):
-    """Set both of torch's TF32 switches (matmul and cuDNN) for the block."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    """Set both of torch's TF32 switches (matmul and cuDNN) for the block. cuDNN's through its
+    flags() context manager, which also works where a process froze the global flags
+    (torch.backends.disable_global_flags, as torch's own test utilities do)."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
     try:
-        yield
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
+                                        allow_tf32=enabled):
+            yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# What every row reports, in this order: the median and the 20th and 80th percentiles.
+QUANTILES = (0.5, 0.2, 0.8)
+# The CPU timer: blocks of calls, each of as many calls as fill CPU_BLOCK_S (one call for every
+# row of the CPU suite), timed until there are at least CPU_MEASUREMENTS blocks and CPU_MIN_RUN_S
+# seconds of them, or, once CPU_MAX_RUN_S seconds have gone (a slow row, a busy machine), at
+# least CPU_MIN_MEASUREMENTS blocks; the quantiles are over the blocks. (blocked_autorange sizes
+# its blocks so that timer overhead is 0.01% of a block, which for a 1-30 ms call means blocks
+# of 10-100 calls and, in 0.2 s, one or two blocks: p20 = p80 = median, and no spread to see.)
+CPU_BLOCK_S = 1e-3
+CPU_MEASUREMENTS = 20
+CPU_MIN_MEASUREMENTS = 10
+CPU_MIN_RUN_S = 0.3
+CPU_MAX_RUN_S = 1.0
+
+
+def timings(fn: Callable[[], None], device: torch.device,
+            grad_to_none: Sequence[torch.Tensor] = ()) -> dict:
+    """{"median_ms", "p20_ms", "p80_ms", "measurements"}, after warm-up. CUDA: triton's do_bench
+    (CUDA events, L2 flushed between runs; it does not say how many runs it timed, so
+    "measurements" is None). CPU: the blocks of CPU_BLOCK_S above, timed with timeit (perf_counter,
+    garbage collection off, as torch.utils.benchmark does), "measurements" = how many blocks."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+        med, p20, p80 = do_bench(fn, warmup=25, rep=100, grad_to_none=list(grad_to_none),
+                                 quantiles=list(QUANTILES))
+        return dict(median_ms=med, p20_ms=p20, p80_ms=p80, measurements=None)
+    timer = timeit.Timer(fn)
+    fn()  # warm-up
+    number = max(1, math.ceil(CPU_BLOCK_S / max(timer.timeit(1), 1e-9)))
+    times: List[float] = []
+    total = 0.0
+    while not (len(times) >= CPU_MEASUREMENTS and total >= CPU_MIN_RUN_S
+               or len(times) >= CPU_MIN_MEASUREMENTS and total >= CPU_MAX_RUN_S):
+        block = timer.timeit(number)
+        times.append(block / number)
+        total += block
+    med, p20, p80 = quantiles_ms(times)
+    return dict(median_ms=med, p20_ms=p20, p80_ms=p80, measurements=len(times))
+
+
+def quantiles_ms(times_s: Sequence[float]) -> Tuple[float, float, float]:
+    """QUANTILES of times in seconds, in ms, with one interpolation rule for all three (linear,
+    as torch.quantile and do_bench; torch.median takes the lower middle value, which can fall
+    below an interpolated 20th percentile when there are few samples)."""
+    q = torch.tensor(list(times_s), dtype=torch.float64).quantile(
+        torch.tensor(QUANTILES, dtype=torch.float64)) * 1e3
+    return q[0].item(), q[1].item(), q[2].item()
 
 
 def measure(fn: Callable[[], None], device: torch.device,
             grad_to_none: Sequence[torch.Tensor] = ()) -> Tuple[float, float, float]:
-    """(median, p20, p80) in ms, after warm-up. CUDA: triton's do_bench (CUDA events, L2 flushed
-    between runs). CPU: torch.utils.benchmark's blocked_autorange."""
-    if device.type == "cuda":
-        from triton.testing import do_bench
-        med, p20, p80 = do_bench(fn, warmup=25, rep=100, grad_to_none=list(grad_to_none),
-                                 quantiles=[0.5, 0.2, 0.8])
-        return med, p20, p80
-    from torch.utils.benchmark import Timer
-    fn()  # warm-up
-    m = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()) \
-        .blocked_autorange(min_run_time=0.2)
-    # One interpolation rule for all three (torch.median takes the lower middle value, which
-    # can fall below an interpolated 20th percentile when there are few samples).
-    q = torch.tensor(m.times, dtype=torch.float64).quantile(
-        torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64)) * 1e3
-    return q[0].item(), q[1].item(), q[2].item()
+    """(median, p20, p80) in ms: timings() without the count."""
+    t = timings(fn, device, grad_to_none)
+    return t["median_ms"], t["p20_ms"], t["p80_ms"]
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def load_average() -> Optional[float]:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def peak_mb(fn: Callable[[], None], device: torch.device) -> Optional[float]:
@@ -235,11 +295,13 @@ def run_row(provider, cell, shape, dtype, device, modes=MODES, option: str = "")
         rows = []
         for mode in modes:
             call = mode_calls[mode]
-            med, p20, p80 = measure(call, device, grad_to_none=grads)
-            rows.append(dict(cell=cell, dtype=dtype, T=T, B=B, I=I, H=H, mode=mode,
-                             provider=provider, option=option, median_ms=med, p20_ms=p20,
-                             p80_ms=p80,
-                             peak_mb=peak_mb(call, device)))
+            t = timings(call, device, grad_to_none=grads)
+            row = dict(cell=cell, dtype=dtype, T=T, B=B, I=I, H=H, mode=mode,
+                       provider=provider, option=option, median_ms=t["median_ms"],
+                       p20_ms=t["p20_ms"], p80_ms=t["p80_ms"], peak_mb=peak_mb(call, device),
+                       measurements=t["measurements"], load=load_average())
+            rows.append(dict(row, spread=report.spread(row),
+                             noisy=report.spread(row) > report.SPREAD_LIMIT))
     return rows
 
 
@@ -256,7 +318,10 @@ def metadata(suite: Suite) -> dict:
         "fused_rnn": __version__, "git_commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "timing": "triton.testing.do_bench, CUDA events, median and 20/80 percentiles"
-        if cuda else "torch.utils.benchmark blocked_autorange, median and 20/80 percentiles",
+        if cuda else f"timeit, blocks of >= {CPU_BLOCK_S * 1e3:g} ms: per row at least "
+        f"{CPU_MEASUREMENTS} blocks and {CPU_MIN_RUN_S:g} s, or {CPU_MIN_MEASUREMENTS} blocks "
+        f"after {CPU_MAX_RUN_S:g} s; median and 20/80 percentiles over the blocks",
+        "cores": cores(), "torch_threads": torch.get_num_threads(),
         "loss": "fwdbwd: out.sum().backward() into the input and all weights",
     }
 
@@ -308,6 +373,7 @@ def run_suite(suite: Suite, progress: Optional[Callable] = None) -> dict:
                 jobs += [(provider, cell, shape, dtype, option) for option in suite.options
                          for cell in suite.cells if option_applies(option, cell, provider)]
     rows = []
+    load_start = load_average()
     with _alloc.poisoned(False):  # never time the NaN fill that tests turn on
         for job in (progress(jobs) if progress else jobs):
             provider, cell, shape, dtype, option = job
@@ -318,5 +384,5 @@ def run_suite(suite: Suite, progress: Optional[Callable] = None) -> dict:
                 skipped[where.strip()] = \
                     f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
     meta = metadata(suite)
-    meta["skipped"] = skipped
-    return {"meta": meta, "rows": rows}
+    meta.update(skipped=skipped, load_start=load_start, load_end=load_average())
+    return report.check_busy({"meta": meta, "rows": rows})

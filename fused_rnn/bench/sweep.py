@@ -1,4 +1,4 @@
-"""Scaling sweeps (`fused-rnn bench --sweep`, issue 9): forward µs per step against one of
+"""Scaling sweeps (`fused-rnn bench --sweep`): forward µs per step against one of
 H, B or T with the others fixed, for cuDNN and the fused providers, one plot per sweep. They
 show which kernel variant takes over where (the cluster forward up to H = 256, the persistent
 one above it, cuDNN's persistent fp16 kernels for B a multiple of 8).
@@ -10,7 +10,7 @@ import torch
 
 from .. import _alloc
 from . import suite as S
-from .report import BASELINE
+from .report import BASELINE, check_busy
 
 # axis -> the values swept; every other size from BASE. I follows H (I = H), as in the grid's
 # square rows.
@@ -59,6 +59,7 @@ def run_sweeps(device: torch.device, cells: Sequence[str] = ("LSTM",),
             jobs += [(axis, provider, cell, shape, dtype) for axis, values in sweeps.items()
                      for cell in cells for shape in shapes(axis, values, base)]
     rows = []
+    load_start = S.load_average()
     with _alloc.poisoned(False):
         for axis, provider, cell, shape, dtype in (progress(jobs) if progress else jobs):
             try:
@@ -69,8 +70,9 @@ def run_sweeps(device: torch.device, cells: Sequence[str] = ("LSTM",),
                 skipped[f"{provider} {dtype} {cell} {','.join(map(str, shape))}"] = \
                     f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
     meta = S.metadata(S.default_suite(device))
-    meta.update(suite="sweep", skipped=skipped, base=base, sweeps=sweeps)
-    return {"meta": meta, "rows": rows}
+    meta.update(suite="sweep", skipped=skipped, base=base, sweeps=sweeps, load_start=load_start,
+                load_end=S.load_average())
+    return check_busy({"meta": meta, "rows": rows})
 
 
 def plot(results: dict, folder: Path, name: str) -> List[Path]:

@@ -10,8 +10,15 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-# Gates per cell type: G in (T, B, G·H).
+# The cell constants, one home for every backend. The CUDA kernels mirror them (csrc/params.h:
+# the Cell enum and CellTraits); tests/test_layout.py checks that the two agree.
+# CELLS: torch's mode names. CELL_CODES: the kernels' CELL constant (Triton constexpr, CUDA enum).
+CELLS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+CELL_CODES = {name: code for code, name in enumerate(CELLS)}
+# Gates per cell type: G in (T, B, G·H), rows of W_hh per hidden unit.
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+# Values the fused forwards save per hidden unit and step for their backward (ops/recurrence.py).
+SAVED = {"LSTM": 4, "GRU": 4, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
 def _mul(x, factor):

@@ -3,7 +3,7 @@ forward, the weight gradients formed after the backward's time loop, and the tor
 custom ops with their fake (meta) implementations and autograd.
 
 Contract of a backend's kernels, one layer and direction (buffer layouts in
-ops/triton_kernels.py and csrc/params.h; `masks` is an ops/regularize.StepMasks whose docstring
+ops/triton/cell.py and csrc/params.h; `masks` is an ops/regularize.StepMasks whose docstring
 gives the step math, NO_MASKS when no regularisation is on; `ln` the LayerNorm cell's
 (γ_hh, β_hh, γ_c, β_c), γ_c and β_c None for GRU, or None without layer_norm):
   fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant, masks, ln, store_saved)
@@ -21,17 +21,15 @@ Both directions are custom ops, so torch.compile sees two opaque calls per layer
 host loop over timesteps.
 """
 import contextlib
+import threading
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _alloc
-from .cells import GATES, _mul
+from .cells import GATES, SAVED, _mul
 from .regularize import NO_MASKS, StepMasks
-
-SAVED = {"LSTM": 4, "GRU": 4, "RNN_TANH": 1, "RNN_RELU": 1}  # values saved per unit
-
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation and saved-state dtype: fp32 for fp32/fp16/bf16 (the LSTM cell state is kept
@@ -206,35 +204,73 @@ def make_ops(backend: str, fwd: Callable, bwd: Callable) -> Callable:
     def backward(ctx, dout, dh_n, dc_n, *_):
         saved, hs, cs, ms, w_hh, w_hr, mask, *rest = ctx.saved_tensors
         step_masks, ln = rest[:5], rest[5:9]
-        dgi, dh0, dc0, dw_hh, db_hh, dw_hr, *dln = bwd_op(
-            dout, dh_n, dc_n if ctx.cell == "LSTM" else None, saved, hs, cs, ms, w_hh, w_hr,
-            mask, ctx.cell, ctx.reverse, ctx.has_bias, ctx.variant, *step_masks, ctx.scales,
-            *rest[5:])
+        # Grad mode is on here only under create_graph=True. The kernels' backward has no
+        # derivative of its own, so it runs unrecorded, and the gradients it returns raise a
+        # clear error if they are differentiated in turn (double backward); first-order use
+        # of them (an optimizer step) is unaffected.
+        double = torch.is_grad_enabled()
+        with torch.no_grad() if double else contextlib.nullcontext():
+            dgi, dh0, dc0, dw_hh, db_hh, dw_hr, *dln = bwd_op(
+                dout, dh_n, dc_n if ctx.cell == "LSTM" else None, saved, hs, cs, ms, w_hh, w_hr,
+                mask, ctx.cell, ctx.reverse, ctx.has_bias, ctx.variant, *step_masks, ctx.scales,
+                *rest[5:])
         dln = [d if t is not None else None for d, t in zip(dln, ln)]
-        return (dgi, dh0, dc0 if ctx.has_c0 else None, dw_hh, db_hh if ctx.has_bias else None,
-                dw_hr if w_hr is not None else None) + (None,) * 10 + tuple(dln)
+        grads = (dgi, dh0, dc0 if ctx.has_c0 else None, dw_hh, db_hh if ctx.has_bias else None,
+                 dw_hr if w_hr is not None else None) + (None,) * 10 + tuple(dln)
+        trip = hs.reshape(-1)[:1].sum() * 0 if double else None  # hs: in the forward's graph
+        if trip is not None and trip.requires_grad:
+            def refuse(_):
+                raise RuntimeError(
+                    f"fused_rnn: backend={backend!r} does not support double backward (a "
+                    f"gradient of a gradient taken with create_graph=True, as gradient "
+                    f"penalties and gradgradcheck do): its backward is a fused kernel without a "
+                    f"derivative of its own. Use backend='reference' (plain torch, "
+                    f"differentiable to any order) for this, e.g. module.backend = 'reference' "
+                    f"or fused_rnn.convert(model, backend='reference')")
+            trip.register_hook(refuse)
+            grads = tuple(None if g is None else g + trip.to(g.dtype) for g in grads)
+        return grads
 
     fwd_op.register_autograd(backward, setup_context=setup_context)
     return fwd_op
 
 
-class Variants:
-    """Which variant of its recurrence a fused backend runs. `use(name)` is a context manager
-    that selects it for the layers called inside the block; the layer function reads `current`
-    once per call, at forward time, and hands it to both ops."""
+class ThreadChoice:
+    """A setting chosen per thread with a context manager (`use`), `default` where the thread
+    chose none: two threads that choose differently never see each other's choice. `check`
+    validates (and may normalise) a value before it is set."""
 
-    def __init__(self, names: Sequence[str], default: str):
-        self.names, self.current = tuple(names), default
+    def __init__(self, default, check: Callable = lambda value: value):
+        self.default, self._check, self._local = default, check, threading.local()
+
+    @property
+    def current(self):
+        return getattr(self._local, "value", self.default)
 
     @contextlib.contextmanager
-    def use(self, name: str):
+    def use(self, value):
+        value = self._check(value)
+        previous, self._local.value = self.current, value
+        try:
+            yield value
+        finally:
+            self._local.value = previous
+
+
+class Variants(ThreadChoice):
+    """Which variant of its recurrence a fused backend runs, per thread. `use(name)` is a
+    context manager that selects it for the layers called inside the block on this thread; the
+    layer function reads `current` once per call, at forward time, and hands it to both ops (so
+    a backward on autograd's own thread runs what its forward chose)."""
+
+    def __init__(self, names: Sequence[str], default: str):
+        self.names = tuple(names)
+        super().__init__(default, self._valid)
+
+    def _valid(self, name: str) -> str:
         if name not in self.names:
             raise ValueError(f"variant: expected one of {self.names}, got {name!r}")
-        previous, self.current = self.current, name
-        try:
-            yield
-        finally:
-            self.current = previous
+        return name
 
 
 def make_layer(fwd_op: Callable, variants: Variants, fwd: Callable) -> Callable:
@@ -249,7 +285,7 @@ def make_layer(fwd_op: Callable, variants: Variants, fwd: Callable) -> Callable:
             t is not None and t.requires_grad for t in (gi, h0, c0, w_hh, b_hh, w_hr, *lnp))
         if not store_saved and not torch.compiler.is_compiling():
             # Eager inference needs no autograd node: calling fwd itself saves the custom op's
-            # dispatch, about 80 us per layer and direction on the host (issue 9's short rows
+            # dispatch, about 80 us per layer and direction on the host (the short headline rows
             # run 300-800 us in all on an H100).
             out, h_n, c_n, *_ = fwd(mode, gi, h0, c0, w_hh, b_hh, w_hr, step_mask, reverse,
                                     variants.current, masks, None if ln is None else lnp,

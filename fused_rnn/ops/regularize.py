@@ -4,8 +4,8 @@ reference (ops/naive.py) and the fused kernels (Triton, CUDA) all implement.
 Masks are drawn here, from torch's default generator on the input's device, all of them before
 the first layer runs and in a fixed order (layer, then direction, then x, w, h, g, c, zc, zh).
 So a fixed seed gives every backend on the same device the same masks (the CPU's and a GPU's
-generators differ). Batch rows are those of the padded layout: for packed input with unsorted
-lengths, the length-sorted order. Each is a uint8 tensor (1 keeps a unit, or
+generators differ). Batch rows are those of the padded layout, which keeps the caller's batch
+order (fused_rnn/_packing.py), packed input included. Each is a uint8 tensor (1 keeps a unit, or
 for zoneout, keeps the previous value); a dropout mask m acts as m / (1 - p).
 
 One step at time t of a layer and direction, batch row b, hidden unit j (k: a unit of the state

@@ -1,6 +1,6 @@
 """Compile the Triton kernels for a GPU target on any machine, GPU or not:
 
-    python -m fused_rnn.ops.triton_compile [--arch 90]
+    python -m fused_rnn.ops.triton.compile_check [--arch 90]
 
 It catches what the CPU interpreter lets through: tl.dot shape and dtype rules, unsupported ops,
 shared memory over the limit. Each variant the launchers can produce is compiled (every cell,
@@ -23,7 +23,14 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import triton_kernels as K
+from ..cells import CELL_CODES, GATES, SAVED
+from . import persistent as P
+from . import step as S
+
+# The cell tables keyed by the kernels' CELL code, the constexpr they take.
+LSTM, GRU = CELL_CODES["LSTM"], CELL_CODES["GRU"]
+CODE_GATES = {CELL_CODES[c]: g for c, g in GATES.items()}
+CODE_SAVED = {CELL_CODES[c]: n for c, n in SAVED.items()}
 
 # (pointer type, ACC, PRECISION) per dtype as the launchers choose them.
 DTYPES = {"fp32-ieee": ("fp32", tl.float32, "ieee"), "fp32-tf32": ("fp32", tl.float32, "tf32"),
@@ -62,9 +69,9 @@ def step_masks(cell: int, regs: str, acc_t: str):
     (zoneout's constants)."""
     ptrs = dict(hm_ptr="*u8", gm_ptr="*u8", cm_ptr="*u8", zc_ptr="*u8", zh_ptr="*u8",
                 scale_ptr=f"*{acc_t}")
-    lstm, train = cell == K.LSTM, regs == "train"
+    lstm, train = cell == LSTM, regs == "train"
     zone = 1 if train else 2 if regs == "eval" else 0
-    return ptrs, dict(HAS_HM=train, HAS_GM=train and cell in (K.LSTM, K.GRU),
+    return ptrs, dict(HAS_HM=train, HAS_GM=train and cell in (LSTM, GRU),
                       HAS_CM=train and lstm, ZC_MODE=zone if lstm else 0, ZH_MODE=zone)
 
 
@@ -72,13 +79,13 @@ def variants():
     """(kernel, signature, constexprs, label) for every configuration the launchers use; with
     step masks, only with bias, mask and a next step (they open no other branches)."""
     configs = [((1, 1), "off"), ((0, 0), "off"), ((1, 1), "train"), ((1, 1), "eval")]
-    for cell, dtype, (flags, regs) in itertools.product(K.GATES, DTYPES, configs):
+    for cell, dtype, (flags, regs) in itertools.product(CODE_GATES, DTYPES, configs):
         elem, acc, precision = DTYPES[dtype]
         acc_t = "fp64" if acc == tl.float64 else "fp32"
         reg_ptrs, reg = step_masks(cell, regs, acc_t)
-        projs = (0, 1) if cell == K.LSTM else (0,)
+        projs = (0, 1) if cell == LSTM else (0,)
         for proj in projs:
-            common = dict(reg, H=48, CELL=cell, NG=K.GATES[cell], NS=K.SAVED[cell],
+            common = dict(reg, H=48, CELL=cell, NG=CODE_GATES[cell], NS=CODE_SAVED[cell],
                           HAS_MASK=flags[1], HAS_PROJ=proj, BLOCK_B=16, BLOCK_H=32,
                           PRECISION=precision, ACC=acc)
             if proj:  # the zoneout of h is the projection kernels', and so is hm backward
@@ -89,8 +96,8 @@ def variants():
                             hin_ptr=f"*{elem}", xg_ptr=f"*{acc_t}", lnw_ptr=f"*{elem}",
                             lnb_ptr=f"*{elem}")
             cx = dict(common, HK=24 if proj else 48, HAS_BIAS=flags[0], BLOCK_K=32, LN=0)
-            yield (K._rnn_fwd_step_kernel,
-                   _signature(K._rnn_fwd_step_kernel, fwd_ptrs, {"t", "k", "B"}, cx), cx,
+            yield (S._rnn_fwd_step_kernel,
+                   _signature(S._rnn_fwd_step_kernel, fwd_ptrs, {"t", "k", "B"}, cx), cx,
                    (f"fwd cell={cell} {dtype} bias={flags[0]} mask={flags[1]} proj={proj} "
                     f"regs={regs}"))
             bwd_ptrs = dict(reg_ptrs, w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}",
@@ -103,8 +110,8 @@ def variants():
             cx = dict(common, P=24 if proj else 48, HAS_NEXT=flags[0] and not proj, BLOCK_N=32,
                       LN_C=False)
             cx["HAS_HM"] = reg["HAS_HM"] and not proj
-            yield (K._rnn_bwd_step_kernel,
-                   _signature(K._rnn_bwd_step_kernel, bwd_ptrs, {"t", "t_next", "k", "B"}, cx),
+            yield (S._rnn_bwd_step_kernel,
+                   _signature(S._rnn_bwd_step_kernel, bwd_ptrs, {"t", "t_next", "k", "B"}, cx),
                    cx, f"bwd cell={cell} {dtype} next={cx['HAS_NEXT']} mask={flags[1]} "
                        f"proj={proj} regs={regs}")
             if not proj:
@@ -114,32 +121,32 @@ def variants():
                       PRECISION=precision, ACC=acc)
             ptrs = dict(reg_ptrs, ms_ptr=f"*{elem}", w_hr_ptr=f"*{elem}", hs_ptr=f"*{elem}",
                         out_ptr=f"*{elem}", mask_ptr="*u8", hin_ptr=f"*{elem}")
-            yield (K._lstm_proj_fwd_kernel,
-                   _signature(K._lstm_proj_fwd_kernel, ptrs, {"t", "k", "B"}, cx), cx,
+            yield (S._lstm_proj_fwd_kernel,
+                   _signature(S._lstm_proj_fwd_kernel, ptrs, {"t", "k", "B"}, cx), cx,
                    f"proj fwd {dtype} mask={flags[1]} regs={regs}")
             cx = dict(H=48, P=24, HAS_NEXT=flags[0], HAS_MASK=flags[1], HAS_HM=reg["HAS_HM"],
                       ZH_MODE=reg["ZH_MODE"], BLOCK_B=16, BLOCK_H=32, BLOCK_N=32,
                       PRECISION=precision, ACC=acc)
             ptrs = dict(reg_ptrs, w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dout_ptr=f"*{elem}",
                         dhs_ptr=f"*{acc_t}", carry_h_ptr=f"*{acc_t}", mask_ptr="*u8")
-            yield (K._lstm_proj_bwd_dh_kernel,
-                   _signature(K._lstm_proj_bwd_dh_kernel, ptrs, {"t", "t_next", "B"}, cx), cx,
+            yield (S._lstm_proj_bwd_dh_kernel,
+                   _signature(S._lstm_proj_bwd_dh_kernel, ptrs, {"t", "t_next", "B"}, cx), cx,
                    f"proj bwd-dh {dtype} next={flags[0]} mask={flags[1]} regs={regs}")
 
 
 def layer_norm_variants():
     """The LayerNorm cells' launches (the LN branches of rnn_fwd_triton and rnn_bwd_triton) for
     LSTM and GRU in every dtype, without step masks and with those of training: the cell
-    kernels with LN / LN_C, and the row kernels of triton_ln_kernels with a row of several
+    kernels with LN / LN_C, and the row kernels of layer_norm.py with a row of several
     chunks (W > BLOCK_N) and a partial last chunk."""
-    from . import triton_ln_kernels as L
-    for cell, dtype, regs in itertools.product((K.LSTM, K.GRU), DTYPES, ("off", "train")):
+    from . import layer_norm as L
+    for cell, dtype, regs in itertools.product((LSTM, GRU), DTYPES, ("off", "train")):
         elem, acc, precision = DTYPES[dtype]
         acc_t = "fp64" if acc == tl.float64 else "fp32"
         reg_ptrs, reg = step_masks(cell, regs, acc_t)
-        lstm, H, NG = cell == K.LSTM, 48, K.GATES[cell]
+        lstm, H, NG = cell == LSTM, 48, CODE_GATES[cell]
         tag = f"cell={cell} {dtype} regs={regs}"
-        common = dict(reg, H=H, CELL=cell, NG=NG, NS=K.SAVED[cell], HAS_MASK=1, BLOCK_B=16,
+        common = dict(reg, H=H, CELL=cell, NG=NG, NS=CODE_SAVED[cell], HAS_MASK=1, BLOCK_B=16,
                       BLOCK_H=32, PRECISION=precision, ACC=acc)
         ptrs = dict(reg_ptrs, gi_ptr=f"*{elem}", w_ptr=f"*{elem}", b_ptr=f"*{elem}",
                     hs_ptr=f"*{elem}", cs_ptr=f"*{acc_t}", out_ptr=f"*{elem}",
@@ -149,8 +156,8 @@ def layer_norm_variants():
         cx = dict(common, HK=H, HAS_BIAS=1, HAS_PROJ=lstm, LN=2 if lstm else 1, BLOCK_K=32)
         if lstm:
             cx["ZH_MODE"] = 0
-        yield (K._rnn_fwd_step_kernel,
-               _signature(K._rnn_fwd_step_kernel, ptrs, {"t", "k", "B"}, cx), cx,
+        yield (S._rnn_fwd_step_kernel,
+               _signature(S._rnn_fwd_step_kernel, ptrs, {"t", "k", "B"}, cx), cx,
                f"ln fwd {tag}")
         ptrs = dict(reg_ptrs, w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dgi_ptr=f"*{acc_t}",
                     drec_ptr=f"*{acc_t}", dout_ptr=f"*{acc_t}" if lstm else f"*{elem}",
@@ -161,8 +168,8 @@ def layer_norm_variants():
         cx = dict(common, P=H, HAS_NEXT=not lstm, HAS_PROJ=False, LN_C=lstm, BLOCK_N=32)
         if lstm:
             cx.update(HAS_HM=False, ZH_MODE=0)
-        yield (K._rnn_bwd_step_kernel,
-               _signature(K._rnn_bwd_step_kernel, ptrs, {"t", "t_next", "k", "B"}, cx), cx,
+        yield (S._rnn_bwd_step_kernel,
+               _signature(S._rnn_bwd_step_kernel, ptrs, {"t", "t_next", "k", "B"}, cx), cx,
                f"ln bwd {tag}")
         row = dict(ROWS=1, BLOCK_N=64, ACC=acc)  # W = 4·48 or 3·48: 3 chunks, the last partial
         ptrs = dict(reg_ptrs, w_ptr=f"*{elem}", hs_ptr=f"*{elem}", xg_ptr=f"*{acc_t}",
@@ -198,15 +205,15 @@ def persistent_variants():
     without and with (training's) step masks: the largest H it takes with the widest tile that
     fits."""
     import torch
-    from .triton_op import PERSISTENT_BLOCK_B, persistent_max_hp, persistent_tiles
+    from .plans import PERSISTENT_BLOCK_B, persistent_max_hp, persistent_tiles
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
                    "fp64": torch.float64}
     configs = [(cell, dtype, 48, 16, regs) for cell, dtype, regs
-               in itertools.product(K.GATES, DTYPES, ("off", "train", "eval"))]
-    for cell, dtype, regs in itertools.product(K.GATES, DTYPES, ("off", "train")):
+               in itertools.product(CODE_GATES, DTYPES, ("off", "train", "eval"))]
+    for cell, dtype, regs in itertools.product(CODE_GATES, DTYPES, ("off", "train")):
         elem, _, precision = DTYPES[dtype]
         max_hp = persistent_max_hp(torch_dtype[elem], precision, masked=regs != "off")
-        tiles = persistent_tiles(K.GATES[cell], max_hp,
+        tiles = persistent_tiles(CODE_GATES[cell], max_hp,
                                  torch.empty((), dtype=torch_dtype[elem]).element_size(),
                                  elem == "fp32" and precision == "ieee")
         if tiles:
@@ -219,19 +226,19 @@ def persistent_variants():
                     hs_ptr=f"*{elem}", cs_ptr=f"*{acc_t}", out_ptr=f"*{elem}",
                     saved_ptr=f"*{acc_t}", mask_ptr="*u8", hin_ptr=f"*{elem}",
                     sync_ptr="*i32")
-        cx = dict(reg, H=H, HP=triton.next_power_of_2(H), CELL=cell, NG=K.GATES[cell],
-                  NS=K.SAVED[cell], HAS_BIAS=1, HAS_MASK=1, REVERSE=1, ONE_STEP=0,
+        cx = dict(reg, H=H, HP=triton.next_power_of_2(H), CELL=cell, NG=CODE_GATES[cell],
+                  NS=CODE_SAVED[cell], HAS_BIAS=1, HAS_MASK=1, REVERSE=1, ONE_STEP=0,
                   BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=block_h, PRECISION=precision, ACC=acc)
-        yield (K._rnn_fwd_persistent_kernel,
-               _signature(K._rnn_fwd_persistent_kernel, ptrs, {"k0", "T", "B"}, cx), cx,
+        yield (P._rnn_fwd_persistent_kernel,
+               _signature(P._rnn_fwd_persistent_kernel, ptrs, {"k0", "T", "B"}, cx), cx,
                f"persistent fwd cell={cell} {dtype} H={H} BLOCK_H={block_h} regs={regs}")
         ptrs = dict(reg_ptrs, w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dgi_ptr=f"*{acc_t}",
                     dout_ptr=f"*{elem}", saved_ptr=f"*{acc_t}", hs_ptr=f"*{elem}",
                     cs_ptr=f"*{acc_t}", carry_h_ptr=f"*{acc_t}", carry_c_ptr=f"*{acc_t}",
                     mask_ptr="*u8", sync_ptr="*i32")
         cx = {k: v for k, v in cx.items() if k != "HAS_BIAS"}
-        yield (K._rnn_bwd_persistent_kernel,
-               _signature(K._rnn_bwd_persistent_kernel, ptrs, {"k0", "T", "B"}, cx), cx,
+        yield (P._rnn_bwd_persistent_kernel,
+               _signature(P._rnn_bwd_persistent_kernel, ptrs, {"k0", "T", "B"}, cx), cx,
                f"persistent bwd cell={cell} {dtype} H={H} BLOCK_H={block_h} regs={regs}")
 
 
@@ -277,7 +284,7 @@ def main(argv=None) -> int:
 
 
 def _interpreted() -> bool:
-    return not isinstance(K._rnn_fwd_step_kernel, triton.runtime.JITFunction)
+    return not isinstance(S._rnn_fwd_step_kernel, triton.runtime.JITFunction)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ LN over all G·H recurrent gates of h_{t-1}·W_hhᵀ, and for LSTM over the H un
 update inside h = o·tanh(LN(c)).
 
 A LayerNorm needs the whole row (G·H or H units of one batch row) before any unit can go on,
-while the per-step kernels of ops/triton_kernels.py tile the units across programs. So a step
+while the per-step kernels of step.py tile the units across programs. So a step
 of a LayerNorm cell is several launches, each either tiled like those kernels (the GEMMs and
 the cell) or one program per `ROWS` batch rows (the row reductions, which loop over the row in
 chunks of BLOCK_N and so take any width):
@@ -28,11 +28,12 @@ plain cells; the state h is not projected (proj_size is refused with layer_norm)
 import triton
 import triton.language as tl
 
-from .triton_kernels import (ZH, _factor, _h_in, _load_tile, _matmul_wt, _rows, _store_h,
-                             _tanh, _valid_rows, _zone)
+from ..cells import LN_EPS as _LN_EPS
+from .cell import (ZH, _factor, _h_in, _load_tile, _matmul_wt, _rows, _store_h,
+                      _tanh, _valid_rows, _zone)
 
-# torch.nn.LayerNorm's default, as ops/cells.LN_EPS.
-LN_EPS = tl.constexpr(1e-5)
+# torch.nn.LayerNorm's default (ops/cells.LN_EPS), as a constexpr for the kernels.
+LN_EPS = tl.constexpr(_LN_EPS)
 
 
 @triton.jit(do_not_specialize=["t", "k"])

@@ -6,11 +6,11 @@ Variants of the recurrence, each way: "persistent" (one cooperative launch per l
 direction, W_hh on chip, a grid barrier per step; the kernels fall back to "step" where the
 weights do not fit or with a projection) and "step" (one launch per timestep). "cluster" (the
 default) runs the forward on thread-block clusters with tensor cores and a cluster barrier per
-step (csrc/fwd_cluster.cu), for fp16/bf16 without projection or regularisation masks and an H
+step (csrc/rnn_fwd_cluster.cu), for fp16/bf16 without projection or regularisation masks and an H
 it has a plan for (64, 128, 256); every other forward, and every backward, runs
 "persistent". On an H100 the cluster forward was faster than the persistent one on every row
 measured (benchmarks/results/cluster_plans_h100.json).
-Under FUSED_RNN_CUDA_EMULATE=1 the same kernels run emulated on CPU tensors (fused_rnn/_ext.py).
+Under FUSED_RNN_CUDA_EMULATE=1 the same kernels run emulated on CPU tensors (extension.py).
 """
 import contextlib
 from typing import Optional
@@ -18,57 +18,31 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _alloc, _ext
-from . import recurrence
-from .cells import GATES
+from ... import _alloc
+from .. import recurrence
+from ..cells import CELL_CODES, GATES
+from . import extension
+from .plans import (VARIANT_CODES, VARIANT_NAMES, VARIANTS, checked_plan_name, plan_code,
+                    plan_name)
 
-CELL_CODES = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
-VARIANTS = ("step", "persistent", "cluster")  # their codes in csrc/launch.h are their positions
 _variants = recurrence.Variants(VARIANTS, "cluster")
 # `with variant(name):` runs the CUDA backend's recurrence as `name` for the layers called
-# inside the block.
+# inside the block on this thread.
 variant = _variants.use
 # The variant each launcher ran last ("step", "persistent" or "cluster"), and the cluster plan
 # of the last forward ("<CS>x<KS>", None where no cluster kernel ran), for tests and the
-# benchmark.
+# benchmark. Process-wide: a backward on CUDA tensors runs on autograd's device thread, not on
+# the thread that called it.
 last_used = {"fwd": None, "bwd": None, "plan": None}
-# The cluster plan to ask for, "<CS>x<KS>" (cluster size, k slices; csrc/fwd_cluster.cu lists
-# the plans compiled per H), with a trailing "a" for the asynchronous exchange (st.async and
-# transaction barriers instead of the cluster barrier; not yet run on a GPU), or None for the
-# default. Where H has no such plan, the default runs; last_used["plan"] says which did.
-_plan = {"name": None}
+# The cluster plan to ask for (plans.py: a name, or None for the default), per thread. Where H
+# has no such plan, the default runs; last_used["plan"] says which did.
+_plan = recurrence.ThreadChoice(None, checked_plan_name)
 
 
-@contextlib.contextmanager
 def cluster_plan(name: Optional[str]):
-    """`with cluster_plan("16x4"):` asks the cluster forward for that plan (the benchmark's
-    tuning); None restores the default."""
-    code = _plan_code(name)
-    previous, _plan["name"] = _plan["name"], name
-    try:
-        yield code
-    finally:
-        _plan["name"] = previous
-
-
-def _plan_code(name: Optional[str]) -> int:
-    """csrc/fwd_cluster.cu's code of a plan name: exchange * 10000 + CS * 100 + KS."""
-    if name is None:
-        return 0
-    text = str(name)
-    exchange = 1 if text.endswith("a") else 0
-    cs, sep, ks = text[:len(text) - exchange].partition("x")
-    if not (sep and cs.isdigit() and ks.isdigit() and 1 <= int(cs) <= 16 and int(ks) in (1, 2, 4)):
-        raise ValueError(f"cluster plan: expected '<CS>x<KS>' with CS in 1..16 and KS in 1, 2, 4, "
-                         f"and 'a' after it for the asynchronous exchange (e.g. '16x4', '16x4a'), "
-                         f"got {name!r}")
-    return exchange * 10000 + int(cs) * 100 + int(ks)
-
-
-def _plan_name(code: int) -> Optional[str]:
-    if not code:
-        return None
-    return f"{code % 10000 // 100}x{code % 100}{'a' if code >= 10000 else ''}"
+    """`with cluster_plan("16x4"):` asks the cluster forward for that plan on this thread (the
+    benchmark's tuning); None restores the default. Raises ValueError for a malformed name."""
+    return _plan.use(name)
 
 
 def _stream_and_device(t: Tensor):
@@ -109,12 +83,12 @@ def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: 
         mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
         stream, device = _stream_and_device(gi)
         with device:
-            used, plan = _ext.load().rnn_fwd(
+            used, plan = extension.load().rnn_fwd(
                 gi, w_hh, b_hh, w_hr, mask_u8, *_step_masks(masks), hs, cs, out, saved, ms,
-                CELL_CODES[cell], reverse, VARIANTS.index(variant), _plan_code(_plan["name"]),
+                CELL_CODES[cell], reverse, VARIANT_CODES[variant], plan_code(_plan.current),
                 store_saved, stream)
-        last_used["fwd"] = VARIANTS[used]
-        last_used["plan"] = _plan_name(plan)
+        last_used["fwd"] = VARIANT_NAMES[used]
+        last_used["plan"] = plan_name(plan)
     c_n = cs[T].to(gi.dtype, copy=True) if cell == "LSTM" else gi.new_empty(0)
     return (out, hs[T].clone(), c_n, saved, hs, cs, ms) + recurrence.no_ln(saved, 3)
 
@@ -140,11 +114,11 @@ def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
         mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
         stream, device = _stream_and_device(hs)
         with device:
-            used = _ext.load().rnn_bwd(w_t, w_hr_t, dout, saved, hs.contiguous(), cs, mask_u8,
+            used = extension.load().rnn_bwd(w_t, w_hr_t, dout, saved, hs.contiguous(), cs, mask_u8,
                                        *_step_masks(masks), dgh, dgi, dhs, carry_h, carry_c,
-                                       CELL_CODES[cell], reverse, VARIANTS.index(variant),
+                                       CELL_CODES[cell], reverse, VARIANT_CODES[variant],
                                        stream)
-        last_used["bwd"] = VARIANTS[used]
+        last_used["bwd"] = VARIANT_NAMES[used]
     return recurrence.finish_bwd(cell, dgh, dgi, dhs, carry_h, carry_c, hs, ms, w_hh, w_hr,
                                  reverse, has_bias, masks) + recurrence.no_ln(w_hh, 4)
 

@@ -1,4 +1,4 @@
-// The cluster forward (variant kCluster, issue 9): the whole recurrence of one layer and
+// The cluster forward (variant kCluster): the whole recurrence of one layer and
 // direction in one launch with no grid-wide barrier. Each thread-block cluster of CS blocks
 // owns a tile of 16 batch rows (clusters never talk to each other: batch rows are
 // independent), and its blocks split the hidden units: block r owns units [r.U, r.U + U),
@@ -12,8 +12,9 @@
 //      cluster (distributed shared memory), and one cluster barrier ends the step.
 // The state buffer is double-buffered, so one barrier per step suffices: a block writes
 // buffer (k+1)&1 during step k only after every block has finished reading it in step k-1.
-// Why: a grid-wide barrier costs 1.1-1.2 us per step on the H100 (../shared/FACTS.md), which
-// caps a cooperative kernel there; a cluster barrier is local to a few SMs.
+// Why: a cooperative grid sync costs 0.97-1.21 us per step on the H100, a cluster barrier after
+// one DSMEM store 0.40-0.52 us (benchmarks/results/floors_h100.json): the grid sync caps a
+// cooperative kernel there; a cluster barrier is local to a few SMs.
 // Takes: fp16/bf16 (fp32 accumulation; emulated: fp32/fp64), no projection, no regularisation
 // masks (the length mask is fine), and an H with a plan below; anything else falls back
 // (rnn_fwd.cu). Outputs and buffer layouts are those of rnn_fwd_kernel, so the backward is
@@ -32,8 +33,6 @@
 #endif
 
 namespace frnn {
-
-constexpr int kClusterBatch = 16;  // batch rows per cluster: two MMA column tiles of 8
 
 template <int CELL, typename T, int H, int CS, int KS>
 struct ClusterPlan {
@@ -60,13 +59,7 @@ struct ClusterPlan {
 template <typename A>
 struct Acc2 { A x, y; };
 
-// How h_t reaches the other blocks of the cluster. kBarrier: stores into their shared memory,
-// then the cluster barrier (measured on the H100: the barrier's release is a MEMBAR.ALL.GPU,
-// which also waits for the step's global stores). kAsync: st.async stores that count against
-// the receiving block's transaction barrier (mbarrier), on which that block waits; no
-// cluster-wide barrier, no fence. (kAsync has not run on a GPU yet.)
-enum Exchange : int { kBarrier = 0, kAsync = 1 };
-
+// The exchange EX of h_t between the blocks (kBarrier, kAsync) is described in plans.h.
 template <int CELL, typename T, int H, int CS, int KS, int EX>
 FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
     rnn_fwd_cluster_kernel(FwdParams p) {
@@ -307,21 +300,7 @@ int launch_plan(const FwdParams& p, cudaStream_t stream, bool* ran) {
                                   Plan::smem, stream, CS, p));
 }
 
-// The plans compiled, as (H, CS, KS, exchange), per H the default first; a plan's code is
-// exchange.10000 + CS.100 + KS. Registers per thread for W_hh: gates.H / (4.KS) (LSTM H=256,
-// KS=4: 64).
-#ifdef FRNN_EMULATE
-#define FRNN_CLUSTER_PLANS(X)                                                          \
-  X(32, 2, 1, 0) X(32, 2, 2, 0) X(64, 4, 2, 0) X(64, 4, 4, 0) X(32, 2, 1, 1) X(32, 2, 2, 1) \
-  X(64, 4, 4, 1)
-#else
-// (LSTM 256 with KS=2, 128 weight registers, spills: not listed.)
-#define FRNN_CLUSTER_PLANS(X)                                                         \
-  X(64, 4, 4, 0) X(64, 4, 2, 0) X(64, 2, 4, 0) X(128, 8, 4, 0) X(128, 8, 2, 0)          \
-  X(128, 4, 4, 0) X(256, 16, 4, 0) X(256, 8, 4, 0) X(64, 4, 4, 1) X(128, 8, 4, 1)       \
-  X(256, 16, 4, 1) X(256, 8, 4, 1)
-#endif
-
+// The plans tried are FRNN_CLUSTER_PLANS (plans.h).
 template <int CELL, typename T>
 int launch_cluster_fwd(const FwdParams& p, int plan, cudaStream_t stream, int* used_plan) {
   *used_plan = 0;
@@ -333,10 +312,10 @@ int launch_cluster_fwd(const FwdParams& p, int plan, cudaStream_t stream, int* u
       bool tried = false;
 #define FRNN_TRY_PLAN(H_, CS_, KS_, EX_)                                              \
   if (!tried && !ran && p.H == H_ &&                                                  \
-      (pass == 1 || plan == EX_ * 10000 + CS_ * 100 + KS_)) {                         \
+      (pass == 1 || plan == plan_code(CS_, KS_, EX_))) {                            \
     tried = true;                                                                     \
     status = launch_plan<CELL, T, H_, CS_, KS_, EX_>(p, stream, &ran);                \
-    if (ran) *used_plan = EX_ * 10000 + CS_ * 100 + KS_;                              \
+    if (ran) *used_plan = plan_code(CS_, KS_, EX_);                                   \
   }
       FRNN_CLUSTER_PLANS(FRNN_TRY_PLAN)
 #undef FRNN_TRY_PLAN

@@ -1,4 +1,4 @@
-"""The Triton backend: launchers of the per-step kernels (ops/triton_kernels.py), then the custom
+"""The Triton backend: launchers of the per-step kernels (step.py, persistent.py), then the custom
 ops and autograd glue, then the layer function that ops/stack.py drives.
 
 With proj_size (LSTM), each step is two launches each way: the projection mixes all H units.
@@ -16,29 +16,16 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _alloc, backends
-from . import recurrence
+from ... import _alloc, backends
+from .. import recurrence
+from ..cells import CELL_CODES, GATES, SAVED
+from . import plans
 
-CELL_CODES = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3}
 # Forward variants: "step" (one launch per timestep) and "persistent" (one launch for the
 # sequence, W_hh on chip, a grid barrier per step). "step" is the default until the persistent
 # kernel has been run and timed on a GPU: its spin barrier is unverified there.
 VARIANTS = ("step", "persistent")
 _variants = recurrence.Variants(VARIANTS, "step")
-# A persistent program keeps its W_hh slices and one dot operand on chip: at most 180 KiB of
-# the 227 KiB of shared memory a block may have on sm_90. Limits read from sm_90 compiles
-# (python -m fused_rnn.ops.triton_compile): H padded to a power of two up to 256 (at 512 the
-# fp32 LSTM needs a 10 KB stack and 64-row batch tiles overflow shared memory), but up to 64
-# for fp32 with IEEE dots (no tensor cores: stack frames from 128 up); hidden tiles of at most 32
-# (bf16 LSTM at 64 needs a stack); batch tiles of 16 rows, the least tl.dot takes. With step
-# masks (regularisation) padded H up to 64 only: from 128 up the programs already use all 255
-# registers a thread may have, and the masks' tiles make ptxas spill.
-_PERSISTENT_BYTES = 180 * 1024
-PERSISTENT_MAX_HP = {"ieee": 64, "tf32": 256}
-PERSISTENT_MAX_HP_MASKED = 64
-PERSISTENT_BLOCK_B = 16
-
-
 # `with variant(name):` runs the Triton backend's recurrence, forward and backward, as `name`
 # ("step" or "persistent") for the layers called inside the block. A call the persistent
 # kernels cannot take (projection, H over their limit, more programs than SMs) runs per step.
@@ -47,81 +34,13 @@ variant = _variants.use
 
 def _kernels():
     # Imported on first use: importing triton takes about a second and is optional.
-    from . import triton_kernels
-    return triton_kernels
+    from . import persistent, step
+    return step, persistent
 
 
 def _ln_kernels():
-    from . import triton_ln_kernels
-    return triton_ln_kernels
-
-
-# Row kernels of the LayerNorm cells (triton_ln_kernels): rows per program (a power of two, for
-# tl.arange) and the chunk of the row each pass loads (1024 fp32 values: 8 per thread at 4
-# warps).
-LN_ROWS, LN_BLOCK_N = 1, 1024
-
-
-def _ln_rows(W: int) -> dict:
-    """Rows per program and chunk width of a row kernel over rows of W units."""
-    import triton
-    return dict(ROWS=LN_ROWS, BLOCK_N=min(LN_BLOCK_N, max(16, triton.next_power_of_2(W))))
-
-
-def _config(B: int, dtype: torch.dtype) -> dict:
-    """Batch tile and dot precision. tl.dot on the GPU needs every dimension >= 16; fp32 dots
-    use TF32 only where cuDNN would (torch.backends.cudnn.allow_tf32, as nn.LSTM)."""
-    import triton
-    import triton.language as tl
-    fp32 = dtype == torch.float32
-    return dict(BLOCK_B=max(16, min(64, triton.next_power_of_2(B))),
-                PRECISION="tf32" if fp32 and torch.backends.cudnn.allow_tf32 else "ieee",
-                ACC=tl.float64 if dtype == torch.float64 else tl.float32)
-
-
-def _grid(B: int, width: int, cfg: dict):
-    """Grid over (batch tiles, tiles of `width` units) and its BLOCK_H."""
-    block = 16 if width <= 16 else 32
-    return (-(-B // cfg["BLOCK_B"]), -(-width // block)), block
-
-
-def persistent_tiles(NG: int, HP: int, elem: int, ieee_fp32: bool):
-    """Hidden-tile widths whose on-chip data fits a persistent program: NG weight slices of
-    HP x BLOCK_H plus the BLOCK_B x HP operand of its dots (h_{t-1}, or dgates per gate).
-    IEEE fp32 dots keep their operands in registers: 16 only (32 needs a stack)."""
-    return [block_h for block_h in ((16,) if ieee_fp32 else (16, 32))
-            if (NG * block_h + PERSISTENT_BLOCK_B) * HP * elem <= _PERSISTENT_BYTES]
-
-
-def _ieee_fp32(dtype: torch.dtype, precision: str) -> bool:
-    # The precision setting only changes fp32 dots (bf16/fp16/fp64 dots ignore it).
-    return dtype == torch.float32 and precision == "ieee"
-
-
-def persistent_max_hp(dtype: torch.dtype, precision: str, masked: bool = False) -> int:
-    """Largest padded H the persistent kernels take (masked: with step masks)."""
-    hp = PERSISTENT_MAX_HP["ieee" if _ieee_fp32(dtype, precision) else "tf32"]
-    return min(hp, PERSISTENT_MAX_HP_MASKED) if masked else hp
-
-
-def _persistent_plan(B: int, H: int, NG: int, dtype: torch.dtype, device,
-                     masked: bool = False) -> Optional[dict]:
-    """Tiles and grid for the persistent kernels, or None where they do not apply: padded H
-    over persistent_max_hp, or no tile whose grid fits on the GPU at once (a cooperative launch
-    needs every program resident). The narrowest fitting tile is taken."""
-    import triton
-    HP = max(16, triton.next_power_of_2(H))
-    cfg = dict(_config(B, dtype), BLOCK_B=PERSISTENT_BLOCK_B)
-    if HP > persistent_max_hp(dtype, cfg["PRECISION"], masked):
-        return None
-    sms = (torch.cuda.get_device_properties(device).multi_processor_count
-           if device.type == "cuda" else None)
-    for block_h in persistent_tiles(NG, HP, torch.empty((), dtype=dtype).element_size(),
-                                    _ieee_fp32(dtype, cfg["PRECISION"])):
-        grid = (-(-B // PERSISTENT_BLOCK_B), -(-H // block_h))
-        if sms is None or grid[0] * grid[1] <= sms:
-            return dict(HP=HP, BLOCK_H=block_h, grid=grid, cfg=cfg)
-    return None
+    from . import layer_norm
+    return layer_norm
 
 
 def _zone_mode(mask: Optional[Tensor], p: float) -> int:
@@ -142,14 +61,15 @@ def _step_masks(masks, like: Tensor):
     flags = dict(HAS_HM=masks.h is not None, HAS_GM=masks.g is not None,
                  HAS_CM=masks.c is not None, ZC_MODE=_zone_mode(masks.zc, masks.zc_p),
                  ZH_MODE=_zone_mode(masks.zh, masks.zh_p))
+    names = ("hm_ptr", "gm_ptr", "cm_ptr", "zc_ptr", "zh_ptr", "scale_ptr")
     if not masks.active:
-        return (like,) * 6, flags
+        return dict.fromkeys(names, like), flags
     acc = recurrence.acc_dtype(like.dtype)
     scales = (float(masks.h_scale), float(masks.g_scale), float(masks.c_scale),
               1.0 if masks.zc is not None else float(masks.zc_p),
               1.0 if masks.zh is not None else float(masks.zh_p))
     ptrs = [m.contiguous() if m is not None else like for m in masks[:5]]
-    return (*ptrs, _scales(scales, acc, like.device)), flags
+    return dict(zip(names, (*ptrs, _scales(scales, acc, like.device)))), flags
 
 
 def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
@@ -164,38 +84,37 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     (ops/recurrence.py; empty without ln). variant: "step" or "persistent"; masks: the step
     masks (ops/regularize.StepMasks); ln: (γ_hh, β_hh, γ_c, β_c) of a LayerNorm cell (no
     projection; it always runs per step) or None."""
-    K = _kernels()
-    code = CELL_CODES[cell]
+    S, P = _kernels()
     T, B, _ = gi.shape
-    H = w_hh.shape[0] // K.GATES[code]
+    H = w_hh.shape[0] // GATES[cell]
     HK = h0.shape[-1]
     gi, w_hh = gi.contiguous(), w_hh.contiguous()
     b_hh = b_hh.contiguous() if b_hh is not None else None  # the kernels index it densely
-    is_lstm, proj = code == K.LSTM, w_hr is not None
+    is_lstm, proj = cell == "LSTM", w_hr is not None
     hs, out, saved, cs, ms = recurrence.fwd_buffers(cell, gi, h0, c0, H, proj)
     w_hr = w_hr.contiguous() if proj else None
     mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
     regs, flags = _step_masks(masks, gi)
-    hin = gi  # h·hm, the operand of W_hh, where hm is on (triton_kernels._store_h)
+    hin = gi  # h·hm, the operand of W_hh, where hm is on (cell._store_h)
     if masks.h is not None:
         hin = gi.new_empty((2, B, HK))
         hin[0] = h0 * masks.factor("h", gi.dtype)
-    regs = (*regs, hin)
+    regs = dict(regs, hin_ptr=hin)
     ln_out = recurrence.no_ln(saved, 3)
     if ln is not None:
         if proj:
             raise ValueError("ln: the LayerNorm cell kernels take no projection (w_hr)")
-        ln_out = _ln_buffers(code == K.LSTM, saved, K.GATES[code], H)
+        ln_out = _ln_buffers(cell == "LSTM", saved, GATES[cell], H)
     plan = None
     if B > 0 and variant == "persistent" and not proj and ln is None:
-        plan = _persistent_plan(B, H, K.GATES[code], gi.dtype, gi.device, masks.active)
+        plan = plans.persistent_plan(B, H, GATES[cell], gi.dtype, gi.device, masks.active)
     if plan is not None:
-        _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags,
+        _fwd_persistent(P, cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags,
                         reverse, plan)
     elif B > 0:
-        cfg = _config(B, gi.dtype)
-        grid, block_h = _grid(B, H, cfg)
-        grid_p, block_p = _grid(B, HK, cfg)
+        cfg = plans.config(B, gi.dtype)
+        grid, block_h = plans.grid(B, H, cfg)
+        grid_p, block_p = plans.grid(B, HK, cfg)
         dummy = gi  # for pointer arguments a variant does not read
         mask_arg = mask_u8 if mask_u8 is not None else dummy
         # With a projection, or an LSTM's LayerNorm of c, the cell kernel writes its output to
@@ -204,40 +123,44 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
         ln_c = ln is not None and is_lstm
         post = ms if proj else ln_out[1] if ln_c else dummy
         cell_flags = dict(flags, ZH_MODE=0) if proj or ln_c else flags
-        ln_args = (dummy,) * 3
-        if ln is not None:  # triton_ln_kernels lists a LayerNorm step's launches
+        ln_args = dict(xg_ptr=dummy, lnw_ptr=dummy, lnb_ptr=dummy)
+        if ln is not None:  # layer_norm.py lists a LayerNorm step's launches
             L = _ln_kernels()
             xg, xc, rstd = ln_out
             hw, hb, cw, cb = (t.contiguous() if t is not None else None for t in ln)
-            ln_args = (xg, hw, hb)
-            rows, acc = (-(-B // LN_ROWS),), dict(ACC=cfg["ACC"])
-            rows_g, rows_c = _ln_rows(K.GATES[code] * H), _ln_rows(H)
+            ln_args = dict(xg_ptr=xg, lnw_ptr=hw, lnb_ptr=hb)
+            rows, acc = (-(-B // plans.LN_ROWS),), dict(ACC=cfg["ACC"])
+            rows_g, rows_c = plans.ln_rows(GATES[cell] * H), plans.ln_rows(H)
         for k, t in enumerate(recurrence.step_times(T, reverse)):
             if ln is not None:
-                L._ln_gates_fwd_kernel[grid](w_hh, hs, xg, *regs, t, k, B, H=H, NG=K.GATES[code],
-                                             HAS_HM=flags["HAS_HM"], BLOCK_H=block_h,
-                                             BLOCK_K=32, num_warps=4, **cfg)
+                L._ln_gates_fwd_kernel[grid](
+                    w_ptr=w_hh, hs_ptr=hs, xg_ptr=xg, **regs, t=t, k=k, B=B, H=H,
+                    NG=GATES[cell], HAS_HM=flags["HAS_HM"], BLOCK_H=block_h, BLOCK_K=32,
+                    num_warps=4, **cfg)
                 L._ln_fwd_kernel[rows](
-                    xg, rstd, dummy, dummy, saved, hs, out, mask_arg, *regs, t, k, B,
-                    W=K.GATES[code] * H, H=H, CELL_C=0, HAS_MASK=False, HAS_HM=False, ZH_MODE=0,
+                    x_ptr=xg, rstd_ptr=rstd, lnw_ptr=dummy, lnb_ptr=dummy, saved_ptr=saved,
+                    hs_ptr=hs, out_ptr=out, mask_ptr=mask_arg, **regs, t=t, k=k, B=B,
+                    W=GATES[cell] * H, H=H, CELL_C=0, HAS_MASK=False, HAS_HM=False, ZH_MODE=0,
                     num_warps=4, **rows_g, **acc)
-            K._rnn_fwd_step_kernel[grid](
-                gi, w_hh, b_hh if b_hh is not None else dummy, hs, cs if is_lstm else dummy, out,
-                saved, mask_arg, post, *regs, *ln_args, t, k, B, H=H, HK=HK, CELL=code,
-                NG=K.GATES[code], NS=K.SAVED[code], HAS_BIAS=b_hh is not None,
-                HAS_MASK=mask is not None, HAS_PROJ=proj or ln_c,
+            S._rnn_fwd_step_kernel[grid](
+                gi_ptr=gi, w_ptr=w_hh, b_ptr=b_hh if b_hh is not None else dummy, hs_ptr=hs,
+                cs_ptr=cs if is_lstm else dummy, out_ptr=out, saved_ptr=saved,
+                mask_ptr=mask_arg, ms_ptr=post, **regs, **ln_args, t=t, k=k, B=B, H=H, HK=HK,
+                CELL=CELL_CODES[cell], NG=GATES[cell], NS=SAVED[cell],
+                HAS_BIAS=b_hh is not None, HAS_MASK=mask is not None, HAS_PROJ=proj or ln_c,
                 LN=0 if ln is None else 2 if ln_c else 1, BLOCK_H=block_h, BLOCK_K=32,
                 num_warps=4, **cell_flags, **cfg)
             if proj:
-                K._lstm_proj_fwd_kernel[grid_p](
-                    ms, w_hr, hs, out, mask_arg, *regs, t, k, B, H=H, P=HK,
-                    HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"], ZH_MODE=flags["ZH_MODE"],
-                    BLOCK_H=block_p, BLOCK_K=32, num_warps=4, **cfg)
+                S._lstm_proj_fwd_kernel[grid_p](
+                    ms_ptr=ms, w_hr_ptr=w_hr, hs_ptr=hs, out_ptr=out, mask_ptr=mask_arg, **regs,
+                    t=t, k=k, B=B, H=H, P=HK, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
+                    ZH_MODE=flags["ZH_MODE"], BLOCK_H=block_p, BLOCK_K=32, num_warps=4, **cfg)
             elif ln_c:
                 L._ln_fwd_kernel[rows](
-                    xc, rstd, cw, cb, saved, hs, out, mask_arg, *regs, t, k, B, W=H, H=H,
-                    CELL_C=1, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
-                    ZH_MODE=flags["ZH_MODE"], num_warps=4, **rows_c, **acc)
+                    x_ptr=xc, rstd_ptr=rstd, lnw_ptr=cw, lnb_ptr=cb, saved_ptr=saved, hs_ptr=hs,
+                    out_ptr=out, mask_ptr=mask_arg, **regs, t=t, k=k, B=B, W=H, H=H, CELL_C=1,
+                    HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"], ZH_MODE=flags["ZH_MODE"],
+                    num_warps=4, **rows_c, **acc)
     c_n = cs[T].to(gi.dtype, copy=True) if is_lstm else gi.new_empty(0)
     return (out, hs[T].clone(), c_n, saved, hs, cs, ms) + tuple(ln_out)
 
@@ -252,41 +175,43 @@ def _ln_buffers(lstm: bool, saved: Tensor, NG: int, H: int):
             _alloc.empty((T, B, 2), like=saved))
 
 
-def _launch_persistent(kernel, K, code, args, T, B, H, reverse, plan, steps, **kw):
-    """One cooperative launch of a persistent kernel over the whole sequence (a barrier
-    counter, zeroed per launch, is appended to args). Triton's CPU interpreter runs programs
-    one after another, so a barrier would deadlock there: it gets one launch per step, in the
-    order `steps`, instead."""
-    sync = torch.zeros(1, dtype=torch.int32, device=args[0].device)
-    kw = dict(kw, H=H, HP=plan["HP"], CELL=code, NG=K.GATES[code], NS=K.SAVED[code],
-              REVERSE=reverse, BLOCK_H=plan["BLOCK_H"], num_warps=4, **plan["cfg"])
+def _launch_persistent(kernel, cell, args: dict, T, B, H, reverse, plan, steps, **kw):
+    """One cooperative launch of a persistent kernel over the whole sequence (args: its tensor
+    arguments by name; a barrier counter, zeroed per launch, is added). Triton's CPU interpreter
+    runs programs one after another, so a barrier would deadlock there: it gets one launch per
+    step, in the order `steps`, instead."""
+    sync = torch.zeros(1, dtype=torch.int32, device=args["w_ptr"].device)
+    kw = dict(kw, **args, sync_ptr=sync, T=T, B=B, H=H, HP=plan["HP"], CELL=CELL_CODES[cell],
+              NG=GATES[cell], NS=SAVED[cell], REVERSE=reverse, BLOCK_H=plan["BLOCK_H"],
+              num_warps=4, **plan["cfg"])
     if backends.triton_interpreted():
         for k in steps:
-            kernel[plan["grid"]](*args, sync, k, T, B, ONE_STEP=True, **kw)
+            kernel[plan["grid"]](k0=k, ONE_STEP=True, **kw)
     else:
-        kernel[plan["grid"]](*args, sync, 0, T, B, ONE_STEP=False, launch_cooperative_grid=True,
-                             **kw)
+        kernel[plan["grid"]](k0=0, ONE_STEP=False, launch_cooperative_grid=True, **kw)
 
 
-def _fwd_persistent(K, code, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse,
+def _fwd_persistent(P, cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse,
                     plan):
     """The whole forward in one cooperative launch."""
     T, B, _ = gi.shape
-    args = (gi, w_hh, b_hh if b_hh is not None else gi, hs, cs if code == K.LSTM else gi, out,
-            saved, mask_u8 if mask_u8 is not None else gi, *regs)
-    _launch_persistent(K._rnn_fwd_persistent_kernel, K, code, args, T, B,
-                       w_hh.shape[0] // K.GATES[code], reverse, plan, range(T),
+    args = dict(gi_ptr=gi, w_ptr=w_hh, b_ptr=b_hh if b_hh is not None else gi, hs_ptr=hs,
+                cs_ptr=cs if cell == "LSTM" else gi, out_ptr=out, saved_ptr=saved,
+                mask_ptr=mask_u8 if mask_u8 is not None else gi, **regs)
+    _launch_persistent(P._rnn_fwd_persistent_kernel, cell, args, T, B,
+                       w_hh.shape[0] // GATES[cell], reverse, plan, range(T),
                        HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None, **flags)
 
 
-def _bwd_persistent(K, code, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
+def _bwd_persistent(P, cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
                     regs, flags, reverse, plan):
     """The whole backward in one cooperative launch."""
     T, B = dout.shape[0], dout.shape[1]
-    args = (w_hh, dgh, dgi, dout, saved, hs, cs if code == K.LSTM else hs, carry_h, carry_c,
-            mask_u8 if mask_u8 is not None else dout, *regs)
-    _launch_persistent(K._rnn_bwd_persistent_kernel, K, code, args, T, B,
-                       w_hh.shape[0] // K.GATES[code], reverse, plan, range(T - 1, -1, -1),
+    args = dict(w_ptr=w_hh, dgh_ptr=dgh, dgi_ptr=dgi, dout_ptr=dout, saved_ptr=saved, hs_ptr=hs,
+                cs_ptr=cs if cell == "LSTM" else hs, carry_h_ptr=carry_h, carry_c_ptr=carry_c,
+                mask_ptr=mask_u8 if mask_u8 is not None else dout, **regs)
+    _launch_persistent(P._rnn_bwd_persistent_kernel, cell, args, T, B,
+                       w_hh.shape[0] // GATES[cell], reverse, plan, range(T - 1, -1, -1),
                        HAS_MASK=mask_u8 is not None, **flags)
 
 
@@ -299,22 +224,21 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
     returned for ln). Returns dgi (T, B, G·H), dh0 (B, HK), dc0 (empty unless LSTM), dw_hh,
     db_hh (empty without bias), dw_hr (empty without proj), then dγ_hh, dβ_hh, dγ_c, dβ_c
     (empty where absent)."""
-    K = _kernels()
-    code = CELL_CODES[cell]
+    S, P = _kernels()
     T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-    NG = K.GATES[code]
+    NG = GATES[cell]
     H = w_hh.shape[0] // NG
     w_hh = w_hh.contiguous()
     proj = w_hr is not None
-    is_lstm = code == K.LSTM
+    is_lstm = cell == "LSTM"
     dout, carry_h, carry_c = recurrence.bwd_carries(cell, dout, dh_n, dc_n, hs, H)
     dgh = _alloc.empty((T, B, NG * H), like=saved)
-    dgi = _alloc.empty((T, B, NG * H), like=saved) if code == K.GRU else dgh
+    dgi = _alloc.empty((T, B, NG * H), like=saved) if cell == "GRU" else dgh
     dhs = _alloc.empty((T, B, HK), like=saved) if proj else None  # dL/dh_t, for dW_hr
     mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
     regs, flags = _step_masks(masks, dout)
     times = recurrence.step_times(T, reverse)
-    # A LayerNorm cell (triton_ln_kernels): drec is dL/d(h·W_hhᵀ) before the gates' LN, which
+    # A LayerNorm cell (layer_norm.py): drec is dL/d(h·W_hhᵀ) before the gates' LN, which
     # W_hh takes back; with the cell's LN (LSTM), dh_c holds dh̃_t and dcu one step's dL/dcu
     # through LN(c).
     ln_c = ln is not None and is_lstm
@@ -327,14 +251,14 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
             dcu = _alloc.empty((B, H), like=saved)
     plan = None
     if B > 0 and variant == "persistent" and not proj and ln is None:
-        plan = _persistent_plan(B, H, NG, hs.dtype, hs.device, masks.active)
+        plan = plans.persistent_plan(B, H, NG, hs.dtype, hs.device, masks.active)
     if plan is not None:
-        _bwd_persistent(K, code, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
+        _bwd_persistent(P, cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
                         regs, flags, reverse, plan)
     elif B > 0:
-        cfg = _config(B, hs.dtype)
-        grid, block_h = _grid(B, H, cfg)
-        grid_p, block_p = _grid(B, HK, cfg)
+        cfg = plans.config(B, hs.dtype)
+        grid, block_h = plans.grid(B, H, cfg)
+        grid_p, block_p = plans.grid(B, HK, cfg)
         mask_arg = mask_u8 if mask_u8 is not None else dout
         # With a projection, hm and the zoneout of h act on its P units: the dh kernel's. With
         # the cell's LN the dh kernel forms dh_t (P = H) for the LN's row kernel the same way.
@@ -343,33 +267,41 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
         dummy = dout
         if ln is not None:
             L = _ln_kernels()
-            rows, acc = (-(-B // LN_ROWS),), dict(ACC=cfg["ACC"])
-            rows_g, rows_c = _ln_rows(NG * H), _ln_rows(H)
+            rows, acc = (-(-B // plans.LN_ROWS),), dict(ACC=cfg["ACC"])
+            rows_g, rows_c = plans.ln_rows(NG * H), plans.ln_rows(H)
         for k in range(T - 1, -1, -1):
             has_next = k + 1 < T
             t_next = times[k + 1] if has_next else 0
             if proj:
-                K._lstm_proj_bwd_dh_kernel[grid_p](
-                    w_hh, dgh, dout, dhs, carry_h, mask_arg, *regs, times[k], t_next, B, H=H,
-                    P=HK, HAS_NEXT=has_next, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
+                S._lstm_proj_bwd_dh_kernel[grid_p](
+                    w_ptr=w_hh, dgh_ptr=dgh, dout_ptr=dout, dhs_ptr=dhs, carry_h_ptr=carry_h,
+                    mask_ptr=mask_arg, **regs, t=times[k], t_next=t_next, B=B, H=H, P=HK,
+                    HAS_NEXT=has_next, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
                     ZH_MODE=flags["ZH_MODE"], BLOCK_H=block_p, BLOCK_N=32, num_warps=4, **cfg)
             elif ln_c:
-                K._lstm_proj_bwd_dh_kernel[grid](
-                    w_hh, drec, dout, dh_c, carry_h, mask_arg, *regs, times[k], t_next, B, H=H,
-                    P=H, HAS_NEXT=has_next, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
+                S._lstm_proj_bwd_dh_kernel[grid](
+                    w_ptr=w_hh, dgh_ptr=drec, dout_ptr=dout, dhs_ptr=dh_c, carry_h_ptr=carry_h,
+                    mask_ptr=mask_arg, **regs, t=times[k], t_next=t_next, B=B, H=H, P=H,
+                    HAS_NEXT=has_next, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
                     ZH_MODE=flags["ZH_MODE"], BLOCK_H=block_h, BLOCK_N=32, num_warps=4, **cfg)
-                L._ln_bwd_kernel[rows](dh_c, xc, rstd, cw, cb, saved, dcu, times[k], B, W=H,
-                                       CELL_C=1, num_warps=4, **rows_c, **acc)
-            K._rnn_bwd_step_kernel[grid](
-                w_hr if proj else w_hh, dgh, dgi, drec,
-                dhs if proj else dh_c if ln_c else dout, saved, hs, cs if is_lstm else hs,
-                carry_h, carry_c, mask_arg, *regs, *((xc, dcu, cw, cb) if ln_c else (dummy,) * 4),
-                times[k], t_next, k, B, H=H, P=HK, CELL=code, NG=NG, NS=K.SAVED[code],
+                L._ln_bwd_kernel[rows](
+                    g_ptr=dh_c, x_ptr=xc, rstd_ptr=rstd, lnw_ptr=cw, lnb_ptr=cb, saved_ptr=saved,
+                    out_ptr=dcu, t=times[k], B=B, W=H, CELL_C=1, num_warps=4, **rows_c, **acc)
+            lnc = (dict(xc_ptr=xc, dcu_ptr=dcu, lncw_ptr=cw, lncb_ptr=cb) if ln_c else
+                   dict(xc_ptr=dummy, dcu_ptr=dummy, lncw_ptr=dummy, lncb_ptr=dummy))
+            S._rnn_bwd_step_kernel[grid](
+                w_ptr=w_hr if proj else w_hh, dgh_ptr=dgh, dgi_ptr=dgi, drec_ptr=drec,
+                dout_ptr=dhs if proj else dh_c if ln_c else dout, saved_ptr=saved, hs_ptr=hs,
+                cs_ptr=cs if is_lstm else hs, carry_h_ptr=carry_h, carry_c_ptr=carry_c,
+                mask_ptr=mask_arg, **regs, **lnc, t=times[k], t_next=t_next, k=k, B=B, H=H,
+                P=HK, CELL=CELL_CODES[cell], NG=NG, NS=SAVED[cell],
                 HAS_NEXT=has_next and not pre_dh, HAS_MASK=mask is not None, HAS_PROJ=proj,
                 LN_C=ln_c, BLOCK_H=block_h, BLOCK_N=32, num_warps=4, **cell_flags, **cfg)
             if ln is not None:
-                L._ln_bwd_kernel[rows](dgh, xg, rstd, hw, hb, saved, drec, times[k], B,
-                                       W=NG * H, CELL_C=0, num_warps=4, **rows_g, **acc)
+                L._ln_bwd_kernel[rows](
+                    g_ptr=dgh, x_ptr=xg, rstd_ptr=rstd, lnw_ptr=hw, lnb_ptr=hb, saved_ptr=saved,
+                    out_ptr=drec, t=times[k], B=B, W=NG * H, CELL_C=0, num_warps=4, **rows_g,
+                    **acc)
     grads = recurrence.finish_bwd(cell, dgh, dgi, dhs, carry_h, carry_c, hs, ms, w_hh, w_hr,
                                   reverse, has_bias, masks, drec)
     if ln is None:

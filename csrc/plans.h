@@ -1,0 +1,65 @@
+// Every launch plan of the CUDA kernels in one table: the variants and their codes, the tiles of
+// the block GEMM, the per-step and cluster limits, and the cluster plans compiled per H. No CUDA
+// and no torch here, so every file (binding.cpp too) can include it. The Python side mirrors the
+// codes by name in fused_rnn/ops/cuda/plans.py; tests/test_layout.py reads this file and checks
+// that the two agree.
+#pragma once
+
+namespace frnn {
+
+// ---- Variants of the recurrence (the `variant` argument of rnn_fwd / rnn_bwd, launch.h) ----
+// kStep: one launch per timestep, W_hh read from L2 each step.
+// kPersistent: one cooperative launch for the whole sequence, each block keeping its slice of
+//   W_hh in shared memory, a grid-wide barrier between steps; what it cannot take (projection,
+//   a slice over the shared-memory limit, more blocks than fit on the GPU at once) runs per step.
+// kCluster (forward only, rnn_fwd_cluster.cu): thread-block clusters on tensor cores, W_hh in
+//   registers, h_t exchanged through distributed shared memory; what it cannot take runs as
+//   kPersistent.
+enum Variant : int { kStep = 0, kPersistent = 1, kCluster = 2 };
+
+// ---- The block GEMM of the persistent and per-step kernels (gemm.cuh) ----
+constexpr int kChunkK = 32;        // columns of A staged through shared memory at a time
+constexpr int kRowsPerThread = 4;  // batch rows of one weight row per thread
+#ifndef FRNN_EMULATE
+constexpr int kBatchChunk = 32;  // batch rows a block handles at once
+#else
+constexpr int kBatchChunk = 3;   // small, so that CPU tests cover the batch loop
+#endif
+// Hidden units per block of the per-step kernels at most: bounds their shared memory (the
+// `pre` tile: kBatchChunk x G.units accumulators, 32 KiB for fp64 LSTM) for any H.
+constexpr int kMaxStepUnits = 32;
+
+// ---- The cluster forward (rnn_fwd_cluster.cu) ----
+constexpr int kClusterBatch = 16;  // batch rows per cluster: two MMA column tiles of 8
+// How h_t reaches the other blocks of the cluster. kBarrier: stores into their shared memory,
+// then the cluster barrier (measured on the H100: the barrier's release is a MEMBAR.ALL.GPU,
+// which also waits for the step's global stores). kAsync: st.async stores that count against
+// the receiving block's transaction barrier (mbarrier), on which that block waits; no
+// cluster-wide barrier, no fence. (kAsync has not run on a GPU yet.)
+enum Exchange : int { kBarrier = 0, kAsync = 1 };
+// A plan's code (the `plan` argument of rnn_fwd; 0: the default for H):
+// exchange * kPlanExchangeUnit + CS * kPlanClusterUnit + KS, e.g. 16x4 = 1604, 16x4a = 11604.
+constexpr int kPlanExchangeUnit = 10000;
+constexpr int kPlanClusterUnit = 100;
+constexpr int kPlanCodeEnd = 2 * kPlanExchangeUnit;  // codes are below this
+constexpr int plan_code(int cs, int ks, int exchange) {
+  return exchange * kPlanExchangeUnit + cs * kPlanClusterUnit + ks;
+}
+// The plans compiled, as X(H, CS, KS, exchange), per H the default first. CS: blocks per
+// cluster (each owns H / CS hidden units); KS: k slices (warps splitting the columns of W_hh).
+// Registers per thread for W_hh: gates.H / (4.KS) (LSTM H=256, KS=4: 64). The emulated build
+// has plans for small H, so that CPU tests cover several blocks and slices.
+#ifdef FRNN_EMULATE
+#define FRNN_CLUSTER_PLANS(X)                                                              \
+  X(32, 2, 1, 0) X(32, 2, 2, 0) X(64, 4, 2, 0) X(64, 4, 4, 0) X(32, 2, 1, 1) X(32, 2, 2, 1) \
+  X(64, 4, 4, 1)
+#else
+// (LSTM 256 with KS=2, 128 weight registers, spills: not listed.) H = 64 defaults to 4x4:
+// 2.3 us/step against 3.1 for 4x2 on an H100 (benchmarks/results/cluster_plans_h100.json).
+#define FRNN_CLUSTER_PLANS(X)                                                        \
+  X(64, 4, 4, 0) X(64, 4, 2, 0) X(64, 2, 4, 0) X(128, 8, 4, 0) X(128, 8, 2, 0)         \
+  X(128, 4, 4, 0) X(256, 16, 4, 0) X(256, 8, 4, 0) X(64, 4, 4, 1) X(128, 8, 4, 1)      \
+  X(256, 16, 4, 1) X(256, 8, 4, 1)
+#endif
+
+}  // namespace frnn

@@ -1,0 +1,56 @@
+"""The CUDA kernels' codes by name: the Python mirror of csrc/plans.h (variants, cluster plan
+codes, the cluster's batch tile). tests/test_layout.py reads csrc/plans.h and checks that these
+agree with it.
+
+A cluster plan's name is "<CS>x<KS>" (blocks per cluster, k slices), with a trailing "a" for the
+asynchronous exchange (st.async and transaction barriers instead of the cluster barrier; not yet
+run on a GPU). Its code is exchange * PLAN_EXCHANGE_UNIT + CS * PLAN_CLUSTER_UNIT + KS; 0 asks
+for the default plan of H.
+"""
+from typing import Optional
+
+# enum Variant.
+VARIANT_CODES = {"step": 0, "persistent": 1, "cluster": 2}
+VARIANTS = tuple(VARIANT_CODES)
+VARIANT_NAMES = {code: name for name, code in VARIANT_CODES.items()}
+# enum Exchange, by the suffix of a plan's name.
+EXCHANGE_CODES = {"": 0, "a": 1}  # kBarrier, kAsync
+PLAN_EXCHANGE_UNIT = 10000  # kPlanExchangeUnit
+PLAN_CLUSTER_UNIT = 100     # kPlanClusterUnit
+CLUSTER_BATCH = 16          # kClusterBatch: batch rows per cluster
+# The ranges the kernels' templates take: CS blocks per cluster (a portable cluster has at most
+# 8, 16 with the non-portable size opt-in of sm_90), KS k slices dividing the 4 quarters of a
+# warp's output tile.
+CLUSTER_SIZES = range(1, 17)
+K_SLICES = (1, 2, 4)
+
+
+def plan_code(name: Optional[str]) -> int:
+    """The code of a plan name (0 for None: the default plan of H)."""
+    if name is None:
+        return 0
+    text = str(name)
+    suffix = "a" if text.endswith("a") else ""
+    cs, sep, ks = text[:len(text) - len(suffix)].partition("x")
+    if not (sep and cs.isdigit() and ks.isdigit() and int(cs) in CLUSTER_SIZES
+            and int(ks) in K_SLICES):
+        raise ValueError(f"cluster plan: expected '<CS>x<KS>' with CS in 1..16 and KS in 1, 2, 4, "
+                         f"and 'a' after it for the asynchronous exchange (e.g. '16x4', '16x4a'), "
+                         f"got {name!r}")
+    return (EXCHANGE_CODES[suffix] * PLAN_EXCHANGE_UNIT + int(cs) * PLAN_CLUSTER_UNIT + int(ks))
+
+
+def checked_plan_name(name: Optional[str]) -> Optional[str]:
+    """name itself, after plan_code has checked it."""
+    plan_code(name)
+    return name
+
+
+def plan_name(code: int) -> Optional[str]:
+    """The name of a plan code (None for 0: no cluster kernel ran)."""
+    if not code:
+        return None
+    exchange, rest = divmod(code, PLAN_EXCHANGE_UNIT)
+    cs, ks = divmod(rest, PLAN_CLUSTER_UNIT)
+    suffix = next(s for s, c in EXCHANGE_CODES.items() if c == exchange)
+    return f"{cs}x{ks}{suffix}"
