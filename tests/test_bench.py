@@ -155,7 +155,8 @@ def test_busy_machine_is_flagged(monkeypatch, spread, load, busy):
     assert all(r["load"] == load for r in res["rows"])
     assert any("load average 99.00 at the start" in why for why in meta["busy_reasons"]) \
         is (load > S.cores())
-    assert any("6 of 6 rows" in why for why in meta["busy_reasons"]) is (spread > 0.25)
+    assert any("6 of 6 rows" in why for why in meta["busy_reasons"]) is \
+        (spread > report.SPREAD_LIMIT)
     console = Console(width=250, record=True)
     console.print(report.table(res))
     text = console.export_text()
@@ -174,8 +175,8 @@ def test_one_noisy_row_is_marked_but_the_machine_is_not_busy():
     assert res["meta"]["busy"] is False and res["meta"]["busy_reasons"] == []
     assert report.busy_note(res).startswith("note: 1 of 8 rows")
     rows[4] = dict(rows[4], p20_ms=0.7, p80_ms=1.3)  # 2 of 8 = BUSY_SHARE: busy
-    assert report.busy_reasons(res) == ["2 of 8 rows have (p80 - p20) / median above 0.25 "
-                                        "(marked !)"]
+    assert report.busy_reasons(res) == [f"2 of 8 rows have (p80 - p20) / median above "
+                                        f"{report.SPREAD_LIMIT:g} (marked !)"]
 
 
 def test_cli_bench_prints_the_warning_and_load(tmp_path, capsys, monkeypatch):

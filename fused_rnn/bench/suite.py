@@ -351,7 +351,9 @@ def git_commit() -> Optional[str]:
 
 def run_suite(suite: Suite, progress: Optional[Callable] = None) -> dict:
     """Run every row. Returns {"meta": ..., "rows": [...]}, with meta["skipped"] giving each
-    provider that could not run (per dtype) and why, and each row that failed, with its error."""
+    provider that could not run (per dtype) and why, and each row that failed, with its error;
+    meta also has the load average at the start and end and the busy-machine verdict
+    (report.check_busy), each row its measurement count, load average, spread and noisy flag."""
     skipped: Dict[str, str] = {}
     jobs = []
     for dtype in suite.dtypes:

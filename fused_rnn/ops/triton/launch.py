@@ -272,18 +272,14 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
         for k in range(T - 1, -1, -1):
             has_next = k + 1 < T
             t_next = times[k + 1] if has_next else 0
-            if proj:
+            if pre_dh:  # dh_t over the P units (P = H for the cell's LN: grid_p is grid)
                 S._lstm_proj_bwd_dh_kernel[grid_p](
-                    w_ptr=w_hh, dgh_ptr=dgh, dout_ptr=dout, dhs_ptr=dhs, carry_h_ptr=carry_h,
-                    mask_ptr=mask_arg, **regs, t=times[k], t_next=t_next, B=B, H=H, P=HK,
-                    HAS_NEXT=has_next, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
-                    ZH_MODE=flags["ZH_MODE"], BLOCK_H=block_p, BLOCK_N=32, num_warps=4, **cfg)
-            elif ln_c:
-                S._lstm_proj_bwd_dh_kernel[grid](
-                    w_ptr=w_hh, dgh_ptr=drec, dout_ptr=dout, dhs_ptr=dh_c, carry_h_ptr=carry_h,
-                    mask_ptr=mask_arg, **regs, t=times[k], t_next=t_next, B=B, H=H, P=H,
-                    HAS_NEXT=has_next, HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"],
-                    ZH_MODE=flags["ZH_MODE"], BLOCK_H=block_h, BLOCK_N=32, num_warps=4, **cfg)
+                    w_ptr=w_hh, dgh_ptr=dgh if proj else drec, dout_ptr=dout,
+                    dhs_ptr=dhs if proj else dh_c, carry_h_ptr=carry_h, mask_ptr=mask_arg,
+                    **regs, t=times[k], t_next=t_next, B=B, H=H, P=HK, HAS_NEXT=has_next,
+                    HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"], ZH_MODE=flags["ZH_MODE"],
+                    BLOCK_H=block_p, BLOCK_N=32, num_warps=4, **cfg)
+            if ln_c:
                 L._ln_bwd_kernel[rows](
                     g_ptr=dh_c, x_ptr=xc, rstd_ptr=rstd, lnw_ptr=cw, lnb_ptr=cb, saved_ptr=saved,
                     out_ptr=dcu, t=times[k], B=B, W=H, CELL_C=1, num_warps=4, **rows_c, **acc)
