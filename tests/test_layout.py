@@ -62,7 +62,7 @@ def test_cell_constants_mirror_params_h():
                                    "kRNNRelu": cells.CELL_CODES["RNN_RELU"]}
     gates = re.search(r"gates = (CELL == kLSTM \? 4 : CELL == kGRU \? 3 : 1);", text)
     saved = re.search(r"saved = (CELL == kLSTM \|\| CELL == kGRU \? 4 : 1);", text)
-    assert gates and saved, "CellTraits in csrc/params.h changed: update ops/cells.py and here"
+    assert gates and saved, "CellSizes in csrc/params.h changed: update ops/cells.py and here"
     assert cells.GATES == {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
     assert cells.SAVED == {"LSTM": 4, "GRU": 4, "RNN_TANH": 1, "RNN_RELU": 1}
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 # The cell constants, one home for every backend. The CUDA kernels mirror them (csrc/params.h:
-# the Cell enum and CellTraits); tests/test_layout.py checks that the two agree.
+# the Cell enum and CellSizes); tests/test_layout.py checks that the two agree.
 # CELLS: torch's mode names. CELL_CODES: the kernels' CELL constant (Triton constexpr, CUDA enum).
 CELLS = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
 CELL_CODES = {name: code for code, name in enumerate(CELLS)}
