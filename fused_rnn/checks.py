@@ -260,14 +260,12 @@ def check_packed(seq: PackedSequence):
     named = [(name, idx) for name, idx in named if idx.device.type == "cpu"]
     if not named:
         return
-    # Every check as a device tensor, then one host sync for all of them.
-    step = torch.arange(B, device=named[0][1].device)
-    bad = [(torch.sort(idx).values.to(step.device) != step).any() for _, idx in named]
+    step = torch.arange(B)
+    bad = [bool((torch.sort(idx).values != step).any()) for _, idx in named]
     si, ui = seq.sorted_indices, seq.unsorted_indices
-    inverse = len(named) == 2
-    if inverse:
-        bad.append((si.to(step.device)[ui.to(step.device).clamp(0, B - 1)] != step).any())
-    if not bool(torch.stack(bad).any()):
+    if len(named) == 2:  # both on the CPU: unsorted_indices must undo sorted_indices
+        bad.append(bool((si[ui.clamp(0, B - 1)] != step).any()))
+    if not any(bad):
         return
     for (name, idx), wrong in zip(named, bad):
         if wrong:

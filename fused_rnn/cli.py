@@ -155,15 +155,15 @@ def _bench_sweep(args, device, out) -> int:
                                providers=args.providers, progress=lambda jobs: track(
                                    jobs, description="sweeping", console=out, transient=True))
     results["meta"]["command"] = "fused-rnn " + " ".join(args.argv)
-    from .bench.report import SPREAD_LIMIT, busy_note, spread
+    from .bench.report import busy_note, spread, spread_text
     rows = [(r["sweep"], r["provider"], r["dtype"], r["cell"], f"{r['T']},{r['B']},{r['H']}",
-             f"{r['us_per_step']:.2f}",
-             f"{spread(r):.2f}" + (" !" if spread(r) > SPREAD_LIMIT else ""))
+             f"{r['us_per_step']:.2f}", spread_text(spread(r)))
             for r in results["rows"]]
     out.print(format_table(("sweep", "provider", "dtype", "cell", "T,B,H", "µs/step", "spread"),
                            rows, title="fused_rnn sweeps: forward µs per step"))
-    if busy_note(results):
-        out.print(busy_note(results), style="bold red")
+    note = busy_note(results)
+    if note:
+        out.print(note, style="bold red")
     for what, reason in results["meta"]["skipped"].items():
         out.print(f"skipped {what}: {reason}")
     from .bench import write_json

@@ -1,17 +1,18 @@
 """Functional interface: lstm(), gru(), rnn() and their single-step cells.
 
 Every argument is checked here (with the checks of fused_rnn/checks.py), and the backend
-chosen (fused_rnn/backends.py); the modules hold only
-parameters, and the backends (fused_rnn/ops) assume checked, time-major inputs.
+chosen (fused_rnn/backends.py); the modules hold only parameters, and the backends
+(fused_rnn/ops) assume checked, time-major inputs.
 
 Empty inputs: a batch of size 0 gives empty outputs of the right shapes, as nn.LSTM does. A
 sequence of length 0 is an error, as in nn.LSTM ("input: sequence length must be at least 1").
 
 Errors: a tensor that does not fit the call (its size, rank, dtype or device, or a malformed
-PackedSequence) raises InputError (fused_rnn/checks.py, where the checks live), which is both ValueError and RuntimeError: torch.nn's RNNs
-raise RuntimeError for most of these, so code written against either keeps working. Each
-message names the argument and gives expected vs actual, then torch's own wording in
-parentheses where torch has one (e.g. "Expected hidden size (1, 3, 6), got [2, 3, 6]").
+PackedSequence) raises InputError (fused_rnn/checks.py), which is both ValueError and
+RuntimeError: torch.nn's RNNs raise RuntimeError for most of these, so code written against
+either keeps working. Each message names the argument and gives expected vs actual, then
+torch's own wording in parentheses where torch has one (e.g. "Expected hidden size (1, 3, 6),
+got [2, 3, 6]").
 """
 import contextlib
 from typing import Optional, Sequence, Tuple, Union
@@ -86,19 +87,19 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
     backends.check_name(backend)
     checks.check_options(mode, num_layers, dropout, proj_size, bidirectional, bias, batch_first)
     reg = regularize.check_options(mode, reg)
-    I, H = checks.check_weights(mode, weights, num_layers=num_layers, bidirectional=bidirectional,
-                          bias=bias, proj_size=proj_size)
+    I, H = checks.check_weights(mode, weights, num_layers=num_layers,
+                                bidirectional=bidirectional, bias=bias, proj_size=proj_size)
     ln = checks.check_layer_norm(mode, ln, groups=num_layers * (2 if bidirectional else 1), H=H,
-                           like=weights[0])
+                                 like=weights[0])
     x, seq, unbatched = checks.check_input(input, input_size=I, weight=weights[0],
-                                     batch_first=batch_first, mode=mode)
+                                           batch_first=batch_first, mode=mode)
     like = x if seq is None else seq.data
     B = int(seq.batch_sizes[0]) if seq is not None else x.shape[1]
     LD = num_layers * (2 if bidirectional else 1)
     shapes = [(LD, B, proj_size or H)] + ([(LD, B, H)] if mode == "LSTM" else [])
     names = ["hx[0] (h_0)", "hx[1] (c_0)"] if mode == "LSTM" else ["hx (h_0)"]
     states = checks.check_hx(hx, state_shapes=shapes, names=names, unbatched=unbatched,
-                       like=like)
+                             like=like)
     h0, c0 = states[0], (states[1] if mode == "LSTM" else None)
 
     target = _autocast_dtype(like)
@@ -227,7 +228,7 @@ def _rnn_mode(nonlinearity) -> str:
 # ---------------------------------------------------------------------------- single-step cells
 
 _CELL_LABELS = ("w_ih", "w_hh", "b_ih", "b_hh")
-_TORCH_CELLS = {"LSTM": "LSTMCell", "GRU": "GRUCell", "RNN_TANH": "RNNCell", "RNN_RELU": "RNNCell"}
+_TORCH_CELLS = {mode: name + "Cell" for mode, name in checks.TORCH_NAMES.items()}  # LSTMCell, ...
 
 
 def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, training=False, reg=None,
@@ -241,14 +242,15 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, training=False, reg=
         raise ValueError(f"{labels[2]}, {labels[3]}: expected both or neither, got only one")
     weights = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
     I, H = checks.check_weights(mode, weights, num_layers=1, bidirectional=False,
-                          bias=b_ih is not None, proj_size=0, labels=list(labels))
+                                bias=b_ih is not None, proj_size=0, labels=list(labels))
     if not isinstance(input, Tensor):
         raise TypeError(f"input: expected a Tensor, got {type(input).__name__}")
     cell = _TORCH_CELLS[mode]
     if input.dim() not in (1, 2):
-        raise checks.InputError(f"input: expected a 2-D (batch, input_size) or 1-D (unbatched) tensor, "
-                         f"got {input.dim()}-D with shape {checks.shape_of(input)} ({cell}: Expected "
-                         f"input to be 1D or 2D, got {input.dim()}D instead)")
+        raise checks.InputError(
+            f"input: expected a 2-D (batch, input_size) or 1-D (unbatched) tensor, got "
+            f"{input.dim()}-D with shape {checks.shape_of(input)} ({cell}: Expected input to be "
+            f"1D or 2D, got {input.dim()}D instead)")
     if mode == "LSTM":
         names = ("hx[0] (h)", "hx[1] (c)")
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
@@ -262,9 +264,10 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, training=False, reg=
             raise TypeError(f"{name}: expected a Tensor, got {type(h).__name__}")
         if h.dim() not in (1, 2):
             which = f"hx[{k}]" if mode == "LSTM" else "hidden"
-            raise checks.InputError(f"{name}: expected a 2-D (batch, hidden_size) or 1-D (unbatched) "
-                             f"state, got {h.dim()}-D with shape {checks.shape_of(h)} ({cell}: Expected "
-                             f"{which} to be 1D or 2D, got {h.dim()}D instead)")
+            raise checks.InputError(
+                f"{name}: expected a 2-D (batch, hidden_size) or 1-D (unbatched) state, got "
+                f"{h.dim()}-D with shape {checks.shape_of(h)} ({cell}: Expected {which} to be 1D "
+                f"or 2D, got {h.dim()}D instead)")
     # sizes before dtypes and devices, as ATen's cells check them
     checks.check_input_size(input, I, cell=True)
     unbatched = input.dim() == 1

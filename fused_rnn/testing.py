@@ -240,9 +240,9 @@ class Result:
     dtype: torch.dtype
     errors: Dict[str, float]       # backend's max abs error against the float64 truth
     torch_errors: Dict[str, float]  # torch's own, same dtype and device
-    rms_errors: Dict[str, float] = dataclasses.field(default_factory=dict)
-    torch_rms_errors: Dict[str, float] = dataclasses.field(default_factory=dict)
-    truth_rms: Dict[str, float] = dataclasses.field(default_factory=dict)
+    rms_errors: Dict[str, float]
+    torch_rms_errors: Dict[str, float]
+    truth_rms: Dict[str, float]
 
     def atol(self, name: str) -> float:
         return atol(self.dtype, self.truth_rms.get(name, 0.0))
@@ -255,8 +255,6 @@ class Result:
         """MAX_FACTOR x torch's max error + atol."""
         return MAX_FACTOR * self.torch_errors[name] + self.atol(name)
 
-    bound = max_bound  # the name of the max-error bound before the RMS statistic existed
-
     def rms_ratio(self, name: str) -> float:
         return self.rms_errors[name] / self.rms_bound(name)
 
@@ -264,9 +262,8 @@ class Result:
         return self.errors[name] / self.max_bound(name)
 
     def ratios(self) -> Dict[str, Dict[str, float]]:
-        """{tensor: {"rms": rms_ratio, "max": max_ratio}} (no "rms" where it was not measured)."""
-        return {k: {**({"rms": self.rms_ratio(k)} if k in self.rms_errors else {}),
-                    "max": self.max_ratio(k)} for k in self.errors}
+        """{tensor: {"rms": rms_ratio, "max": max_ratio}}."""
+        return {k: {"rms": self.rms_ratio(k), "max": self.max_ratio(k)} for k in self.errors}
 
     def worst(self):
         """(ratio, tensor, statistic) of the largest ratio; NaN first: NaN fails."""
@@ -290,7 +287,7 @@ class Result:
         out = []
         for k in self.errors:
             a = self.atol(k)
-            if k in self.rms_errors and not self.rms_ratio(k) <= 1.0:
+            if not self.rms_ratio(k) <= 1.0:
                 out.append(f"{k}: err (rms) {self.rms_errors[k]:.3g} > bound "
                            f"{self.rms_bound(k):.3g} = {RMS_FACTOR:g} x torch's "
                            f"{self.torch_rms_errors[k]:.3g} + atol {a:.3g}")

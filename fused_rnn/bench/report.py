@@ -78,6 +78,16 @@ def spread(row: dict) -> float:
         else float("inf")
 
 
+def noisy(row: dict) -> bool:
+    """Whether a row's spread is above SPREAD_LIMIT (marked ! in the tables)."""
+    return spread(row) > SPREAD_LIMIT
+
+
+def spread_text(value: float) -> str:
+    """A spread for a table cell, with the mark ! above SPREAD_LIMIT."""
+    return f"{value:.2f}" + (" !" if value > SPREAD_LIMIT else "")
+
+
 def busy_reasons(results: dict) -> List[str]:
     """Why the timings look unreliable, if they do: a 1-minute load average above the number
     of cores at the start or end of the run (when recorded), and BUSY_SHARE or more of the rows
@@ -90,9 +100,9 @@ def busy_reasons(results: dict) -> List[str]:
         if load is not None and cores and load > cores:
             reasons.append(f"load average {load:.2f} at the {when} of the run, above the "
                            f"{cores} cores")
-    noisy = sum(spread(r) > SPREAD_LIMIT for r in rows)
-    if noisy and noisy >= BUSY_SHARE * len(rows):
-        reasons.append(f"{noisy} of {len(rows)} rows have (p80 - p20) / median above "
+    marked = sum(map(noisy, rows))
+    if marked and marked >= BUSY_SHARE * len(rows):
+        reasons.append(f"{marked} of {len(rows)} rows have (p80 - p20) / median above "
                        f"{SPREAD_LIMIT:g} (marked !)")
     return reasons
 
@@ -113,9 +123,9 @@ def busy_note(results: dict) -> str:
     if reasons:
         return ("WARNING: the machine looks busy, these timings are not reliable: "
                 + "; ".join(reasons) + ". Rerun on a quiet machine.")
-    noisy = sum(spread(r) > SPREAD_LIMIT for r in results["rows"])
-    return (f"note: {noisy} of {len(results['rows'])} rows have (p80 - p20) / median above "
-            f"{SPREAD_LIMIT:g} (marked !): their times are less certain") if noisy else ""
+    marked = sum(map(noisy, results["rows"]))
+    return (f"note: {marked} of {len(results['rows'])} rows have (p80 - p20) / median above "
+            f"{SPREAD_LIMIT:g} (marked !): their times are less certain") if marked else ""
 
 
 def table(results: dict):
@@ -148,7 +158,7 @@ def table(results: dict):
                 cells.append(f"{base['median_ms'] / row['median_ms']:.2f}"
                              if row and base else "-")
         worst = max(spread(r) for r in config.values())
-        cells.append(f"{worst:.2f}" + (" !" if worst > SPREAD_LIMIT else ""))
+        cells.append(spread_text(worst))
         t.add_row(*cells)
     gm = speedups(rows)
     footer = ["geomean", "", "", "", "", "", ""]

@@ -300,8 +300,7 @@ def run_row(provider, cell, shape, dtype, device, modes=MODES, option: str = "")
                        provider=provider, option=option, median_ms=t["median_ms"],
                        p20_ms=t["p20_ms"], p80_ms=t["p80_ms"], peak_mb=peak_mb(call, device),
                        measurements=t["measurements"], load=load_average())
-            rows.append(dict(row, spread=report.spread(row),
-                             noisy=report.spread(row) > report.SPREAD_LIMIT))
+            rows.append(dict(row, spread=report.spread(row), noisy=report.noisy(row)))
     return rows
 
 
