@@ -27,7 +27,9 @@ if os.environ.get("FUSED_RNN_BUILD_CUDA", "0") not in ("", "0"):
         sources=[str(Path("csrc") / "binding.cpp")] +
                 [str(Path("csrc") / f) for f in flags["CUDA_SOURCES"]],
         include_dirs=[str(csrc)],
-        extra_compile_args={"cxx": ["-O3"], "nvcc": list(flags["NVCC_FLAGS"])})]
+        extra_compile_args={"cxx": ["-O3"], "nvcc": list(flags["NVCC_FLAGS"])},
+        # libstdc++ shared, whatever CXX or LDFLAGS add (why: at LINK_FLAGS in extension.py).
+        extra_link_args=list(flags["LINK_FLAGS"]))]
     cmdclass = {"build_ext": BuildExtension}
 
 setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -59,13 +59,17 @@ def main():
                 for ev in prof.key_averages():
                     if ev.device_time_total > 0:
                         kernels[ev.key[:70]] += ev.device_time_total / n
+                # The GPU's idle time per call: wall time less the kernels' device time (the
+                # host's launches show here once the kernels are short).
+                idle = wall * 1e3 - sum(kernels.values())
                 row = dict(cell=cell, dtype=dtype, T=T, B=B, I=I, H=H, provider=name,
-                           wall_ms=wall, host_ms=host, kernels_us=dict(kernels),
+                           wall_ms=wall, host_us=host * 1e6, gpu_idle_us=idle,
+                           kernels_us=dict(kernels),
                            used=dict(cuda_launch.last_used) if name == "fused" else None)
                 results.append(row)
                 print(f"{cell} {dtype} T{T} B{B} I{I} H{H} {name}: wall {wall:.3f} ms "
-                      f"({wall * 1e3 / T:.2f} us/step), host {host * 1e3:.3f} ms/call, "
-                      f"used {row['used']}")
+                      f"({wall * 1e3 / T:.2f} us/step), host {host * 1e6:.1f} us/call, GPU idle "
+                      f"{idle:.1f} us/call, used {row['used']}")
                 for k, us in sorted(kernels.items(), key=lambda kv: -kv[1])[:8]:
                     print(f"    {us:9.1f} us  {us / T:6.3f} us/step  {k}")
     if args.json:

@@ -5,10 +5,23 @@
 namespace frnn {
 
 #ifndef FRNN_EMULATE
+// Asked once per device (three attribute queries per launch otherwise): the answers do not
+// change within a process.
 cudaError_t device_limits(DeviceLimits* out) {
-  int dev = 0, sms = 0, optin = 0, coop = 0;
+  constexpr int kMaxDevices = 64;
+  static DeviceLimits known[kMaxDevices];
+  static bool filled[kMaxDevices] = {};
+  static std::mutex m;
+  int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e != cudaSuccess) return e;
+  std::lock_guard<std::mutex> lock(m);
+  if (dev >= 0 && dev < kMaxDevices && filled[dev]) {
+    *out = known[dev];
+    return cudaSuccess;
+  }
+  int sms = 0, optin = 0, coop = 0;
+  e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (e == cudaSuccess)
     e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
@@ -16,6 +29,10 @@ cudaError_t device_limits(DeviceLimits* out) {
   out->smem_optin = size_t(optin);
   out->threads = 256;
   out->cooperative = coop != 0;
+  if (e == cudaSuccess && dev >= 0 && dev < kMaxDevices) {
+    known[dev] = *out;
+    filled[dev] = true;
+  }
   return e;
 }
 #endif
@@ -48,5 +65,10 @@ int device_summary(int* sms, int* smem_optin_bytes, int* cc_major, int* cc_minor
 #endif
   return e == cudaSuccess ? kOk : int(e);
 }
+
+#ifdef FRNN_EMULATE
+long long emulated_launches() { return emu::launches.load(); }
+void set_null_launch(bool on) { emu::null_launch = on; }
+#endif
 
 }  // namespace frnn

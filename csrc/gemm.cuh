@@ -75,4 +75,13 @@ FRNN_DEVICE void rows_gemm(const TA* a, int64_t lda, int nb, int64_t K, WRow wro
   block_sync();
 }
 
+// rows_gemm's result for A = 0 (a step-0 state that is absent, i.e. zeros): pre = 0 without
+// reading A. All threads of the block must call it; `pre` is ready when it returns.
+template <typename A>
+FRNN_DEVICE void zero_gemm(A* pre, int n) {
+  block_sync();  // earlier readers of pre are done
+  for (int idx = threadIdx.x; idx < n; idx += blockDim.x) pre[idx] = A(0);
+  block_sync();
+}
+
 }  // namespace frnn

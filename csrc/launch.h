@@ -29,4 +29,11 @@ const char* error_string(int status);
 // opt-in shared memory per block); for `fused-rnn info`.
 int device_summary(int* sms, int* smem_optin_bytes, int* cc_major, int* cc_minor);
 
+#ifdef FRNN_EMULATE
+// The emulated device's launch counter (kernels launched since the extension loaded) and its
+// null-launch mode (launches counted, kernels not run: platform.cuh).
+long long emulated_launches();
+void set_null_launch(bool on);
+#endif
+
 }  // namespace frnn

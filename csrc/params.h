@@ -42,7 +42,10 @@ struct StepMasks {
 };
 
 // Forward of one layer and direction. gi = x.W_ihT + b_ih (T, B, G.H); w_hh (G.H, HK);
-// b_hh (G.H) or null; mask (T, B) uint8 or null; hs[0] and cs[0] hold h0, c0 on entry.
+// b_hh (G.H) or null; mask (T, B) uint8 or null. The kernels read the initial states from
+// h0 (B, HK) and c0 (B, H) (element type; null: zeros) and copy them to hs[0] and cs[0] for the
+// backward, and write the final ones to h_n and c_n (element type, e.g. the caller's slices of
+// its (L.D, B, .) tensors): no copies around the launch.
 // With a projection (LSTM proj_size HK < H): w_hr (HK, H), and the cell kernel writes
 // m_t = o.tanh(c_t) to ms (T, B, H), which the projection kernel turns into h_t.
 struct FwdParams {
@@ -51,23 +54,32 @@ struct FwdParams {
   const void* b_hh;
   const void* w_hr;
   const uint8_t* mask;
+  const void* h0;  // (B, HK) or null
+  const void* c0;  // (B, H) or null, LSTM only
+  void* h_n;    // (B, HK) element type
+  void* c_n;    // (B, H) element type, LSTM only
   void* hs;     // (T+1, B, HK) element type
   void* cs;     // (T+1, B, H) accumulation type, LSTM only
-  void* out;    // (T, B, HK) element type
+  void* out;    // (T, B, .) element type, rows ld_out elements apart (a direction's half of a
+                // bidirectional layer's output: ld_out = 2.HK)
   void* saved;  // (T, B, S.H) accumulation type
   void* ms;     // (T, B, H) element type, projection only
+  int64_t ld_out;
   StepMasks reg;
   int64_t T, B, H, HK;
   int cell, dtype, reverse;
-  // 0: no backward will follow; a kernel may then write hs and cs at the last step only and
-  // leave saved unwritten (the cluster forward does; the others write everything).
+  // 0: no backward will follow: saved is not written (and may be null), and a kernel may
+  // leave hs and cs unwritten but where it exchanges states through them (the cluster forward
+  // writes neither; the others write both).
   int store_saved;
 };
 
-// Backward of one layer and direction, in reverse processing order. carry_h (B, HK) holds
-// dh_n on entry (zeros if none), carry_c (B, H) dc_n (LSTM); both are accumulation type and are
-// updated in place. On exit carry_h is the part of dL/dh0 that does not go through W_hh (the
-// caller adds the first step's term, masked by reg.h), carry_c dL/dc0. dgh (T, B, G.H):
+// Backward of one layer and direction, in reverse processing order. The kernels start the
+// carries from dh_n (B, HK) and dc_n (B, H) (element type; null: zeros) and keep them in
+// carry_h (B, HK) and carry_c (B, H) (LSTM), accumulation type, whose contents on entry are not
+// read. On exit carry_h is the part of dL/dh0 that does not go through W_hh (the caller adds
+// the first step's term, masked by reg.h), carry_c dL/dc0. dout's rows are ld_dout elements
+// apart (2.HK for a direction of a bidirectional layer). dgh (T, B, G.H):
 // gradients of the recurrent pre-activations (the rows that dW_hh and db_hh need); dgi: those
 // of the input gates, equal to dgh except for GRU's n gate (for other cells dgi may alias dgh).
 // w_t = W_hh^T (HK, G.H), w_hr_t = W_hr^T (H, HK), contiguous copies made by the caller so
@@ -76,7 +88,9 @@ struct FwdParams {
 struct BwdParams {
   const void* w_t;
   const void* w_hr_t;
-  const void* dout;  // (T, B, HK) element type
+  const void* dout;  // (T, B, .) element type, rows ld_dout apart
+  const void* dh_n;  // (B, HK) or null
+  const void* dc_n;  // (B, H) or null, LSTM only
   const void* saved;
   const void* hs;
   const void* cs;
@@ -87,7 +101,7 @@ struct BwdParams {
   void* carry_h;
   void* carry_c;
   StepMasks reg;
-  int64_t T, B, H, HK;
+  int64_t T, B, H, HK, ld_dout;
   int cell, dtype, reverse;
 };
 

@@ -16,6 +16,14 @@
 
 namespace frnn {
 
+// A carry as the step finds it: at the first step processed (the last in time), dh_n or dc_n
+// straight from the caller (null: zero), so nothing is copied into the carries before the
+// launch; later, what the previous step left in the carry (its owner thread wrote it).
+template <typename A, typename T>
+FRNN_DEVICE A carry_in(const A* carry, const T* init, int64_t idx, bool first) {
+  return !first ? carry[idx] : init ? to_acc(init[idx]) : A(0);
+}
+
 template <int CELL, typename T, bool PERSIST, bool PROJ>
 FRNN_GLOBAL void rnn_bwd_kernel(BwdParams p, int units, int64_t i_begin, int64_t i_end) {
   using A = acc_t<T>;
@@ -36,6 +44,8 @@ FRNN_GLOBAL void rnn_bwd_kernel(BwdParams p, int units, int64_t i_begin, int64_t
   const A* dhs = static_cast<const A*>(p.dhs);
   A* carry_h = static_cast<A*>(p.carry_h);
   A* carry_c = static_cast<A*>(p.carry_c);
+  const T* dh_n = static_cast<const T*>(p.dh_n);
+  const T* dc_n = static_cast<const T*>(p.dc_n);
 
   unsigned char* smem = dynamic_smem<unsigned char>();
   T* w_s = reinterpret_cast<T*>(smem);
@@ -75,8 +85,9 @@ FRNN_GLOBAL void rnn_bwd_kernel(BwdParams p, int units, int64_t i_begin, int64_t
           dh = pre[bl * units + u];  // dhs is zero past the sequence's end
         } else {
           const A hm = dropout_factor<A>(p.reg.h, b * HK + j, p.reg.h_scale);
-          g_h = carry_h[b * HK + j] + (has_next ? hm * pre[bl * units + u] : A(0));
-          dh_t = valid ? to_acc(dout[at(t, B, b, HK) + j]) + g_h : A(0);
+          g_h = carry_in(carry_h, dh_n, b * HK + j, !has_next) +
+                (has_next ? hm * pre[bl * units + u] : A(0));
+          dh_t = valid ? to_acc(dout[(t * B + b) * p.ld_dout + j]) + g_h : A(0);
           zh = zoneout<A>(p.reg.zh, at(t, B, b, HK) + j, p.reg.zh_p);
           dh = zh.grad_next(dh_t);
         }
@@ -88,7 +99,7 @@ FRNN_GLOBAL void rnn_bwd_kernel(BwdParams p, int units, int64_t i_begin, int64_t
           c_prev = cs[at(k, B, b, H) + j];
           // c_t is the update itself unless the cell has zoneout; else recompute the update.
           cu = m.zc.on ? lstm_update(s[0], s[1], s[2], c_prev, m) : cs[at(k + 1, B, b, H) + j];
-          g_c = carry_c[b * H + j];
+          g_c = carry_in(carry_c, dc_n, b * H + j, !has_next);
         }
         if (CELL == kGRU) h_prev = to_acc(hs[at(k, B, b, HK) + j]);
         const CellBwd<A> o = cell_backward<CELL>(dh, s, cu, c_prev, h_prev, g_c, m);
@@ -119,6 +130,7 @@ FRNN_GLOBAL void proj_bwd_dh_kernel(BwdParams p, int units, int64_t k) {
   const int nu = int(HK - u0 < units ? HK - u0 : units);
   const T* w_t = static_cast<const T*>(p.w_t);
   const T* dout = static_cast<const T*>(p.dout);
+  const T* dh_n = static_cast<const T*>(p.dh_n);
   const A* dgh = static_cast<const A*>(p.dgh);
   A* dhs = static_cast<A*>(p.dhs);
   A* carry_h = static_cast<A*>(p.carry_h);
@@ -133,8 +145,9 @@ FRNN_GLOBAL void proj_bwd_dh_kernel(BwdParams p, int units, int64_t k) {
       const int64_t b = b0 + bl, j = u0 + u;
       const bool valid = p.mask == nullptr || p.mask[t * B + b] != 0;
       const A hm = dropout_factor<A>(p.reg.h, b * HK + j, p.reg.h_scale);
-      const A g = carry_h[b * HK + j] + (has_next ? hm * pre[bl * units + u] : A(0));
-      const A dh = valid ? to_acc(dout[at(t, B, b, HK) + j]) + g : A(0);
+      const A g = carry_in(carry_h, dh_n, b * HK + j, !has_next) +
+                  (has_next ? hm * pre[bl * units + u] : A(0));
+      const A dh = valid ? to_acc(dout[(t * B + b) * p.ld_dout + j]) + g : A(0);
       const Zoneout<A> zh = zoneout<A>(p.reg.zh, at(t, B, b, HK) + j, p.reg.zh_p);
       dhs[at(t, B, b, HK) + j] = zh.grad_next(dh);
       carry_h[b * HK + j] = valid ? zh.grad_prev(dh) : g;

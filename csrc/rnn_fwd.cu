@@ -31,12 +31,16 @@ FRNN_GLOBAL void rnn_fwd_kernel(FwdParams p, int units, int64_t k_begin, int64_t
   const T* w_hh = static_cast<const T*>(p.w_hh);
   const T* b_hh = static_cast<const T*>(p.b_hh);
   const T* gi = static_cast<const T*>(p.gi);
+  const T* h0 = static_cast<const T*>(p.h0);
+  const T* c0 = static_cast<const T*>(p.c0);
   // Written by other blocks during a persistent launch: plain (coherent) loads, no __restrict__.
   T* hs = static_cast<T*>(p.hs);
   A* cs = static_cast<A*>(p.cs);
   T* out = static_cast<T*>(p.out);
   T* ms = static_cast<T*>(p.ms);
   A* saved = static_cast<A*>(p.saved);
+  T* h_n = static_cast<T*>(p.h_n);
+  T* c_n = static_cast<T*>(p.c_n);
 
   unsigned char* smem = dynamic_smem<unsigned char>();
   T* w_s = reinterpret_cast<T*>(smem);
@@ -60,8 +64,12 @@ FRNN_GLOBAL void rnn_fwd_kernel(FwdParams p, int units, int64_t k_begin, int64_t
     const int64_t t = p.reverse ? T_ - 1 - k : k;
     for (int64_t b0 = 0; b0 < B; b0 += kBatchChunk) {
       const int nb = int(B - b0 < kBatchChunk ? B - b0 : kBatchChunk);
-      const T* h_in = hs + at(k, B, b0, HK);
-      if (p.reg.h == nullptr) {
+      // Step 0 reads h0 itself (no copy into hs[0] before the launch); without one, h0 = 0
+      // and so is its product with W_hh.
+      const T* h_in = k > 0 ? hs + at(k, B, b0, HK) : h0 ? h0 + b0 * HK : nullptr;
+      if (h_in == nullptr) {
+        zero_gemm(pre, nb * R);
+      } else if (p.reg.h == nullptr) {
         rows_gemm(h_in, HK, nb, HK, wrow, R, a_s, pre);
       } else {  // variational dropout: h_{t-1}.hm into W_hh
         const uint8_t* m_h = p.reg.h + b0 * HK;
@@ -78,8 +86,17 @@ FRNN_GLOBAL void rnn_fwd_kernel(FwdParams p, int units, int64_t k_begin, int64_t
           a[g] = pre[bl * R + g * units + u] + (b_hh ? to_acc(b_hh[g * H + j]) : A(0));
           x[g] = to_acc(gi[at(t, B, b, NG * H) + g * H + j]);
         }
-        const A h_prev = PROJ ? A(0) : to_acc(hs[at(k, B, b, HK) + j]);
-        const A c_prev = CELL == kLSTM ? cs[at(k, B, b, H) + j] : A(0);
+        // This thread owns unit j of row b in every state: at step 0 it reads h0/c0 and
+        // keeps them in hs[0]/cs[0] for the backward (other blocks read h0 itself then).
+        const T h_prev_t = PROJ ? T() : k > 0 ? hs[at(k, B, b, HK) + j]
+                                              : h0 ? h0[b * HK + j] : from_acc<T>(A(0));
+        const A h_prev = PROJ ? A(0) : to_acc(h_prev_t);
+        const A c_prev = CELL != kLSTM ? A(0) : k > 0 ? cs[at(k, B, b, H) + j]
+                                              : c0 ? to_acc(c0[b * H + j]) : A(0);
+        if (k == 0) {
+          if (!PROJ) hs[b * HK + j] = h_prev_t;
+          if (CELL == kLSTM) cs[b * H + j] = c_prev;
+        }
         const CellFwd<A> o =
             cell_forward<CELL>(a, x, h_prev, c_prev, cell_masks<CELL, A>(p.reg, t, b, j, B, H));
         const bool valid = p.mask == nullptr || p.mask[t * B + b] != 0;
@@ -88,11 +105,18 @@ FRNN_GLOBAL void rnn_fwd_kernel(FwdParams p, int units, int64_t k_begin, int64_t
         } else {
           const A h = zoneout<A>(p.reg.zh, at(t, B, b, HK) + j, p.reg.zh_p).mix(h_prev, o.h);
           // Past the sequence's end the state is copied bit for bit and the output is zero.
-          hs[at(k + 1, B, b, HK) + j] = valid ? from_acc<T>(h) : hs[at(k, B, b, HK) + j];
-          out[at(t, B, b, HK) + j] = from_acc<T>(valid ? h : A(0));
+          const T h_new = valid ? from_acc<T>(h) : h_prev_t;
+          hs[at(k + 1, B, b, HK) + j] = h_new;
+          out[(t * B + b) * p.ld_out + j] = from_acc<T>(valid ? h : A(0));
+          if (k + 1 == T_) h_n[b * HK + j] = h_new;
         }
-        for (int q = 0; q < NS; ++q) saved[at(t, B, b, NS * H) + q * H + j] = o.s[q];
-        if (CELL == kLSTM) cs[at(k + 1, B, b, H) + j] = valid ? o.c : c_prev;
+        if (p.store_saved)  // (no backward follows: saved may be null)
+          for (int q = 0; q < NS; ++q) saved[at(t, B, b, NS * H) + q * H + j] = o.s[q];
+        if (CELL == kLSTM) {
+          const A c_new = valid ? o.c : c_prev;
+          cs[at(k + 1, B, b, H) + j] = c_new;
+          if (k + 1 == T_) c_n[b * H + j] = from_acc<T>(c_new);
+        }
       }
     }
     if (PERSIST && k + 1 < k_end) grid_sync();
@@ -110,8 +134,10 @@ FRNN_GLOBAL void proj_fwd_kernel(FwdParams p, int units, int64_t k) {
   const int nu = int(HK - u0 < units ? HK - u0 : units);
   const T* w_hr = static_cast<const T*>(p.w_hr);
   const T* ms = static_cast<const T*>(p.ms);
+  const T* h0 = static_cast<const T*>(p.h0);
   T* hs = static_cast<T*>(p.hs);
   T* out = static_cast<T*>(p.out);
+  T* h_n = static_cast<T*>(p.h_n);
   A* a_s = dynamic_smem<A>();
   A* pre = a_s + kStageRows * kChunkK;
   auto wrow = [&](int r) -> const T* { return r < nu ? w_hr + (u0 + r) * H : nullptr; };
@@ -122,11 +148,16 @@ FRNN_GLOBAL void proj_fwd_kernel(FwdParams p, int units, int64_t k) {
       const int bl = idx / nu, u = idx % nu;
       const int64_t b = b0 + bl, j = u0 + u;
       const bool valid = p.mask == nullptr || p.mask[t * B + b] != 0;
-      const A h_prev = to_acc(hs[at(k, B, b, HK) + j]);
+      // The projected units' owner: h0 at step 0, kept in hs[0] (see rnn_fwd_kernel).
+      const T h_prev_t = k > 0 ? hs[at(k, B, b, HK) + j] : h0 ? h0[b * HK + j]
+                                                         : from_acc<T>(A(0));
+      if (k == 0) hs[b * HK + j] = h_prev_t;
       const A h = zoneout<A>(p.reg.zh, at(t, B, b, HK) + j, p.reg.zh_p)
-                      .mix(h_prev, pre[bl * units + u]);
-      hs[at(k + 1, B, b, HK) + j] = valid ? from_acc<T>(h) : hs[at(k, B, b, HK) + j];
-      out[at(t, B, b, HK) + j] = from_acc<T>(valid ? h : A(0));
+                      .mix(to_acc(h_prev_t), pre[bl * units + u]);
+      const T h_new = valid ? from_acc<T>(h) : h_prev_t;
+      hs[at(k + 1, B, b, HK) + j] = h_new;
+      out[(t * B + b) * p.ld_out + j] = from_acc<T>(valid ? h : A(0));
+      if (k + 1 == p.T) h_n[b * HK + j] = h_new;
     }
   }
 }

@@ -83,6 +83,10 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
   A* cs = static_cast<A*>(p.cs);
   T* out = static_cast<T*>(p.out);
   A* saved = static_cast<A*>(p.saved);
+  const T* h0 = static_cast<const T*>(p.h0);
+  const T* c0 = static_cast<const T*>(p.c0);
+  T* h_n = static_cast<T*>(p.h_n);
+  T* c_n = static_cast<T*>(p.c_n);
   unsigned char* smem = dynamic_smem<unsigned char>();
   T* hbuf = reinterpret_cast<T*>(smem);  // [2][16][LDH]: h_{t-1} and h_t of the batch tile
   Acc2<A>* red = reinterpret_cast<Acc2<A>*>(smem + Plan::hbuf_bytes);
@@ -140,12 +144,17 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
 #pragma unroll
       for (int q = 0; q < NG; ++q) bias[j / KS][q] = b_hh ? to_acc(b_hh[q * H + u]) : A(0);
     }
-    h_st[j / KS][c] = b < B ? to_acc(hs[at(0, B, b, H) + u]) : A(0);
-    c_st[j / KS][c] = CELL == kLSTM && b < B ? cs[at(0, B, b, H) + u] : A(0);
+    // h0 and c0 straight from the caller (absent: zeros), kept in hs[0]/cs[0] for a backward.
+    h_st[j / KS][c] = b < B && h0 ? to_acc(h0[b * H + u]) : A(0);
+    c_st[j / KS][c] = CELL == kLSTM && b < B && c0 ? to_acc(c0[b * H + u]) : A(0);
+    if (b < B && p.store_saved) {
+      hs[b * H + u] = from_acc<T>(h_st[j / KS][c]);
+      if constexpr (CELL == kLSTM) cs[b * H + u] = c_st[j / KS][c];
+    }
   });
   for (int idx = tid; idx < kClusterBatch * H; idx += NT) {  // h_0 of the tile, all columns
     const int row = idx / H, col = idx % H;
-    hbuf[row * LDH + col] = b0 + row < B ? hs[at(0, B, b0 + row, H) + col] : from_acc<T>(A(0));
+    hbuf[row * LDH + col] = b0 + row < B && h0 ? h0[(b0 + row) * H + col] : from_acc<T>(A(0));
   }
   prefetch(0);
   if (EX == kAsync && tid == 0) {
@@ -271,12 +280,15 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
       const int u = unit_of(j);
       const int64_t b = b0 + row_of(j, c);
       if (b >= B) return;
-      out[at(t, B, b, H) + u] = h_out[j / KS][c];
-      // Without a backward (inference) only h_n and c_n of the states are read.
-      if (!p.store_saved && k + 1 < T_) return;
+      out[(t * B + b) * p.ld_out + u] = h_out[j / KS][c];
+      if (k + 1 == T_) {
+        h_n[b * H + u] = from_acc<T>(h_st[j / KS][c]);
+        if constexpr (CELL == kLSTM) c_n[b * H + u] = from_acc<T>(c_st[j / KS][c]);
+      }
+      // Without a backward (inference) no other state is read.
+      if (!p.store_saved) return;
       hs[at(k + 1, B, b, H) + u] = from_acc<T>(h_st[j / KS][c]);
       if constexpr (CELL == kLSTM) cs[at(k + 1, B, b, H) + u] = c_st[j / KS][c];
-      if (!p.store_saved) return;
 #pragma unroll
       for (int q = 0; q < NS; ++q) saved[at(t, B, b, NS * H) + q * H + u] = s_out[j / KS][c][q];
     });

@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 
-def _index(seq: PackedSequence):
+def layout_index(seq: PackedSequence):
     """(time, batch) index of every row of seq.data, batch in the original order."""
     batch_sizes = seq.batch_sizes.to(seq.data.device)
     steps = torch.arange(batch_sizes.numel(), device=seq.data.device)
@@ -32,9 +32,19 @@ def lengths(seq: PackedSequence) -> torch.Tensor:
     return torch.empty_like(sorted_lengths).scatter_(0, seq.sorted_indices, sorted_lengths)
 
 
-def unpack(seq: PackedSequence) -> torch.Tensor:
-    """seq as a zero-padded (T, B, F) tensor, B in the original order (differentiable)."""
-    t_idx, b_idx = _index(seq)
+def step_mask(seq: PackedSequence, idx=None) -> torch.Tensor:
+    """(T, B) bool, True where step t lies within sequence b (original batch order). idx:
+    layout_index(seq), if the caller has it."""
+    t_idx, b_idx = idx if idx is not None else layout_index(seq)
+    T, B = seq.batch_sizes.numel(), int(seq.batch_sizes[0])
+    return torch.zeros((T, B), dtype=torch.bool, device=seq.data.device).index_put_(
+        (t_idx, b_idx), torch.ones((), dtype=torch.bool, device=seq.data.device))
+
+
+def unpack(seq: PackedSequence, idx=None) -> torch.Tensor:
+    """seq as a zero-padded (T, B, F) tensor, B in the original order (differentiable). idx:
+    layout_index(seq), if the caller has it (a call that unpacks and packs computes it once)."""
+    t_idx, b_idx = idx if idx is not None else layout_index(seq)
     T, B = seq.batch_sizes.numel(), int(seq.batch_sizes[0])
     # Zeros, not poison: padded steps are masked out of the recurrence, but they still enter the
     # input GEMM and its weight gradient (0 * NaN would be NaN).
@@ -42,8 +52,8 @@ def unpack(seq: PackedSequence) -> torch.Tensor:
     return padded.index_put((t_idx, b_idx), seq.data)
 
 
-def pack_like(padded: torch.Tensor, seq: PackedSequence) -> PackedSequence:
+def pack_like(padded: torch.Tensor, seq: PackedSequence, idx=None) -> PackedSequence:
     """Pack a (T, B, F) tensor with the layout (batch_sizes, sorted order) of seq."""
-    t_idx, b_idx = _index(seq)
+    t_idx, b_idx = idx if idx is not None else layout_index(seq)
     return PackedSequence(padded[t_idx, b_idx], seq.batch_sizes, seq.sorted_indices,
                           seq.unsorted_indices)

@@ -275,11 +275,13 @@ def check_packed(seq: PackedSequence):
                      f"{preview(si.tolist())}, got {preview(ui.tolist())}")
 
 
-def check_hx(hx, *, state_shapes, names, unbatched, like: Tensor):
+def check_hx(hx, *, state_shapes, names, unbatched, like: Tensor, zeros: bool = True):
     """Check hx against state_shapes (one per state tensor, batched layout); returns the
-    states batched, zeros where hx is None."""
+    states batched; where hx is None, zeros (or None with zeros=False)."""
     n = len(state_shapes)
     if hx is None:
+        if not zeros:
+            return [None] * n
         return [torch.zeros(s, dtype=like.dtype, device=like.device) for s in state_shapes]
     if n == 2:
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:

@@ -15,6 +15,7 @@ torch's own wording in parentheses where torch has one (e.g. "Expected hidden si
 got [2, 3, 6]").
 """
 import contextlib
+import os
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -82,8 +83,92 @@ def _cast(dtype, x, seq, h0, c0, weights):
     return cast(x), seq, cast(h0), cast(c0), [cast(w) for w in weights]
 
 
+# ----------------------------------------------------------------------- the host's fast path
+# A plain call (a tensor input, batched, no regularisation, no LayerNorm, no autocast, not
+# traced) on the CUDA backend goes straight to ops/cuda/stack.py, whose binding checks every
+# tensor (device, dtype, contiguity, shape) in C++. Where the binding refuses the call, the
+# full path below runs it, so its error is the full path's own (torch's wording); where the
+# options are new, they are checked once (a set of the tuples seen). On a 2-core CPU the full
+# path's Python costs about 100 us a call before the first kernel (benchmarks/README.md).
+
+_FAST_BACKENDS = ("cuda", "auto")
+_configs: dict = {}   # checked options -> ops/cuda/stack.Config
+_resolved: dict = {}  # (backend, device, dtype, proj, cell, emulation) -> extension or None
+
+
+def _fast_extension(backend, like: Tensor, proj: bool, cell: bool = False):
+    """The loaded CUDA extension if `backend` resolves to "cuda" for like's device and dtype,
+    else None (memoised per process and emulation setting: the answer depends on nothing
+    else)."""
+    key = (backend, like.device, like.dtype, proj, cell,
+           os.environ.get("FUSED_RNN_CUDA_EMULATE"))
+    if key not in _resolved:
+        try:
+            name = backends.resolve(backend, like.device, like.dtype, proj=proj, cell=cell)
+        except RuntimeError:
+            return None  # the full path raises it
+        _resolved[key] = _cuda_stack().extension.load() if name == "cuda" else None
+    return _resolved[key]
+
+
+_cuda_stack_module = None
+
+
+def _cuda_stack():
+    """fused_rnn.ops.cuda.stack, imported on first use (it imports the custom ops; an import
+    statement costs 1-2 us even when done, so the module is kept here)."""
+    global _cuda_stack_module
+    if _cuda_stack_module is None:
+        from .ops.cuda import stack
+        _cuda_stack_module = stack
+    return _cuda_stack_module
+
+
+def _fast_stack(mode, input, weights, hx, bias, num_layers, batch_first, dropout, training,
+                bidirectional, proj_size, backend):
+    """The output of the call through ops/cuda/stack.py, or None where the full path must run
+    it."""
+    options = (mode, num_layers, dropout, proj_size, bidirectional, bias, batch_first)
+    cfg = _configs.get(options)
+    if cfg is None:
+        try:
+            checks.check_options(*options)
+        except (TypeError, ValueError):
+            return None
+        cfg = _configs[options] = _cuda_stack().Config.of(mode, num_layers, bidirectional,
+                                                          bias, proj_size > 0)
+    if (input.dim() != 3 or (training and dropout > 0 and num_layers > 1)
+            or (input.is_cuda and torch.is_autocast_enabled("cuda"))
+            or torch.compiler.is_compiling()):
+        return None
+    ext = _fast_extension(backend, input, proj_size > 0)
+    if ext is None:
+        return None
+    h0 = c0 = None
+    if hx is not None:
+        if mode == "LSTM":
+            if type(hx) is not tuple or len(hx) != 2:
+                return None
+            h0, c0 = hx
+        else:
+            h0 = hx
+    x = input.transpose(0, 1) if batch_first else input
+    try:
+        out, h_n, c_n = (_cuda_stack_module or _cuda_stack()).run(cfg, x, None, h0, c0, weights,
+                                                                  ext)
+    except (ext.ArgumentError, TypeError):  # TypeError: pybind11's, an argument not a Tensor
+        return None
+    return (out.transpose(0, 1) if batch_first else out), h_n, c_n
+
+
 def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, training,
          bidirectional, proj_size, backend, reg: Regularization = None, ln=None):
+    if backend in _FAST_BACKENDS and type(input) is Tensor and ln is None \
+            and (reg is None or (type(reg) is Regularization and not reg.any)):
+        fast = _fast_stack(mode, input, weights, hx, bias, num_layers, batch_first, dropout,
+                           training, bidirectional, proj_size, backend)
+        if fast is not None:
+            return fast
     backends.check_name(backend)
     checks.check_options(mode, num_layers, dropout, proj_size, bidirectional, bias, batch_first)
     reg = regularize.check_options(mode, reg)
@@ -99,13 +184,15 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
     shapes = [(LD, B, proj_size or H)] + ([(LD, B, H)] if mode == "LSTM" else [])
     names = ["hx[0] (h_0)", "hx[1] (c_0)"] if mode == "LSTM" else ["hx (h_0)"]
     states = checks.check_hx(hx, state_shapes=shapes, names=names, unbatched=unbatched,
-                             like=like)
-    h0, c0 = states[0], (states[1] if mode == "LSTM" else None)
-
+                             like=like, zeros=False)
     target = _autocast_dtype(like)
     name = backends.resolve(backend, like.device, target or like.dtype,
                             layer_norm=ln is not None, proj=proj_size > 0,
                             options=_active(reg) if reg.any else "")
+    whole = name == "cuda" and _whole_stack(reg, ln, training, dropout, num_layers)
+    if not whole and states[0] is None:  # the other paths take zeros for an absent hx
+        states = [torch.zeros(s, dtype=like.dtype, device=like.device) for s in shapes]
+    h0, c0 = states[0], (states[1] if mode == "LSTM" else None)
     if name == "cudnn":  # ATen applies autocast to its own kernels
         output, h_n, c_n = run_native(mode, x if seq is None else seq, h0, c0, list(weights),
                                       bias=bias, num_layers=num_layers, dropout=float(dropout),
@@ -115,10 +202,15 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
             x, seq, h0, c0, weights = _cast(target, x, seq, h0, c0, weights)
             ln = None if ln is None else [t.to(target) for t in ln]
         with _autocast_off(like.device):
-            output, h_n, c_n = _run_layers(mode, x, seq, h0, c0, weights, name, bias=bias,
-                                           proj=proj_size > 0, num_layers=num_layers,
-                                           dropout=dropout, training=training,
-                                           bidirectional=bidirectional, reg=reg, ln=ln)
+            if whole:
+                output, h_n, c_n = _run_whole(mode, x, seq, h0, c0, weights, bias=bias,
+                                              proj=proj_size > 0, num_layers=num_layers,
+                                              bidirectional=bidirectional)
+            else:
+                output, h_n, c_n = _run_layers(mode, x, seq, h0, c0, weights, name, bias=bias,
+                                               proj=proj_size > 0, num_layers=num_layers,
+                                               dropout=dropout, training=training,
+                                               bidirectional=bidirectional, reg=reg, ln=ln)
     if seq is None:
         if unbatched:
             output = output.squeeze(1)
@@ -131,6 +223,43 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
 
 def _active(reg: Regularization) -> str:
     return ", ".join(f"{k}={v}" for k, v in vars(reg).items() if v)
+
+
+def _whole_stack(reg, ln, training, dropout, num_layers) -> bool:
+    """Whether a CUDA-backend call runs as one node with one binding call per layer
+    (ops/cuda/stack.py): no regularisation, no LayerNorm, no dropout between layers, not under
+    torch.compile (which traces the custom ops and their fakes)."""
+    return (not reg.any and ln is None and not (training and dropout > 0 and num_layers > 1)
+            and not torch.compiler.is_compiling())
+
+
+def _run_whole(mode, x, seq, h0, c0, weights, *, bias, proj, num_layers, bidirectional):
+    """ops/cuda/stack.py on padded input (packed: unpacked, its lengths as a step mask)."""
+    stack = _cuda_stack()  # the extension loads (or builds) on first call
+    mask = index = None
+    if seq is not None:  # the packed layout's indices, once for unpacking, mask and packing
+        index = _packing.layout_index(seq)
+        x = _packing.unpack(seq, index)
+        mask = _packing.step_mask(seq, index)
+    if x.shape[1] == 0:  # nothing for a kernel to do: empty outputs of the right shapes
+        return _run_empty(mode, x, seq, h0, c0, weights, bias, proj, num_layers, bidirectional)
+    cfg = stack.Config.of(mode, num_layers, bidirectional, bias, proj)
+    output, h_n, c_n = stack.run(cfg, x, mask, h0, c0, weights)
+    if seq is not None:
+        output = _packing.pack_like(output, seq, index)
+    return output, h_n, (c_n if mode == "LSTM" else None)
+
+
+def _run_empty(mode, x, seq, h0, c0, weights, bias, proj, num_layers, bidirectional):
+    D = 2 if bidirectional else 1
+    HK = weights[1].shape[1]
+    H = weights[0].shape[0] // GATES[mode]
+    if h0 is None:
+        h0 = x.new_zeros((num_layers * D, 0, HK))
+        c0 = x.new_zeros((num_layers * D, 0, H)) if mode == "LSTM" else None
+    return _run_layers(mode, x, seq, h0, c0, weights, "cuda", bias=bias, proj=proj,
+                       num_layers=num_layers, dropout=0.0, training=False,
+                       bidirectional=bidirectional, reg=Regularization(), ln=None)
 
 
 def _run_layers(mode, x, seq, h0, c0, weights, name, *, bias, proj, num_layers, dropout,
@@ -236,6 +365,11 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, training=False, reg=
     """One step of a cell. labels name w_ih, w_hh, b_ih, b_hh in messages (the modules pass
     their parameters' names, weight_ih, ...). Checks run in torch's order: the ranks of input
     and hx, then input_size, then each state's batch and hidden sizes."""
+    if backend in _FAST_BACKENDS and ln is None and (reg is None or (type(reg) is Regularization and not reg.any)) \
+            and type(input) is Tensor:
+        fast = _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend)
+        if fast is not None:
+            return fast
     backends.check_name(backend)
     reg = regularize.check_options(mode, reg)
     if (b_ih is None) != (b_hh is None):
@@ -314,6 +448,40 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, training=False, reg=
     if unbatched:
         h, c = h.squeeze(0), (None if c is None else c.squeeze(0))
     return h, c
+
+
+def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
+    """A plain batched cell step as a one-step layer of ops/cuda/stack.py (see _fast_stack), or
+    None where the full path must run it."""
+    if input.dim() != 2 or (b_ih is None) != (b_hh is None) \
+            or (input.is_cuda and torch.is_autocast_enabled("cuda")) \
+            or torch.compiler.is_compiling():
+        return None
+    ext = _fast_extension(backend, input, False, cell=True)
+    if ext is None:
+        return None
+    h = c = None
+    if hx is not None:
+        if mode == "LSTM":
+            if type(hx) is not tuple or len(hx) != 2:
+                return None
+            h, c = hx
+        else:
+            h = hx
+        if h.dim() != 2 or (c is not None and c.dim() != 2):
+            return None
+    bias = b_ih is not None
+    cfg = _configs.get((mode, bias))
+    if cfg is None:
+        cfg = _configs[(mode, bias)] = _cuda_stack().Config.of(mode, 1, False, bias, False)
+    try:
+        _, h_n, c_n = _cuda_stack().run(
+            cfg, input[None], None, None if h is None else h[None],
+            None if c is None else c[None], (w_ih, w_hh, b_ih, b_hh) if bias else (w_ih, w_hh),
+            ext)
+    except (ext.ArgumentError, TypeError):  # TypeError: pybind11's, an argument not a Tensor
+        return None
+    return h_n[0], (None if c_n is None else c_n[0])
 
 
 def lstm_cell(input: Tensor, hx: Optional[Tuple[Tensor, Tensor]], w_ih: Tensor, w_hh: Tensor,

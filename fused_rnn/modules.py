@@ -6,9 +6,11 @@ arguments, parameter names, shapes, initialisation and state_dict are nn.LSTM's 
 which checks the arguments and picks the backend.
 """
 import torch.nn as nn
+from torch import Tensor
 
 from . import backends
 from . import functional as F
+from .ops.cells import CELLS
 from .ops.regularize import Regularization, check_cell_options, check_options
 
 _REG_DOC = """
@@ -146,7 +148,20 @@ class _Backend:
 class _FusedRNNBase(_Backend):
     def forward(self, input, hx=None):
         """As nn.LSTM/GRU/RNN.forward: returns (output, (h_n, c_n)) for LSTM, else (output, h_n)."""
-        weights = [getattr(self, name) for name in self._flat_weights_names]
+        # As nn.LSTM.forward: the flat weights as nn.RNNBase keeps them (a list it updates when
+        # a parameter is set or moved), not looked up by name on every call.
+        weights = self._flat_weights
+        mode = self.mode
+        if (type(input) is Tensor and mode in CELLS and not self.regularization.any
+                and not self.__dict__.get("_layer_norm_names")):
+            # A plain call: functional's fast path, without the keyword plumbing below (on a
+            # 2-core CPU each Python layer between here and the binding costs 1-3 us).
+            fast = F._fast_stack(mode, input, weights, hx, self.bias, self.num_layers,
+                                 self.batch_first, self.dropout, self.training,
+                                 self.bidirectional, self.proj_size, self.backend)
+            if fast is not None:
+                out, h_n, c_n = fast
+                return (out, (h_n, c_n)) if mode == "LSTM" else (out, h_n)
         kw = dict(bias=self.bias, num_layers=self.num_layers, batch_first=self.batch_first,
                   dropout=float(self.dropout), training=self.training,
                   bidirectional=self.bidirectional, backend=self.backend,

@@ -21,6 +21,7 @@
 #   sanitize  compute-sanitizer memcheck and racecheck over the CUDA backend's small grid
 #   parity    fused-rnn parity on CUDA
 #   examples  examples/char_lm.py and seq2seq.py, 300 steps, cudnn/triton/cuda (json, png)
+#   host      benchmarks/profile_fwd.py: host us per call, GPU idle time, kernels -> json
 #   bench     the benchmark suite
 #   sweep     fused-rnn bench --sweep: us/step against H, B, T (LSTM bf16/fp16), a plot each
 #   STAGES="build cuda sanitize" bash scripts/gpu_check.sh
@@ -96,6 +97,8 @@ for ex in char_lm seq2seq; do
   want examples && stage "example-$ex" 300 env PYTHONPATH="$PWD" "$PY" "examples/$ex.py" --steps 300 \
     --backend cudnn triton cuda --json "$OUT/${ex}_$NAME.json" --plot "$OUT/${ex}_$NAME.png"
 done
+# Host µs per call and the GPU's idle time between kernels (benchmarks/README.md).
+want host && stage host 120 "$PY" benchmarks/profile_fwd.py --json "$OUT/profile_fwd_$NAME.json"
 want bench && stage bench 540 "$PY" -m fused_rnn bench --out "$OUT" --name "$NAME" "$@"
 want sweep && stage sweep 540 "$PY" -m fused_rnn bench --sweep --out "$OUT" --name "$NAME"
 echo "gpu_check: overall status $status; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"

@@ -260,62 +260,6 @@ def test_cuda_backward_is_bitwise_reproducible():
         assert torch.equal(first[name], second[name]), name
 
 
-def test_binding_checks_name_the_argument():
-    ext = extension.load()
-    T, B, H = 2, 3, 4
-    f = torch.float64
-    gi = torch.randn(T, B, 4 * H, dtype=f, device=DEVICE)
-    w = torch.randn(4 * H, H, dtype=f, device=DEVICE)
-    hs = torch.zeros(T + 1, B, H, dtype=f, device=DEVICE)
-    cs = torch.zeros(T + 1, B, H, dtype=f, device=DEVICE)
-    out = torch.empty(T, B, H, dtype=f, device=DEVICE)
-    saved = torch.empty(T, B, 4 * H, dtype=f, device=DEVICE)
-    ms = torch.empty(0, dtype=f, device=DEVICE)
-
-    def fwd(cell=0, **kw):
-        args = dict(gi=gi, w_hh=w, b_hh=None, w_hr=None, mask=None, m_h=None, m_g=None,
-                    m_c=None, m_zc=None, m_zh=None, scales=[1.0, 1.0, 1.0, 0.0, 0.0], hs=hs,
-                    cs=cs, out=out, saved=saved, ms=ms)
-        args.update(kw)
-        return ext.rnn_fwd(*args.values(), cell, False, 1, 0, True, 0)[0]
-
-    def u8(*shape):
-        return torch.ones(shape, dtype=torch.uint8, device=DEVICE)
-
-    assert fwd() in (0, 1)  # the well-formed call runs
-    with pytest.raises(RuntimeError, match=r"hs: expected shape \[3, 3, 4\], got \[4, 3, 4\]"):
-        fwd(hs=torch.zeros(T + 2, B, H, dtype=f, device=DEVICE))
-    with pytest.raises(RuntimeError, match=r"w_hh: expected shape \[16, 5\], got \[16, 4\]"):
-        fwd(hs=torch.zeros(T + 1, B, 5, dtype=f, device=DEVICE))
-    with pytest.raises(RuntimeError, match=r"hs: expected a state width equal to H = 4 \(without "
-                                           r"a projection\), got 5"):
-        fwd(w_hh=torch.randn(4 * H, 5, dtype=f, device=DEVICE),
-            hs=torch.zeros(T + 1, B, 5, dtype=f, device=DEVICE))
-    with pytest.raises(RuntimeError, match=r"saved: expected dtype Double, got Float"):
-        fwd(saved=saved.float())
-    with pytest.raises(RuntimeError, match=r"w_hh: expected a contiguous tensor"):
-        fwd(w_hh=torch.randn(H, 4 * H, dtype=f, device=DEVICE).t())
-    with pytest.raises(RuntimeError, match=r"mask: expected shape \[2, 3\]"):
-        fwd(mask=torch.ones(T, B + 1, dtype=torch.uint8, device=DEVICE))
-    with pytest.raises(RuntimeError, match=r"w_hr: a projection needs an LSTM"):
-        fwd(gi=gi[..., :3 * H].contiguous(), w_hh=w[:3 * H].contiguous(), w_hr=w[:H], cell=1)
-    # The regularisation masks (ops/regularize.StepMasks), each named.
-    assert fwd(m_h=u8(B, H), m_g=u8(T, B, H), m_c=u8(B, H), m_zc=u8(T, B, H),
-               m_zh=u8(T, B, H), scales=[2.0, 2.0, 2.0, 0.0, 0.5]) in (0, 1)
-    with pytest.raises(RuntimeError, match=r"m_h: expected shape \[3, 4\], got \[3, 5\]"):
-        fwd(m_h=u8(B, H + 1))
-    with pytest.raises(RuntimeError, match=r"m_g: expected shape \[2, 3, 4\], got \[3, 4\]"):
-        fwd(m_g=u8(B, H))
-    with pytest.raises(RuntimeError, match=r"m_zh: expected dtype Byte, got Bool"):
-        fwd(m_zh=u8(T, B, H).bool())
-    with pytest.raises(RuntimeError, match=r"m_zc: expected a contiguous tensor"):
-        fwd(m_zc=u8(T, H, B).transpose(1, 2))
-    with pytest.raises(RuntimeError, match=r"m_c: rnndrop needs an LSTM"):
-        fwd(gi=gi[..., :3 * H].contiguous(), w_hh=w[:3 * H].contiguous(), m_c=u8(B, H), cell=1)
-    with pytest.raises(RuntimeError, match=r"scales: expected 5 values"):
-        fwd(scales=[1.0])
-
-
 @pytest.mark.skipif(DEVICE == "cuda", reason="CPU-only behaviour")
 def test_emulated_dtype_and_no_emulation_errors(monkeypatch):
     m = fused_rnn.LSTM(3, 4, backend="cuda").to(torch.bfloat16)

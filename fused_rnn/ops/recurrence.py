@@ -42,18 +42,21 @@ def step_times(T: int, reverse: bool):
     return [T - 1 - k for k in range(T)] if reverse else list(range(T))
 
 
-def fwd_buffers(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], H: int, proj: bool):
-    """hs (with hs[0] = h0), out, saved, cs (with cs[0] = c0; empty unless LSTM) and ms (empty
-    without a projection) for a forward over gi (T, B, G·H); NaN-poisoned when testing."""
+def fwd_buffers(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], H: int, proj: bool,
+                fill_first: bool = True):
+    """hs, out, saved, cs (empty unless LSTM) and ms (empty without a projection) for a forward
+    over gi (T, B, G·H); NaN-poisoned when testing. fill_first: hs[0] = h0 and cs[0] = c0 here
+    (the CUDA kernels read h0 and c0 themselves and fill them in)."""
     T, B, _ = gi.shape
     HK = h0.shape[-1]
     acc = gi.new_empty((), dtype=acc_dtype(gi.dtype))
     hs = _alloc.empty((T + 1, B, HK), like=gi)
-    hs[0] = h0
+    if fill_first:
+        hs[0] = h0
     out = _alloc.empty((T, B, HK), like=gi)
     saved = _alloc.empty((T, B, SAVED[cell] * H), like=acc)
     cs = _alloc.empty((T + 1, B, H), like=acc) if cell == "LSTM" else acc.new_empty(0)
-    if cell == "LSTM":
+    if cell == "LSTM" and fill_first:
         cs[0] = c0
     ms = _alloc.empty((T, B, H), like=gi) if proj else gi.new_empty(0)
     return hs, out, saved, cs, ms
@@ -217,22 +220,29 @@ def make_ops(backend: str, fwd: Callable, bwd: Callable) -> Callable:
         dln = [d if t is not None else None for d, t in zip(dln, ln)]
         grads = (dgi, dh0, dc0 if ctx.has_c0 else None, dw_hh, db_hh if ctx.has_bias else None,
                  dw_hr if w_hr is not None else None) + (None,) * 10 + tuple(dln)
-        trip = hs.reshape(-1)[:1].sum() * 0 if double else None  # hs: in the forward's graph
-        if trip is not None and trip.requires_grad:
-            def refuse(_):
-                raise RuntimeError(
-                    f"fused_rnn: backend={backend!r} does not support double backward (a "
-                    f"gradient of a gradient taken with create_graph=True, as gradient "
-                    f"penalties and gradgradcheck do): its backward is a fused kernel without a "
-                    f"derivative of its own. Use backend='reference' (plain torch, "
-                    f"differentiable to any order) for this, e.g. module.backend = 'reference' "
-                    f"or fused_rnn.convert(model, backend='reference')")
-            trip.register_hook(refuse)
-            grads = tuple(None if g is None else g + trip.to(g.dtype) for g in grads)
-        return grads
+        return refuse_double_backward(backend, hs, grads) if double else grads
 
     fwd_op.register_autograd(backward, setup_context=setup_context)
     return fwd_op
+
+
+def refuse_double_backward(backend: str, anchor: Tensor, grads):
+    """grads, made to raise a clear error if they are differentiated again (create_graph=True
+    in a fused backward, which has no derivative of its own). anchor: a tensor of the forward's
+    graph (saved by the node); its hook raises when the second backward reaches it."""
+    trip = anchor.reshape(-1)[:1].sum() * 0
+    if not trip.requires_grad:
+        return grads
+
+    def refuse(_):
+        raise RuntimeError(
+            f"fused_rnn: backend={backend!r} does not support double backward (a gradient of a "
+            f"gradient taken with create_graph=True, as gradient penalties and gradgradcheck "
+            f"do): its backward is a fused kernel without a derivative of its own. Use "
+            f"backend='reference' (plain torch, differentiable to any order) for this, e.g. "
+            f"module.backend = 'reference' or fused_rnn.convert(model, backend='reference')")
+    trip.register_hook(refuse)
+    return tuple(None if g is None else g + trip.to(g.dtype) for g in grads)
 
 
 class ThreadChoice:
@@ -241,11 +251,15 @@ class ThreadChoice:
     validates (and may normalise) a value before it is set."""
 
     def __init__(self, default, check: Callable = lambda value: value):
-        self.default, self._check, self._local = default, check, threading.local()
+        # A threading.local subclass with the default as a class attribute: a thread that
+        # chose nothing finds it there (a plain getattr; getattr with a fallback costs 1 us,
+        # read on every layer call).
+        local = type("ThreadLocalChoice", (threading.local,), {"value": default})
+        self.default, self._check, self._local = default, check, local()
 
     @property
     def current(self):
-        return getattr(self._local, "value", self.default)
+        return self._local.value
 
     @contextlib.contextmanager
     def use(self, value):

@@ -64,7 +64,9 @@ class Regularization:
 
     @property
     def any(self) -> bool:
-        return any(getattr(self, f.name) for f in fields(self))
+        # The fields are the instance's __dict__ (a dataclass without slots): read on every
+        # layer call, so not through dataclasses.fields (about 3 us a call).
+        return any(self.__dict__.values())
 
 
 def check_options(mode: str, options: Optional[Regularization]) -> Regularization:

@@ -11,6 +11,8 @@ import functools
 import importlib
 import os
 import shutil
+import struct
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +27,18 @@ CUDA_SOURCES = ("rnn_fwd.cu", "rnn_bwd.cu", "rnn_fwd_cluster.cu", "device.cu")
 GENCODE = ("-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
            "-gencode=arch=compute_90,code=compute_90")
 NVCC_FLAGS = ("-O3", "-std=c++17", "-lineinfo") + GENCODE
+# Link flags of every build (both load() calls below and setup.py's fused_rnn._C): libstdc++ as
+# a shared library, whatever the build environment adds. On one GPU machine the build
+# environment (-static-libstdc++ from a CXX wrapper or LDFLAGS) linked a private copy of
+# libstdc++ into the .so, no libstdc++.so.6 in its NEEDED, and its iostreams crashed the
+# process on the first error message the binding formatted. torch puts these flags after
+# the objects and g++ puts its own -lstdc++ (static under -static-libstdc++) last, so this
+# dynamic -lstdc++ comes first and resolves every libstdc++ symbol; --no-as-needed keeps it in
+# NEEDED even where the linker defaults to --as-needed (Ubuntu), and --push-state/--pop-state
+# (GNU ld, gold, lld, mold) restore the caller's --as-needed setting for the libraries after
+# it. No -shared-libgcc: g++ -shared links libgcc_s.so.1 already, libstdc++.so.6 needs it
+# itself, and with g++ 12 it does not undo a wrapper's -static-libgcc.
+LINK_FLAGS = ("-Wl,--push-state,--no-as-needed", "-lstdc++", "-Wl,--pop-state")
 
 
 def emulated() -> bool:
@@ -66,28 +80,116 @@ def _load(emulate: bool):
     from torch.utils import cpp_extension
     src = _sources_dir()
     if emulate:
-        return cpp_extension.load(
+        return _checked(cpp_extension.load(
             name="fused_rnn_emulated", sources=[str(src / "binding.cpp"), str(src / "emulated.cpp")],
-            extra_cflags=["-O2", "-DFRNN_EMULATE", "-pthread"], extra_ldflags=["-pthread"],
-            extra_include_paths=[str(src)], verbose=_verbose())
+            extra_cflags=["-O2", "-DFRNN_EMULATE", "-pthread"],
+            extra_ldflags=["-pthread", *LINK_FLAGS], extra_include_paths=[str(src)],
+            verbose=_verbose()))
     try:
-        return importlib.import_module("fused_rnn._C")
+        prebuilt = importlib.import_module("fused_rnn._C")
     except ImportError:
-        pass
+        prebuilt = None
+    if prebuilt is not None:
+        return _checked(prebuilt)
     reason = why_not_buildable()
     if reason is not None:
         raise RuntimeError(f"fused_rnn's CUDA extension cannot be built: {reason}")
     try:
-        return cpp_extension.load(
+        module = cpp_extension.load(
             name="fused_rnn_cuda",
             sources=[str(src / "binding.cpp")] + [str(src / f) for f in CUDA_SOURCES],
             extra_cflags=["-O3"], extra_cuda_cflags=list(NVCC_FLAGS),
-            extra_include_paths=[str(src)], verbose=_verbose())
+            extra_ldflags=list(LINK_FLAGS), extra_include_paths=[str(src)], verbose=_verbose())
     except Exception as e:  # a compiler error: say how to see it
         raise RuntimeError(
             f"building fused_rnn's CUDA extension failed ({type(e).__name__}: {e}). Set "
             f"FUSED_RNN_BUILD_VERBOSE=1 to see the compiler's output; the build is cached under "
             f"TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions)") from e
+    # Outside the try: a linkage error is not a compiler error.
+    return _checked(module)
+
+
+# ELF constants (System V gABI): program header PT_LOAD/PT_DYNAMIC, dynamic tags DT_NULL,
+# DT_NEEDED and DT_STRTAB.
+_PT_LOAD, _PT_DYNAMIC = 1, 2
+_DT_NULL, _DT_NEEDED, _DT_STRTAB = 0, 1, 5
+
+
+def needed_libraries(path) -> list[str]:
+    """The DT_NEEDED entries of an ELF64 shared library, in order, as readelf -d lists them.
+    A reader of its own (some 30 lines of struct) rather than pyelftools: the GPU machines
+    install fused_rnn offline with --no-deps (scripts/gpu_check.sh), so a new dependency would
+    stop the extension from loading there, and reading one table of the dynamic section needs
+    none."""
+    data = Path(path).read_bytes()
+    # EI_CLASS 2: 64-bit (every platform torch ships for); EI_DATA 1/2: little/big endian.
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] not in (1, 2):
+        raise ValueError(f"{path} is not an ELF64 file")
+    order = "<" if data[5] == 1 else ">"
+    # e_phoff at 32, e_phentsize and e_phnum at 54 and 56 (Elf64_Ehdr).
+    phoff, = struct.unpack_from(order + "Q", data, 32)
+    phentsize, phnum = struct.unpack_from(order + "HH", data, 54)
+    loads, dynamic = [], None
+    for i in range(phnum):
+        # Elf64_Phdr: p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz.
+        p_type, _, offset, vaddr, _, filesz = struct.unpack_from(order + "IIQQQQ", data,
+                                                                 phoff + i * phentsize)
+        if p_type == _PT_LOAD:
+            loads.append((vaddr, offset, filesz))
+        elif p_type == _PT_DYNAMIC:
+            dynamic = (offset, filesz)
+    if dynamic is None:  # statically linked: needs nothing
+        return []
+    needed, strtab = [], None
+    for pos in range(dynamic[0], dynamic[0] + dynamic[1], 16):  # Elf64_Dyn: d_tag, d_val
+        tag, value = struct.unpack_from(order + "qQ", data, pos)
+        if tag == _DT_NULL:
+            break
+        if tag == _DT_NEEDED:
+            needed.append(value)  # an offset into the string table
+        elif tag == _DT_STRTAB:
+            strtab = value  # a virtual address: the file offset is the PT_LOAD's that holds it
+    if not needed:
+        return []
+    base = next((offset + strtab - vaddr for vaddr, offset, filesz in loads
+                 if strtab is not None and vaddr <= strtab < vaddr + filesz), None)
+    if base is None:
+        raise ValueError(f"{path}: DT_STRTAB is in no loaded segment")
+    return [data[base + n:data.index(b"\0", base + n)].decode() for n in needed]
+
+
+def check_linkage(path) -> None:
+    """Raise RuntimeError unless the extension at path loads libstdc++ as a shared library
+    (a libstdc++.so* in its DT_NEEDED): with libstdc++ linked into it statically, the
+    binding's first error message, formatted through that private copy's iostreams, crashed
+    the process. Linux only: elsewhere the extension is no ELF file (Mach-O on macOS, PE on
+    Windows) and has no DT_NEEDED to read."""
+    if not sys.platform.startswith("linux"):
+        return
+    needed = needed_libraries(path)
+    if any(name.startswith("libstdc++.so") for name in needed):
+        return
+    path = Path(path)
+    # torch.utils.cpp_extension.load builds NAME.so in a directory NAME of its cache; the
+    # prebuilt fused_rnn._C lies in the package, beside __init__.py.
+    if path.parent.name == path.name.split(".")[0]:
+        rebuild = (f"delete its cached build directory {path.parent} (under "
+                   f"TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions) and the next use "
+                   f"rebuilds it")
+    else:
+        rebuild = ("reinstall it (FUSED_RNN_BUILD_CUDA=1 pip install --no-build-isolation . in "
+                   "the source checkout)")
+    raise RuntimeError(
+        f"fused_rnn's CUDA extension {path} does not load libstdc++ as a shared library (its "
+        f"NEEDED: {', '.join(needed) or 'none'}): libstdc++ was linked into it statically, and "
+        f"its iostreams would crash the process on the first error message. Rebuild it with "
+        f"libstdc++ shared: unset CXX wrappers and LDFLAGS that add -static-libstdc++, then "
+        f"{rebuild}.")
+
+
+def _checked(module):
+    check_linkage(module.__file__)
+    return module
 
 
 def _verbose() -> bool:

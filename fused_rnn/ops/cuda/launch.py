@@ -78,19 +78,21 @@ def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: 
     gi, w_hh = gi.contiguous(), w_hh.contiguous()
     b_hh = b_hh.contiguous() if b_hh is not None else None
     w_hr = w_hr.contiguous() if proj else None
-    hs, out, saved, cs, ms = recurrence.fwd_buffers(cell, gi, h0, c0, H, proj)
+    hs, out, saved, cs, ms = recurrence.fwd_buffers(cell, gi, h0, c0, H, proj, fill_first=False)
+    h_n = _alloc.empty((B, h0.shape[-1]), like=gi)
+    c_n = _alloc.empty((B, H), like=gi) if cell == "LSTM" else gi.new_empty(0)
     if B > 0:
         mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
         stream, device = _stream_and_device(gi)
-        with device:
+        with device:  # the kernels read h0, c0 and write h_n, c_n themselves
             used, plan = extension.load().rnn_fwd(
-                gi, w_hh, b_hh, w_hr, mask_u8, *_step_masks(masks), hs, cs, out, saved, ms,
+                gi, w_hh, b_hh, w_hr, mask_u8, *_step_masks(masks), h0.contiguous(),
+                None if c0 is None else c0.contiguous(), h_n, c_n, hs, cs, out, saved, ms,
                 CELL_CODES[cell], reverse, VARIANT_CODES[variant], plan_code(_plan.current),
                 store_saved, stream)
         last_used["fwd"] = VARIANT_NAMES[used]
         last_used["plan"] = plan_name(plan)
-    c_n = cs[T].to(gi.dtype, copy=True) if cell == "LSTM" else gi.new_empty(0)
-    return (out, hs[T].clone(), c_n, saved, hs, cs, ms) + recurrence.no_ln(saved, 3)
+    return (out, h_n, c_n, saved, hs, cs, ms) + recurrence.no_ln(saved, 3)
 
 
 def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
@@ -103,7 +105,13 @@ def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
     NG = GATES[cell]
     H = w_hh.shape[0] // NG
     proj = w_hr is not None
-    dout, carry_h, carry_c = recurrence.bwd_carries(cell, dout, dh_n, dc_n, hs, H)
+    acc = recurrence.acc_dtype(hs.dtype)
+    dout = torch.zeros_like(hs[1:]) if dout is None else dout.contiguous()
+    # The kernels start the carries from dh_n and dc_n themselves (params.h, BwdParams).
+    carry_h = torch.empty((B, HK), dtype=acc, device=hs.device)
+    carry_c = torch.empty((B, H), dtype=acc, device=hs.device) if cell == "LSTM" else carry_h
+    dh_n = None if dh_n is None else dh_n.to(hs.dtype).contiguous()
+    dc_n = None if dc_n is None or cell != "LSTM" else dc_n.to(hs.dtype).contiguous()
     dgh = _alloc.empty((T, B, NG * H), like=saved)
     dgi = _alloc.empty((T, B, NG * H), like=saved) if cell == "GRU" else dgh
     dhs = _alloc.empty((T, B, HK), like=saved) if proj else None  # dL/dh_t, for dW_hr
@@ -114,10 +122,10 @@ def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
         mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
         stream, device = _stream_and_device(hs)
         with device:
-            used = extension.load().rnn_bwd(w_t, w_hr_t, dout, saved, hs.contiguous(), cs, mask_u8,
-                                       *_step_masks(masks), dgh, dgi, dhs, carry_h, carry_c,
-                                       CELL_CODES[cell], reverse, VARIANT_CODES[variant],
-                                       stream)
+            used = extension.load().rnn_bwd(w_t, w_hr_t, dout, dh_n, dc_n, saved,
+                                            hs.contiguous(), cs, mask_u8, *_step_masks(masks),
+                                            dgh, dgi, dhs, carry_h, carry_c, CELL_CODES[cell],
+                                            reverse, VARIANT_CODES[variant], stream)
         last_used["bwd"] = VARIANT_NAMES[used]
     return recurrence.finish_bwd(cell, dgh, dgi, dhs, carry_h, carry_c, hs, ms, w_hh, w_hr,
                                  reverse, has_bias, masks) + recurrence.no_ln(w_hh, 4)
