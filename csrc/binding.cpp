@@ -369,8 +369,7 @@ Layer check_layer(const at::Tensor& x, const std::vector<at::Tensor>& w, int64_t
           "expected (G*H, HK), got " + shape_str(w_hh0.sizes()));
   L.HK = w_hh0.size(1);
   FRNN_REQUIRE(L.H >= 1 && L.HK >= 1, "weight_hh",
-               "expected H >= 1 (the kernels' sizes; hidden_size 0 runs outside them), got "
-               "shape " + shape_str(w_hh0.sizes()));
+               "expected H >= 1, got shape " + shape_str(w_hh0.sizes()));
   FRNN_REQUIRE(proj ? L.HK < L.H : L.HK == L.H, "weight_hh",
           std::string("expected ") + (proj ? "fewer columns than H = " : "H = ") + str(L.H) +
               " columns" + (proj ? " (the projection's size)" : "") + ", got " + str(L.HK));
@@ -404,6 +403,9 @@ layer_fwd(const at::Tensor& x_in, const std::vector<at::Tensor>& w, const OptTen
           const OptTensor& c0, const OptTensor& h_n_in, const OptTensor& c_n_in, int64_t LD,
           int64_t layer, const OptTensor& mask, int64_t cell, int64_t D, bool bias, bool proj,
           int64_t variant, int64_t plan, bool store_saved, bool poison, int64_t stream) {
+  // The GEMMs here run in the tensors' dtype: a caller's autocast region must not recast them
+  // (the kernels read gi as the weights' type).
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   check_variant(variant);
   FRNN_REQUIRE(plan >= 0 && plan < frnn::kPlanCodeEnd, "plan",
           "expected a cluster plan code (plans.h) or 0, got " + str(plan));
@@ -468,6 +470,25 @@ layer_fwd(const at::Tensor& x_in, const std::vector<at::Tensor>& w, const OptTen
   return {out, h_n, c_n, keep, used, used_plan};
 }
 
+// One step of a cell without a gradient to come (inference, a decode step): layer_fwd of a
+// one-step, one-layer sequence on x (B, I), h0, c0 (B, .) (absent: zeros), without the
+// Python-side reshapes (each a torch call of 1-2 us). Returns h' and c' (c': None unless
+// LSTM), views of h_n and c_n, and the variant that ran.
+std::tuple<at::Tensor, at::Tensor, int64_t> cell_fwd(
+    const at::Tensor& x, const std::vector<at::Tensor>& w, const OptTensor& h0,
+    const OptTensor& c0, int64_t cell, bool bias, int64_t variant, bool poison,
+    int64_t stream) {
+  FRNN_REQUIRE(x.dim() == 2, "input", "expected (B, I), got " + shape_str(x.sizes()));
+  FRNN_REQUIRE(!h0 || h0->dim() == 2, "h0", "expected (B, H), got " + shape_str(h0->sizes()));
+  FRNN_REQUIRE(!c0 || c0->dim() == 2, "c0", "expected (B, H), got " + shape_str(c0->sizes()));
+  const auto one = [](const OptTensor& t) { return t ? OptTensor(t->unsqueeze(0)) : OptTensor(); };
+  auto r = layer_fwd(x.unsqueeze(0), w, one(h0), one(c0), OptTensor(), OptTensor(), 1, 0,
+                     OptTensor(), cell, 1, bias, false, variant, 0, false, poison, stream);
+  const at::Tensor& c_n = std::get<2>(r);
+  return {std::get<1>(r).select(0, 0), c_n.defined() ? c_n.select(0, 0) : at::Tensor(),
+          std::get<4>(r)};
+}
+
 // Backward of layer_fwd. dout (T, B, D.HK) and the stack's dh_n, dc_n (L.D, B, .): the
 // gradients of the layer's output and final states (absent: zeros). saved: layer_fwd's
 // buffers. Fills dh0[k], dc0[k] of the stack's (L.D, B, .) gradients (allocated when absent)
@@ -476,11 +497,12 @@ layer_fwd(const at::Tensor& x_in, const std::vector<at::Tensor>& w, const OptTen
 // The GEMMs after the recurrence are those of the Python launchers (ops/recurrence.py,
 // finish_bwd, and F.linear's backward): the same products in the same dtypes.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t> layer_bwd(
-    const OptTensor& dout_in, const OptTensor& dh_n, const OptTensor& dc_n,
+    const OptTensor& dout_in, const OptTensor& dh_n_in, const OptTensor& dc_n_in,
     const at::Tensor& x_in, const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& kept,
     const OptTensor& dh0_in, const OptTensor& dc0_in, int64_t LD, int64_t layer,
     const OptTensor& mask, int64_t cell, int64_t D, bool bias, bool proj, int64_t variant,
     bool need_dx, int64_t stream) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   check_variant(variant);
   const Layer L = check_layer(x_in, w, cell, D, bias, proj);
   const c10::DeviceGuard guard(x_in.device());
@@ -496,13 +518,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t>
   at::Tensor dc0 = dc0_in ? *dc0_in : lstm ? at::empty({LD, B, H}, opt) : at::Tensor();
   check_full(dh0, "dh0", x_in, L.dt, {LD, B, HK});
   if (lstm) check_full(dc0, "dc0", x_in, L.dt, {LD, B, H});
+  // Gradients as autograd hands them over: any strides (a sum's backward is an expand).
+  const OptTensor dh_n = dh_n_in ? OptTensor(dh_n_in->contiguous()) : OptTensor();
+  const OptTensor dc_n = lstm && dc_n_in ? OptTensor(dc_n_in->contiguous()) : OptTensor();
   if (dh_n) check_full(*dh_n, "dh_n", x_in, L.dt, {LD, B, HK});
-  if (lstm && dc_n) check_full(*dc_n, "dc_n", x_in, L.dt, {LD, B, H});
+  if (dc_n) check_full(*dc_n, "dc_n", x_in, L.dt, {LD, B, H});
   const uint8_t* mask_p = u8_ptr(mask, "mask", x_in, {T, B}, true);
   const at::Tensor dout = dout_in ? dout_in->contiguous() : at::zeros({T, B, D * HK}, opt);
-  check_shape(dout, "dout", {T, B, D * HK});
-  FRNN_REQUIRE(dout.scalar_type() == L.dt, "dout",
-          "expected dtype " + dtype_str(L.dt) + ", got " + dtype_str(dout.scalar_type()));
+  check_full(dout, "dout", x_in, L.dt, {T, B, D * HK});
   const at::Tensor x = x_in.contiguous().view({T * B, L.I});
   const bool same = L.dt == L.acc;  // fp32/fp64: the carries can be dh0/dc0 themselves
   at::Tensor dx;
@@ -600,6 +623,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rnn_bwd", &rnn_bwd, "backward of one layer and direction");
   m.def("layer_fwd", &layer_fwd, "forward of a layer, every direction, input GEMM included");
   m.def("layer_bwd", &layer_bwd, "backward of layer_fwd, weight-gradient GEMMs included");
+  m.def("cell_fwd", &cell_fwd, "one cell step without a gradient, input GEMM included");
   m.def("device_info", &device_info, "SMs, shared memory and compute capability");
   m.attr("emulated") = kEmulated;
 #ifdef FRNN_EMULATE

@@ -147,11 +147,13 @@ def _fast_stack(mode, input, weights, hx, bias, num_layers, batch_first, dropout
     h0 = c0 = None
     if hx is not None:
         if mode == "LSTM":
-            if type(hx) is not tuple or len(hx) != 2:
+            if type(hx) is not tuple or len(hx) != 2 or hx[0] is None or hx[1] is None:
                 return None
             h0, c0 = hx
         else:
             h0 = hx
+    if type(weights) not in (list, tuple) or len(weights) != cfg.layers * cfg.per_layer:
+        return None
     x = input.transpose(0, 1) if batch_first else input
     try:
         out, h_n, c_n = (_cuda_stack_module or _cuda_stack()).run(cfg, x, None, h0, c0, weights,
@@ -244,7 +246,10 @@ def _run_whole(mode, x, seq, h0, c0, weights, *, bias, proj, num_layers, bidirec
     if x.shape[1] == 0:  # nothing for a kernel to do: empty outputs of the right shapes
         return _run_empty(mode, x, seq, h0, c0, weights, bias, proj, num_layers, bidirectional)
     cfg = stack.Config.of(mode, num_layers, bidirectional, bias, proj)
-    output, h_n, c_n = stack.run(cfg, x, mask, h0, c0, weights)
+    # The binding takes contiguous tensors only (the fast path falls back here for others).
+    contiguous = lambda t: None if t is None else t.contiguous()  # noqa: E731
+    output, h_n, c_n = stack.run(cfg, x, mask, contiguous(h0), contiguous(c0),
+                                 [w.contiguous() for w in weights])
     if seq is not None:
         output = _packing.pack_like(output, seq, index)
     return output, h_n, (c_n if mode == "LSTM" else None)
@@ -365,8 +370,8 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, training=False, reg=
     """One step of a cell. labels name w_ih, w_hh, b_ih, b_hh in messages (the modules pass
     their parameters' names, weight_ih, ...). Checks run in torch's order: the ranks of input
     and hx, then input_size, then each state's batch and hidden sizes."""
-    if backend in _FAST_BACKENDS and ln is None and (reg is None or (type(reg) is Regularization and not reg.any)) \
-            and type(input) is Tensor:
+    if backend in _FAST_BACKENDS and ln is None and type(input) is Tensor \
+            and (reg is None or (type(reg) is Regularization and not reg.any)):
         fast = _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend)
         if fast is not None:
             return fast
@@ -453,7 +458,7 @@ def _cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend, training=False, reg=
 def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
     """A plain batched cell step as a one-step layer of ops/cuda/stack.py (see _fast_stack), or
     None where the full path must run it."""
-    if input.dim() != 2 or (b_ih is None) != (b_hh is None) \
+    if backend not in _FAST_BACKENDS or input.dim() != 2 or (b_ih is None) != (b_hh is None) \
             or (input.is_cuda and torch.is_autocast_enabled("cuda")) \
             or torch.compiler.is_compiling():
         return None
@@ -463,7 +468,7 @@ def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
     h = c = None
     if hx is not None:
         if mode == "LSTM":
-            if type(hx) is not tuple or len(hx) != 2:
+            if type(hx) is not tuple or len(hx) != 2 or hx[0] is None or hx[1] is None:
                 return None
             h, c = hx
         else:
@@ -471,14 +476,16 @@ def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
         if h.dim() != 2 or (c is not None and c.dim() != 2):
             return None
     bias = b_ih is not None
-    cfg = _configs.get((mode, bias))
-    if cfg is None:
-        cfg = _configs[(mode, bias)] = _cuda_stack().Config.of(mode, 1, False, bias, False)
+    weights = (w_ih, w_hh, b_ih, b_hh) if bias else (w_ih, w_hh)
+    stack = _cuda_stack_module or _cuda_stack()
     try:
-        _, h_n, c_n = _cuda_stack().run(
-            cfg, input[None], None, None if h is None else h[None],
-            None if c is None else c[None], (w_ih, w_hh, b_ih, b_hh) if bias else (w_ih, w_hh),
-            ext)
+        if not torch.is_grad_enabled():  # a decode step: the binding's cell entry
+            return stack.cell_step(mode, input, h, c, weights, ext)
+        cfg = _configs.get((mode, bias))
+        if cfg is None:
+            cfg = _configs[(mode, bias)] = stack.Config.of(mode, 1, False, bias, False)
+        _, h_n, c_n = stack.run(cfg, input[None], None, None if h is None else h[None],
+                                None if c is None else c[None], weights, ext)
     except (ext.ArgumentError, TypeError):  # TypeError: pybind11's, an argument not a Tensor
         return None
     return h_n[0], (None if c_n is None else c_n[0])

@@ -80,6 +80,12 @@ def lbwd(**kw):  # layer_bwd of lfwd()'s result
     a.update(kw)
     return ext.layer_bwd(*a.values())
 
+def cell(**kw):  # cell_fwd of an LSTMCell
+    a = dict(x=t(B, I), w=lweights(), h0=None, c0=None, cell=0, bias=True, variant=1,
+             poison=False, stream=0)
+    a.update(kw)
+    return ext.cell_fwd(*a.values())
+
 CASES = {
     # rnn_fwd
     "cell": lambda: fwd(cell=7),
@@ -172,6 +178,12 @@ CASES = {
     "lf h0": lambda: lfwd(h0=t(1, B + 1, H)),
     "lf c0": lambda: lfwd(c0=t(1, B, H, dtype=torch.float64)),
     "lf mask": lambda: lfwd(mask=u8(T, B).float()),
+    # cell_fwd
+    "cell input": lambda: cell(x=t(T, B, I)),
+    "cell h0": lambda: cell(h0=t(1, B, H)),
+    "cell c0": lambda: cell(c0=t(H)),
+    "cell h0 shape": lambda: cell(h0=t(B + 1, H)),
+    "cell weights": lambda: cell(w=lweights()[:2]),
     # layer_bwd
     "lb variant": lambda: lbwd(variant=-2),
     "lb saved count": lambda: lbwd(kept=[]),
@@ -220,6 +232,8 @@ NAMED = {
     "weight_hh shape": "weight_hh", "bias_ih": "bias_ih", "bias_hh": "bias_hh",
     "weight_hr": "weight_hr", "layer": "layer", "lf h_n": "h_n", "lf c_n": "c_n", "lf h0": "h0",
     "lf c0": "c0", "lf mask": "mask",
+    "cell input": "input", "cell h0": "h0", "cell c0": "c0", "cell h0 shape": "h0",
+    "cell weights": "weights",
     "lb variant": "variant", "lb saved count": "saved", "lb layer": "layer", "dh0": "dh0",
     "dc0": "dc0", "lb dh_n": "dh_n", "lb dc_n": "dc_n", "lb mask": "mask", "lb dout": "dout",
     "lb dout dtype": "dout", "lb saved": "saved", "lb hs": "hs", "lb cs": "cs", "lb ms": "ms",

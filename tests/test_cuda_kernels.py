@@ -284,3 +284,58 @@ def test_bench_cuda_providers_pin_the_variant():
         fn, _ = S.build(provider, "GRU", (3, 2, 4, 8), "fp32", torch.device(DEVICE))
         fn(torch.randn(3, 2, 4, device=DEVICE, requires_grad=True)).sum().backward()
         assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["bwd"]) == (expected, expected)
+
+
+def _twin(cls=nn.LSTM, **kw):
+    torch.manual_seed(3)
+    ref = cls(4, 5, dtype=torch.float64, device=DEVICE, **kw)
+    ours = copy.deepcopy(ref)
+    return ref, fused_rnn.convert(ours, "cuda")
+
+
+def test_whole_layer_path_takes_what_nn_lstm_takes():
+    """The whole-layer path (ops/cuda/stack.py) on calls its fast entry refuses or that reach
+    its backward unusually: an expanded (learned) h0, a non-contiguous weight, torch.func's
+    functional_call, a gradient of h_n only (an expand), retain_graph twice, and a CPU autocast
+    region around forward and backward. Each against nn.LSTM in float64."""
+    ref, ours = _twin(num_layers=2, bidirectional=True)
+    x = torch.randn(3, 2, 4, dtype=torch.float64, device=DEVICE)
+    h0 = torch.randn(1, 1, 5, dtype=torch.float64, device=DEVICE).expand(4, 2, 5)
+    c0 = torch.randn(4, 2, 5, dtype=torch.float64, device=DEVICE)
+    for m in (ref, ours):
+        m.weight_hh_l1.data = m.weight_hh_l1.data.t().contiguous().t()  # non-contiguous
+        assert not m.weight_hh_l1.is_contiguous()
+    want, got = ref(x, (h0, c0)), ours(x, (h0, c0))
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(got[1][1], want[1][1], rtol=0, atol=1e-12)
+    # functional_call: the weights passed in, not the module's own
+    zeros = {k: torch.zeros_like(v) for k, v in ours.named_parameters()}
+    out = torch.func.functional_call(ours, zeros, (x,))[0]
+    assert torch.equal(out, torch.zeros_like(out))
+    # a gradient of h_n alone (sum's backward hands over an expand), twice with retain_graph
+    grads = []
+    for m in (ref, ours):
+        h_n = m(x)[1][0]
+        loss = h_n.sum()
+        loss.backward(retain_graph=True)
+        first = m.weight_ih_l0.grad.clone()
+        loss.backward()
+        torch.testing.assert_close(m.weight_ih_l0.grad, 2 * first, rtol=0, atol=1e-12)
+        grads.append(first)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-12)
+    if DEVICE == "cpu":  # an autocast region on the CPU leaves the fused backends' dtypes alone
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = ours(x)[0]
+            out.sum().backward()
+        torch.testing.assert_close(out, ref(x)[0], rtol=0, atol=1e-12)
+
+
+def test_whole_layer_path_refuses_what_nn_lstm_refuses():
+    _, ours = _twin()
+    x = torch.randn(3, 2, 4, dtype=torch.float64, device=DEVICE)
+    h = torch.zeros(1, 2, 5, dtype=torch.float64, device=DEVICE)
+    with pytest.raises((TypeError, RuntimeError)):
+        ours(x, (h, None))
+    weights = list(ours._flat_weights)
+    with pytest.raises(ValueError, match="weights: expected 4 tensors"):
+        fused_rnn.functional.lstm(x, weights + weights[:1], backend="cuda")

@@ -114,13 +114,15 @@ def test_backward_is_one_kernel_and_the_weight_gemms(cls, bidirectional):
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="the emulated build's counter (CPU)")
-def test_cell_step_is_one_gemm_and_one_kernel():
-    m = _module(fused_rnn.LSTMCell)
+@pytest.mark.parametrize("cls", [fused_rnn.LSTMCell, fused_rnn.GRUCell], ids=["LSTM", "GRU"])
+def test_cell_step_is_one_gemm_and_one_kernel(cls):
+    m = _module(cls)
     x, h, c = (torch.randn(2, k, device=DEVICE) for k in (5, 6, 6))
+    hx = (h, c) if cls is fused_rnn.LSTMCell else h
     with torch.no_grad():
-        m(x, (h, c))
+        m(x, hx)
         before = _launches()
-        ops = device_work(lambda: m(x, (h, c)))
+        ops = device_work(lambda: m(x, hx))
         launches = _launches() - before
     assert ops == Counter({"aten::addmm": 1}), ops
     assert launches == 1, launches
@@ -143,3 +145,19 @@ def test_gpu_forward_kernels(cls):
     ours = [n for n in names if "rnn_" in n]
     gemm = [n for n in names if any(k in n.lower() for k in ("gemm", "cutlass", "xmma"))]
     assert len(ours) == 1 and len(ours) + len(gemm) == len(names), names
+
+
+@pytest.mark.gpu
+def test_gpu_kernel_attributes_follow_the_largest_size():
+    """Kernel attributes are set once per (device, kernel) and raised, never lowered: a layer
+    that needs less opt-in shared memory between two that need more leaves them their room
+    (H = 1024 and 768 in fp32 keep 128 KB and 72 KB of W_hh per block on 132 SMs)."""
+    from fused_rnn.ops.cuda import launch
+    x = torch.randn(4, 2, 32, device="cuda")
+    with launch.variant("persistent"), torch.no_grad():
+        for H in (1024, 768, 1024):
+            m = fused_rnn.LSTM(32, H, backend="cuda", device="cuda")
+            ref = fused_rnn.LSTM(32, H, backend="reference", device="cuda")
+            ref.load_state_dict(m.state_dict())
+            torch.testing.assert_close(m(x)[0], ref(x)[0], rtol=1e-4, atol=1e-5)
+            assert launch.last_used["fwd"] == "persistent", (H, launch.last_used)

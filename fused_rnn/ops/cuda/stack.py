@@ -69,37 +69,41 @@ class _Stack(torch.autograd.Function):
     def forward(ctx, ext, cfg, variant, plan, x, mask, h0, c0, *weights):
         out, h_n, c_n, kept, inputs = _forward(ext, cfg, x, mask, h0, c0, weights, variant, plan,
                                                True)
-        ctx.save_for_backward(x, mask, *weights)
-        ctx.ext, ctx.cfg, ctx.variant, ctx.kept = ext, cfg, variant, kept
-        # Later layers' inputs: this node's own intermediates (no version check needed).
-        ctx.inputs = [None] + inputs[1:]
+        # Everything through save_for_backward, intermediates too (later layers' inputs, the
+        # kernels' buffers): saved-tensor hooks see them and retain_graph works.
+        ctx.save_for_backward(x, mask, *weights, *inputs[1:], *(t for k in kept for t in k))
+        ctx.ext, ctx.cfg, ctx.variant = ext, cfg, variant
         ctx.set_materialize_grads(False)  # absent gradients stay None: the kernels read zeros
         return out, h_n, c_n
 
     @staticmethod
     def backward(ctx, dout, dh_n, dc_n):
         ext, cfg = ctx.ext, ctx.cfg
-        x, mask, *weights = ctx.saved_tensors
-        per, LD = cfg.per_layer, cfg.layers * cfg.directions
+        L, per, LD = cfg.layers, cfg.per_layer, cfg.layers * cfg.directions
+        x, mask, *rest = ctx.saved_tensors
+        weights, rest = rest[:L * per], rest[L * per:]
+        inputs, rest = [x] + rest[:L - 1], rest[L - 1:]
+        n = 4 * cfg.directions  # buffers per layer (binding.cpp, layer_fwd)
         stream = _stream(x)
         grads = [None] * len(weights)
         dh0 = dc0 = None
-        for layer in reversed(range(cfg.layers)):
+        for layer in reversed(range(L)):
             dout, dh0, dc0, g, used = ext.layer_bwd(
-                dout, dh_n, dc_n, x if layer == 0 else ctx.inputs[layer],
-                weights[layer * per:(layer + 1) * per], ctx.kept[layer], dh0, dc0, LD, layer,
-                mask, cfg.cell, cfg.directions, cfg.bias, cfg.proj, ctx.variant,
+                dout, dh_n, dc_n, inputs[layer], weights[layer * per:(layer + 1) * per],
+                rest[layer * n:(layer + 1) * n], dh0, dc0, LD, layer, mask, cfg.cell,
+                cfg.directions, cfg.bias, cfg.proj, ctx.variant,
                 layer > 0 or ctx.needs_input_grad[4], stream)
             grads[layer * per:(layer + 1) * per] = g
         last_used["bwd"] = VARIANT_NAMES[used]
-        ctx.kept = ctx.inputs = None
         grads = (None, None, None, None, dout, None, dh0 if ctx.needs_input_grad[6] else None,
                  dc0 if ctx.needs_input_grad[7] else None, *grads)
         # Grad mode is on here only under create_graph=True: a second derivative must say why
-        # it cannot be had (ops/recurrence.py).
+        # it cannot be had (ops/recurrence.py). The anchor: any input in the forward's graph.
         if torch.is_grad_enabled():
-            anchor = next(w for w in (x, *weights) if w.requires_grad)
-            grads = refuse_double_backward("cuda", anchor, grads)
+            anchor = next((t for t in (x, *ctx.saved_tensors[2:2 + L * per])
+                           if t.requires_grad), None)
+            if anchor is not None:
+                grads = refuse_double_backward("cuda", anchor, grads)
         return grads
 
 
@@ -135,3 +139,14 @@ def _any_requires_grad(weights) -> bool:
         if w.requires_grad:
             return True
     return False
+
+
+def cell_step(mode: str, x: Tensor, h: Optional[Tensor], c: Optional[Tensor],
+              weights: Sequence[Tensor], ext):
+    """One cell step without a gradient: x (B, I), h, c (B, .) or None (zeros). Returns h', c'
+    (c' None unless LSTM). The binding checks the tensors (ArgumentError)."""
+    h_new, c_new, used = ext.cell_fwd(
+        x, weights, h, c, CELL_CODES[mode], len(weights) == 4, VARIANT_CODES[_variants.current],
+        _alloc._poison, torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0)
+    last_used["fwd"] = VARIANT_NAMES[used]
+    return h_new, c_new
