@@ -153,7 +153,8 @@ def timed_rows(n):
         med, p20, p80 = time_calls(call, reset, n, grad)
         lin = time_calls(lin_call, lin_reset, max(100, n // 4), False)[0]
         results.append(dict(row, median_us=round(med, 2), p20_us=round(p20, 2),
-                            p80_us=round(p80, 2), linear_us=round(lin, 2)))
+                            p80_us=round(p80, 2), linear_us=round(lin, 2),
+                            instructions=None))  # filled in by --callgrind
         print(f"{label(row):40s} {med:8.1f} us (p20 {p20:6.1f}, p80 {p80:6.1f})  "
               f"F.linear {lin:5.1f} us", flush=True)
     return results
@@ -226,6 +227,19 @@ def callgrind(calls: int):
         return counts
 
 
+def _commit():
+    """The checkout's commit, "-dirty" when it has changes (None outside a git checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=2000, help="timed calls per row")
@@ -250,6 +264,7 @@ def main():
                     torch=torch.__version__, python=platform.python_version(),
                     machine=platform.machine(), cpus=os.cpu_count(),
                     load_avg=round(os.getloadavg()[0], 2), date=time.strftime("%Y-%m-%d"),
+                    commit=_commit(),
                     torch_floors_us=floors(args.calls))
         print("torch here:", meta["torch_floors_us"])
         if args.callgrind:

@@ -601,6 +601,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t>
   return {dx, dh0, dc0, grads, used};
 }
 
+// The layout of a PackedSequence (checked by the caller, fused_rnn/checks.py check_packed):
+// for every row of its data, the time step and the batch row in the caller's order, and the
+// (T, B) step mask, on like's device. The same indices as fused_rnn/_packing.py's
+// layout_index (the reference backend's). batch_sizes is on the CPU, so the steps and the rows
+// in sorted order are plain loops here and one copy to the device; only the permutation to
+// the caller's order (sorted_indices, on the device) is device work. (As ATen ops the index
+// cost about 60 us a call on a 2-core CPU.)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> packed_index(const at::Tensor& batch_sizes,
+                                                            const OptTensor& sorted_indices,
+                                                            const at::Tensor& like) {
+  FRNN_REQUIRE(batch_sizes.dim() == 1 && batch_sizes.numel() >= 1 && batch_sizes.is_cpu(),
+               "batch_sizes", "expected a non-empty 1-D CPU tensor, got " +
+                                  shape_str(batch_sizes.sizes()) + " on " +
+                                  batch_sizes.device().str());
+  const c10::DeviceGuard guard(like.device());
+  const at::Tensor sizes = batch_sizes.to(at::kLong).contiguous();
+  const int64_t* bs = sizes.data_ptr<int64_t>();
+  const int64_t T = sizes.size(0), B = bs[0], N = like.size(0);
+  const auto cpu_long = at::TensorOptions().dtype(at::kLong);
+  // Rows 0..N-1: step t, slot j (its place in the sorted batch); then the (T, B) mask of the
+  // sorted batch (slot j < batch_sizes[t]).
+  at::Tensor host = at::empty({2 * N + T * B}, cpu_long);
+  int64_t* h = host.data_ptr<int64_t>();
+  int64_t row = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    FRNN_REQUIRE(bs[t] >= 1 && bs[t] <= B && row + bs[t] <= N, "batch_sizes",
+                 "expected positive, non-increasing sizes summing to the data's rows");
+    for (int64_t j = 0; j < bs[t]; ++j, ++row) {
+      h[row] = t;
+      h[N + row] = j;
+    }
+    for (int64_t j = 0; j < B; ++j) h[2 * N + t * B + j] = j < bs[t];
+  }
+  FRNN_REQUIRE(row == N, "batch_sizes",
+               "expected sizes summing to the data's " + str(N) + " rows, got " + str(row));
+  const at::Tensor dev = host.to(like.device());
+  const at::Tensor t_idx = dev.narrow(0, 0, N), j_idx = dev.narrow(0, N, N);
+  at::Tensor mask = dev.narrow(0, 2 * N, T * B).view({T, B}).to(at::kBool);
+  if (!sorted_indices) return {t_idx, j_idx, mask};
+  const at::Tensor b_idx = sorted_indices->index_select(0, j_idx);
+  // mask[t, sorted[j]] = sorted_mask[t, j]
+  return {t_idx, b_idx, at::empty_like(mask).index_copy_(1, *sorted_indices, mask)};
+}
+
 std::map<std::string, int64_t> device_info() {
   int sms = 0, smem = 0, major = 0, minor = 0;
   const int status = frnn::device_summary(&sms, &smem, &major, &minor);
@@ -624,6 +668,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layer_fwd", &layer_fwd, "forward of a layer, every direction, input GEMM included");
   m.def("layer_bwd", &layer_bwd, "backward of layer_fwd, weight-gradient GEMMs included");
   m.def("cell_fwd", &cell_fwd, "one cell step without a gradient, input GEMM included");
+  m.def("packed_index", &packed_index, "a PackedSequence's row index and step mask");
   m.def("device_info", &device_info, "SMs, shared memory and compute capability");
   m.attr("emulated") = kEmulated;
 #ifdef FRNN_EMULATE

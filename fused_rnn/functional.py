@@ -92,6 +92,7 @@ def _cast(dtype, x, seq, h0, c0, weights):
 # path's Python costs about 100 us a call before the first kernel (benchmarks/README.md).
 
 _FAST_BACKENDS = ("cuda", "auto")
+_FAST_INPUTS = (Tensor, PackedSequence)
 _configs: dict = {}   # checked options -> ops/cuda/stack.Config
 _resolved: dict = {}  # (backend, device, dtype, proj, cell, emulation) -> extension or None
 
@@ -137,11 +138,25 @@ def _fast_stack(mode, input, weights, hx, bias, num_layers, batch_first, dropout
             return None
         cfg = _configs[options] = _cuda_stack().Config.of(mode, num_layers, bidirectional,
                                                           bias, proj_size > 0)
-    if (input.dim() != 3 or (training and dropout > 0 and num_layers > 1)
-            or (input.is_cuda and torch.is_autocast_enabled("cuda"))
+    packed = type(input) is PackedSequence
+    if packed:  # checked here as on the full path: the binding cannot see its layout
+        like = input.data
+        if type(like) is not Tensor or like.dim() != 2 or (
+                input.sorted_indices is not None and input.sorted_indices.device != like.device):
+            return None
+        try:
+            checks.check_packed(input)
+        except (TypeError, ValueError):  # the full path raises it, in its order of checks
+            return None
+    else:
+        like = input
+        if input.dim() != 3:
+            return None
+    if ((training and dropout > 0 and num_layers > 1)
+            or (like.is_cuda and torch.is_autocast_enabled("cuda"))
             or torch.compiler.is_compiling()):
         return None
-    ext = _fast_extension(backend, input, proj_size > 0)
+    ext = _fast_extension(backend, like, proj_size > 0)
     if ext is None:
         return None
     h0 = c0 = None
@@ -154,18 +169,24 @@ def _fast_stack(mode, input, weights, hx, bias, num_layers, batch_first, dropout
             h0 = hx
     if type(weights) not in (list, tuple) or len(weights) != cfg.layers * cfg.per_layer:
         return None
-    x = input.transpose(0, 1) if batch_first else input
     try:
-        out, h_n, c_n = (_cuda_stack_module or _cuda_stack()).run(cfg, x, None, h0, c0, weights,
+        if packed:  # padded and masked, as on the full path (_run_whole)
+            t_idx, b_idx, mask = ext.packed_index(input.batch_sizes, input.sorted_indices, like)
+            x = _packing.unpack(input, (t_idx, b_idx))
+        else:
+            x, mask = (input.transpose(0, 1) if batch_first else input), None
+        out, h_n, c_n = (_cuda_stack_module or _cuda_stack()).run(cfg, x, mask, h0, c0, weights,
                                                                   ext)
     except (ext.ArgumentError, TypeError):  # TypeError: pybind11's, an argument not a Tensor
         return None
+    if packed:
+        return _packing.pack_like(out, input, (t_idx, b_idx)), h_n, c_n
     return (out.transpose(0, 1) if batch_first else out), h_n, c_n
 
 
 def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, training,
          bidirectional, proj_size, backend, reg: Regularization = None, ln=None):
-    if backend in _FAST_BACKENDS and type(input) is Tensor and ln is None \
+    if backend in _FAST_BACKENDS and type(input) in _FAST_INPUTS and ln is None \
             and (reg is None or (type(reg) is Regularization and not reg.any)):
         fast = _fast_stack(mode, input, weights, hx, bias, num_layers, batch_first, dropout,
                            training, bidirectional, proj_size, backend)

@@ -150,7 +150,7 @@ class _FusedRNNBase(_Backend):
         """As nn.LSTM/GRU/RNN.forward: returns (output, (h_n, c_n)) for LSTM, else (output, h_n)."""
         weights = _rnn_weights(self)
         mode = self.mode
-        if (type(input) is Tensor and mode in CELLS and not self.regularization.any
+        if (type(input) in F._FAST_INPUTS and mode in CELLS and not self.regularization.any
                 and not self.__dict__.get("_layer_norm_names")):
             # A plain call: functional's fast path, without the keyword plumbing below (on a
             # 2-core CPU each Python layer between here and the binding costs 1-3 us).

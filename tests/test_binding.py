@@ -184,6 +184,8 @@ CASES = {
     "cell c0": lambda: cell(c0=t(H)),
     "cell h0 shape": lambda: cell(h0=t(B + 1, H)),
     "cell weights": lambda: cell(w=lweights()[:2]),
+    # packed_index
+    "batch_sizes": lambda: ext.packed_index(torch.tensor([[2, 1]]), None, t(3, I)),
     # layer_bwd
     "lb variant": lambda: lbwd(variant=-2),
     "lb saved count": lambda: lbwd(kept=[]),
@@ -233,7 +235,7 @@ NAMED = {
     "weight_hr": "weight_hr", "layer": "layer", "lf h_n": "h_n", "lf c_n": "c_n", "lf h0": "h0",
     "lf c0": "c0", "lf mask": "mask",
     "cell input": "input", "cell h0": "h0", "cell c0": "c0", "cell h0 shape": "h0",
-    "cell weights": "weights",
+    "cell weights": "weights", "batch_sizes": "batch_sizes",
     "lb variant": "variant", "lb saved count": "saved", "lb layer": "layer", "dh0": "dh0",
     "dc0": "dc0", "lb dh_n": "dh_n", "lb dc_n": "dc_n", "lb mask": "mask", "lb dout": "dout",
     "lb dout dtype": "dout", "lb saved": "saved", "lb hs": "hs", "lb cs": "cs", "lb ms": "ms",
