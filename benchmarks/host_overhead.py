@@ -228,12 +228,14 @@ def callgrind(calls: int):
 
 
 def _commit():
-    """The checkout's commit, "-dirty" when it has changes (None outside a git checkout)."""
+    """The checkout's commit, "-dirty" when its code has changes (None outside a git
+    checkout)."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
                               capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":!benchmarks/results"],  # (this run's own output)
                                cwd=root, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
