@@ -495,8 +495,9 @@ std::tuple<at::Tensor, at::Tensor, int64_t> cell_fwd(
 // Backward of layer_fwd. dout (T, B, D.HK) and the stack's dh_n, dc_n (L.D, B, .): the
 // gradients of the layer's output and final states (absent: zeros). saved: layer_fwd's
 // buffers. Fills dh0[k], dc0[k] of the stack's (L.D, B, .) gradients (allocated when absent)
-// and returns dx (None unless need_dx), dh0, dc0, the weights' gradients in their order and
-// the variant that ran.
+// and returns dx (None unless need_dx), dh0, dc0, the weights' gradients in their order (None
+// where need_w, one flag per weight of the layer, says no; empty need_w: all) and the variant
+// that ran.
 // The GEMMs after the recurrence are those of the Python launchers (ops/recurrence.py,
 // finish_bwd, and F.linear's backward): the same products in the same dtypes.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t> layer_bwd(
@@ -504,7 +505,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t>
     const at::Tensor& x_in, const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& kept,
     const OptTensor& dh0_in, const OptTensor& dc0_in, int64_t LD, int64_t layer,
     const OptTensor& mask, int64_t cell, int64_t D, bool bias, bool proj, int64_t variant,
-    bool need_dx, int64_t stream) {
+    bool need_dx, const std::vector<bool>& need_w, int64_t stream) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // (as layer_fwd)
   check_variant(variant);
@@ -584,21 +585,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t>
       dh0_k.copy_(at::addmm(carry_h, dg_first, w_hh.to(L.acc)));
       if (lstm) dc0_k.copy_(carry_c);
     }
-    // dW_hh = dgatesT.h_prev over all T.B rows; h_prev in time order (hs is in processing
-    // order: the reverse direction's is flipped, a copy).
-    at::Tensor h_prev = hs.slice(0, 0, T);
-    if (d == 1) h_prev = h_prev.flip(0);
     const at::Tensor dg2 = dgh.view({T * B, GH});
     // The input GEMM's backward, as F.linear's: in the input dtype.
     const at::Tensor dgi2 = dgi.view({T * B, GH}).to(L.dt);
-    // In the order of the weights: dW_ih, dW_hh, [db_ih, db_hh], [dW_hr].
-    grads.push_back(dgi2.t().mm(x));
-    grads.push_back(dg2.t().mm(h_prev.to(L.acc).reshape({T * B, HK})).to(L.dt));
-    if (bias) {
-      grads.push_back(dgi2.sum(0));
-      grads.push_back(dg2.sum(0).to(L.dt));
+    // In the order of the weights: dW_ih, dW_hh, [db_ih, db_hh], [dW_hr]; None for a weight
+    // that needs no gradient (a frozen one), whose GEMM is skipped.
+    const auto wants = [&](size_t k) {
+      const size_t i = size_t(d * L.per) + k;
+      return need_w.empty() || (i < need_w.size() && need_w[i]);
+    };
+    grads.push_back(wants(0) ? dgi2.t().mm(x) : at::Tensor());
+    if (wants(1)) {
+      // dW_hh = dgatesT.h_prev over all T.B rows; h_prev in time order (hs is in processing
+      // order: the reverse direction's is flipped, a copy).
+      at::Tensor h_prev = hs.slice(0, 0, T);
+      if (d == 1) h_prev = h_prev.flip(0);
+      grads.push_back(dg2.t().mm(h_prev.to(L.acc).reshape({T * B, HK})).to(L.dt));
+    } else {
+      grads.push_back(at::Tensor());
     }
-    if (proj) grads.push_back(dhs.view({T * B, HK}).t().mm(ms.view({T * B, H}).to(L.acc)).to(L.dt));
+    if (bias) {
+      grads.push_back(wants(2) ? dgi2.sum(0) : at::Tensor());
+      grads.push_back(wants(3) ? dg2.sum(0).to(L.dt) : at::Tensor());
+    }
+    if (proj)
+      grads.push_back(wants(size_t(L.per - 1))
+                          ? dhs.view({T * B, HK}).t().mm(ms.view({T * B, H}).to(L.acc)).to(L.dt)
+                          : at::Tensor());
     if (need_dx) dx = d == 0 ? dgi2.mm(w_ih) : dx.addmm_(dgi2, w_ih);
   }
   if (dx.defined()) dx = dx.view({T, B, L.I});

@@ -76,7 +76,7 @@ def lbwd(**kw):  # layer_bwd of lfwd()'s result
     _, h_n, c_n, kept, _, _ = lfwd(x=x, w=w)
     a = dict(dout=t(T, B, H), dh_n=None, dc_n=None, x=x, w=w, kept=kept, dh0=None, dc0=None,
              LD=1, layer=0, mask=None, cell=0, D=1, bias=True, proj=False, variant=1,
-             need_dx=True, stream=0)
+             need_dx=True, need_w=[], stream=0)
     a.update(kw)
     return ext.layer_bwd(*a.values())
 

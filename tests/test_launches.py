@@ -161,3 +161,24 @@ def test_gpu_kernel_attributes_follow_the_largest_size():
             ref.load_state_dict(m.state_dict())
             torch.testing.assert_close(m(x)[0], ref(x)[0], rtol=1e-4, atol=1e-5)
             assert launch.last_used["fwd"] == "persistent", (H, launch.last_used)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the emulated build's counter (CPU)")
+def test_backward_skips_the_gemms_of_frozen_weights():
+    """A frozen weight (requires_grad False) costs no gradient GEMM; dx still comes, as the
+    input needs it."""
+    from fused_rnn.ops.cuda import launch
+    m = _module(fused_rnn.LSTM)
+    m.weight_ih_l0.requires_grad_(False)
+    m.bias_hh_l0.requires_grad_(False)
+    x = torch.randn(3, 2, 5, device=DEVICE, requires_grad=True)
+    with launch.variant("persistent"):
+        out = m(x)[0]
+        g = torch.randn_like(out)
+        ops = device_work(lambda: out.backward(g))
+    # dh0's GEMM, dW_hh, dx; one bias sum; W_hh's transposed copy
+    assert ops == Counter({"aten::contiguous": 1, "aten::addmm_": 1, "aten::mm": 2,
+                           "aten::sum": 1}), ops
+    assert m.weight_ih_l0.grad is None and m.bias_hh_l0.grad is None
+    assert m.weight_hh_l0.grad is not None and m.bias_ih_l0.grad is not None
+    assert x.grad is not None

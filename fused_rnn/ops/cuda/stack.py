@@ -92,7 +92,8 @@ class _Stack(torch.autograd.Function):
                 dout, dh_n, dc_n, inputs[layer], weights[layer * per:(layer + 1) * per],
                 rest[layer * n:(layer + 1) * n], dh0, dc0, LD, layer, mask, cfg.cell,
                 cfg.directions, cfg.bias, cfg.proj, ctx.variant,
-                layer > 0 or ctx.needs_input_grad[4], stream)
+                layer > 0 or ctx.needs_input_grad[4],
+                ctx.needs_input_grad[8 + layer * per:8 + (layer + 1) * per], stream)
             grads[layer * per:(layer + 1) * per] = g
         last_used["bwd"] = VARIANT_NAMES[used]
         grads = (None, None, None, None, dout, None, dh0 if ctx.needs_input_grad[6] else None,
