@@ -260,6 +260,7 @@ def main():
         if args.callgrind_child:
             counted_rows(args.callgrind_child, Path(args.tmp))
             return
+        torch_floors = floors(args.calls)  # beside the rows, before them
         rows = timed_rows(args.calls)
         meta = dict(what="host µs per call, kernels stubbed (emulated build, null launches)",
                     T=T, B=B, I=I, H=H, proj_size=P, dtype="float32", calls=args.calls,
@@ -267,7 +268,7 @@ def main():
                     machine=platform.machine(), cpus=os.cpu_count(),
                     load_avg=round(os.getloadavg()[0], 2), date=time.strftime("%Y-%m-%d"),
                     commit=_commit(),
-                    torch_floors_us=floors(args.calls))
+                    torch_floors_us=torch_floors)
         print("torch here:", meta["torch_floors_us"])
         if args.callgrind:
             counts = callgrind(args.cg_calls)
