@@ -517,6 +517,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t>
           "expected " + str(4 * D) + " buffers (layer_fwd's), got " + str(int64_t(kept.size())));
   FRNN_REQUIRE(layer >= 0 && (layer + 1) * D <= LD, "layer",
           "expected 0 <= layer < " + str(LD / D) + ", got " + str(layer));
+  FRNN_REQUIRE(need_w.empty() || int64_t(need_w.size()) == D * L.per, "need_w",
+               "expected " + str(D * L.per) + " flags (one per weight of the layer) or none, got " +
+                   str(int64_t(need_w.size())));
   const auto opt = x_in.options(), acc_opt = opt.dtype(L.acc);
   // The stack's initial-state gradients: allocated by its last layer (the first backward).
   at::Tensor dh0 = dh0_in ? *dh0_in : at::empty({LD, B, HK}, opt);
@@ -586,14 +589,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t>
       if (lstm) dc0_k.copy_(carry_c);
     }
     const at::Tensor dg2 = dgh.view({T * B, GH});
-    // The input GEMM's backward, as F.linear's: in the input dtype.
-    const at::Tensor dgi2 = dgi.view({T * B, GH}).to(L.dt);
-    // In the order of the weights: dW_ih, dW_hh, [db_ih, db_hh], [dW_hr]; None for a weight
-    // that needs no gradient (a frozen one), whose GEMM is skipped.
     const auto wants = [&](size_t k) {
       const size_t i = size_t(d * L.per) + k;
-      return need_w.empty() || (i < need_w.size() && need_w[i]);
+      return need_w.empty() || need_w[i];
     };
+    // The input GEMM's backward, as F.linear's: in the input dtype (a cast only for half
+    // types, and only where a product needs it).
+    const bool input_side = need_dx || wants(0) || (bias && wants(2));
+    const at::Tensor dgi2 = input_side ? dgi.view({T * B, GH}).to(L.dt) : at::Tensor();
+    // In the order of the weights: dW_ih, dW_hh, [db_ih, db_hh], [dW_hr]; None for a weight
+    // that needs no gradient (a frozen one), whose GEMM is skipped.
     grads.push_back(wants(0) ? dgi2.t().mm(x) : at::Tensor());
     if (wants(1)) {
       // dW_hh = dgatesT.h_prev over all T.B rows; h_prev in time order (hs is in processing
@@ -632,19 +637,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> packed_index(const at::Tensor& ba
                "batch_sizes", "expected a non-empty 1-D CPU tensor, got " +
                                   shape_str(batch_sizes.sizes()) + " on " +
                                   batch_sizes.device().str());
+  FRNN_REQUIRE(like.dim() >= 1, "data", "expected (rows, ...), got " + shape_str(like.sizes()));
   const c10::DeviceGuard guard(like.device());
   const at::Tensor sizes = batch_sizes.to(at::kLong).contiguous();
   const int64_t* bs = sizes.data_ptr<int64_t>();
   const int64_t T = sizes.size(0), B = bs[0], N = like.size(0);
-  const auto cpu_long = at::TensorOptions().dtype(at::kLong);
+  FRNN_REQUIRE(B >= 1 && B <= N, "batch_sizes",
+               "expected a first size in 1.." + str(N) + " (the data's rows), got " + str(B));
+  const OptTensor si = sorted_indices ? OptTensor(sorted_indices->to(at::kLong)) : OptTensor();
+  if (si)
+    FRNN_REQUIRE(si->dim() == 1 && si->numel() == B && si->device() == like.device(),
+                 "sorted_indices", "expected " + str(B) + " indices on " + like.device().str() +
+                                       ", got " + shape_str(si->sizes()) + " on " +
+                                       si->device().str());
   // Rows 0..N-1: step t, slot j (its place in the sorted batch); then the (T, B) mask of the
-  // sorted batch (slot j < batch_sizes[t]).
-  at::Tensor host = at::empty({2 * N + T * B}, cpu_long);
+  // sorted batch (slot j < batch_sizes[t]). Pinned for a CUDA device, so that the copy does
+  // not wait for the stream (a pageable copy synchronises it).
+  auto host_opt = at::TensorOptions().dtype(at::kLong);
+  if (like.is_cuda()) host_opt = host_opt.pinned_memory(true);
+  at::Tensor host = at::empty({2 * N + T * B}, host_opt);
   int64_t* h = host.data_ptr<int64_t>();
   int64_t row = 0;
   for (int64_t t = 0; t < T; ++t) {
-    FRNN_REQUIRE(bs[t] >= 1 && bs[t] <= B && row + bs[t] <= N, "batch_sizes",
-                 "expected positive, non-increasing sizes summing to the data's rows");
+    FRNN_REQUIRE(bs[t] >= 1 && bs[t] <= (t ? bs[t - 1] : B) && row + bs[t] <= N, "batch_sizes",
+                 "expected positive, non-increasing sizes summing to the data's " + str(N) +
+                     " rows, got " + str(bs[t]) + " at step " + str(t));
     for (int64_t j = 0; j < bs[t]; ++j, ++row) {
       h[row] = t;
       h[N + row] = j;
@@ -653,13 +670,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> packed_index(const at::Tensor& ba
   }
   FRNN_REQUIRE(row == N, "batch_sizes",
                "expected sizes summing to the data's " + str(N) + " rows, got " + str(row));
-  const at::Tensor dev = host.to(like.device());
+  const at::Tensor dev = host.to(like.device(), /*non_blocking=*/true);
   const at::Tensor t_idx = dev.narrow(0, 0, N), j_idx = dev.narrow(0, N, N);
-  at::Tensor mask = dev.narrow(0, 2 * N, T * B).view({T, B}).to(at::kBool);
-  if (!sorted_indices) return {t_idx, j_idx, mask};
-  const at::Tensor b_idx = sorted_indices->index_select(0, j_idx);
-  // mask[t, sorted[j]] = sorted_mask[t, j]
-  return {t_idx, b_idx, at::empty_like(mask).index_copy_(1, *sorted_indices, mask)};
+  at::Tensor mask = dev.narrow(0, 2 * N, T * B).view({T, B}).to(at::kByte);
+  if (!si) return {t_idx, j_idx, mask};
+  // mask[t, sorted[j]] = sorted_mask[t, j]; zeros first, so that indices which are no
+  // permutation (unchecked on the device) leave zeros, as the reference's mask does.
+  return {t_idx, si->index_select(0, j_idx), at::zeros_like(mask).index_copy_(1, *si, mask)};
 }
 
 std::map<std::string, int64_t> device_info() {

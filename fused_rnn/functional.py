@@ -494,7 +494,8 @@ def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
             h, c = hx
         else:
             h = hx
-        if h.dim() != 2 or (c is not None and c.dim() != 2):
+        if type(h) is not Tensor or h.dim() != 2 or (
+                c is not None and (type(c) is not Tensor or c.dim() != 2)):
             return None
     bias = b_ih is not None
     weights = (w_ih, w_hh, b_ih, b_hh) if bias else (w_ih, w_hh)

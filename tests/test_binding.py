@@ -186,6 +186,12 @@ CASES = {
     "cell weights": lambda: cell(w=lweights()[:2]),
     # packed_index
     "batch_sizes": lambda: ext.packed_index(torch.tensor([[2, 1]]), None, t(3, I)),
+    "batch_sizes first": lambda: ext.packed_index(torch.tensor([9]), None, t(3, I)),
+    "batch_sizes order": lambda: ext.packed_index(torch.tensor([1, 2]), None, t(3, I)),
+    "packed data": lambda: ext.packed_index(torch.tensor([2, 1]), None, t(())),
+    "sorted_indices": lambda: ext.packed_index(torch.tensor([2, 1]), torch.tensor([0]).to(dev),
+                                               t(3, I)),
+    "need_w": lambda: lbwd(need_w=[True]),
     # layer_bwd
     "lb variant": lambda: lbwd(variant=-2),
     "lb saved count": lambda: lbwd(kept=[]),
@@ -235,7 +241,9 @@ NAMED = {
     "weight_hr": "weight_hr", "layer": "layer", "lf h_n": "h_n", "lf c_n": "c_n", "lf h0": "h0",
     "lf c0": "c0", "lf mask": "mask",
     "cell input": "input", "cell h0": "h0", "cell c0": "c0", "cell h0 shape": "h0",
-    "cell weights": "weights", "batch_sizes": "batch_sizes",
+    "cell weights": "weights", "batch_sizes": "batch_sizes", "batch_sizes first": "batch_sizes",
+    "batch_sizes order": "batch_sizes", "packed data": "data", "sorted_indices": "sorted_indices",
+    "need_w": "need_w",
     "lb variant": "variant", "lb saved count": "saved", "lb layer": "layer", "dh0": "dh0",
     "dc0": "dc0", "lb dh_n": "dh_n", "lb dc_n": "dc_n", "lb mask": "mask", "lb dout": "dout",
     "lb dout dtype": "dout", "lb saved": "saved", "lb hs": "hs", "lb cs": "cs", "lb ms": "ms",

@@ -330,6 +330,26 @@ def test_whole_layer_path_takes_what_nn_lstm_takes():
         torch.testing.assert_close(out, ref(x)[0], rtol=0, atol=1e-12)
 
 
+def test_whole_layer_path_packed_and_double_backward():
+    """Packed input built by hand with int32 indices (torch's RNNs take them), and the double
+    backward refusal when only h0 and c0 need a gradient."""
+    from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+    ref, ours = _twin(bidirectional=True)
+    x = torch.randn(4, 3, 4, dtype=torch.float64, device=DEVICE)
+    seq = pack_padded_sequence(x, torch.tensor([2, 4, 1]), enforce_sorted=False)
+    seq = PackedSequence(seq.data, seq.batch_sizes, seq.sorted_indices.int(),
+                         seq.unsorted_indices.int())
+    torch.testing.assert_close(ours(seq)[0].data, ref(seq)[0].data, rtol=0, atol=1e-12)
+    h0 = torch.randn(2, 3, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    c0 = torch.randn(2, 3, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    for p in ours.parameters():
+        p.requires_grad_(False)
+    out = ours(x, (h0, c0))[0]
+    (g,) = torch.autograd.grad(out.sum(), h0, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        g.sum().backward()
+
+
 def test_whole_layer_path_refuses_what_nn_lstm_refuses():
     _, ours = _twin()
     x = torch.randn(3, 2, 4, dtype=torch.float64, device=DEVICE)

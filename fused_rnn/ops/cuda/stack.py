@@ -71,7 +71,8 @@ class _Stack(torch.autograd.Function):
                                                True)
         # Everything through save_for_backward, intermediates too (later layers' inputs, the
         # kernels' buffers): saved-tensor hooks see them and retain_graph works.
-        ctx.save_for_backward(x, mask, *weights, *inputs[1:], *(t for k in kept for t in k))
+        ctx.save_for_backward(x, mask, h0, c0, *weights, *inputs[1:],
+                              *(t for k in kept for t in k))
         ctx.ext, ctx.cfg, ctx.variant = ext, cfg, variant
         ctx.set_materialize_grads(False)  # absent gradients stay None: the kernels read zeros
         return out, h_n, c_n
@@ -80,7 +81,7 @@ class _Stack(torch.autograd.Function):
     def backward(ctx, dout, dh_n, dc_n):
         ext, cfg = ctx.ext, ctx.cfg
         L, per, LD = cfg.layers, cfg.per_layer, cfg.layers * cfg.directions
-        x, mask, *rest = ctx.saved_tensors
+        x, mask, h0, c0, *rest = ctx.saved_tensors
         weights, rest = rest[:L * per], rest[L * per:]
         inputs, rest = [x] + rest[:L - 1], rest[L - 1:]
         n = 4 * cfg.directions  # buffers per layer (binding.cpp, layer_fwd)
@@ -101,8 +102,8 @@ class _Stack(torch.autograd.Function):
         # Grad mode is on here only under create_graph=True: a second derivative must say why
         # it cannot be had (ops/recurrence.py). The anchor: any input in the forward's graph.
         if torch.is_grad_enabled():
-            anchor = next((t for t in (x, *ctx.saved_tensors[2:2 + L * per])
-                           if t.requires_grad), None)
+            anchor = next((t for t in (x, h0, c0, *weights)
+                           if t is not None and t.requires_grad), None)
             if anchor is not None:
                 grads = refuse_double_backward("cuda", anchor, grads)
         return grads
