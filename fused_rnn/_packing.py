@@ -32,18 +32,10 @@ def lengths(seq: PackedSequence) -> torch.Tensor:
     return torch.empty_like(sorted_lengths).scatter_(0, seq.sorted_indices, sorted_lengths)
 
 
-def step_mask(seq: PackedSequence, idx=None) -> torch.Tensor:
-    """(T, B) bool, True where step t lies within sequence b (original batch order). idx:
-    layout_index(seq), if the caller has it."""
-    t_idx, b_idx = idx if idx is not None else layout_index(seq)
-    T, B = seq.batch_sizes.numel(), int(seq.batch_sizes[0])
-    return torch.zeros((T, B), dtype=torch.bool, device=seq.data.device).index_put_(
-        (t_idx, b_idx), torch.ones((), dtype=torch.bool, device=seq.data.device))
-
-
 def unpack(seq: PackedSequence, idx=None) -> torch.Tensor:
     """seq as a zero-padded (T, B, F) tensor, B in the original order (differentiable). idx:
-    layout_index(seq), if the caller has it (a call that unpacks and packs computes it once)."""
+    layout_index(seq) (or the CUDA binding's packed_index, the same indices), if the caller has
+    it (a call that unpacks and packs computes it once)."""
     t_idx, b_idx = idx if idx is not None else layout_index(seq)
     T, B = seq.batch_sizes.numel(), int(seq.batch_sizes[0])
     # Zeros, not poison: padded steps are masked out of the recurrence, but they still enter the

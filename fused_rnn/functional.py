@@ -125,6 +125,18 @@ def _cuda_stack():
     return _cuda_stack_module
 
 
+def _fast_states(mode, hx):
+    """(h0, c0) of a plain hx (None for an absent one: zeros; c0 None unless LSTM), or None
+    where the full path must take it (an LSTM hx that is not a tuple of two states)."""
+    if hx is None:
+        return None, None
+    if mode != "LSTM":
+        return hx, None
+    if type(hx) is not tuple or len(hx) != 2 or hx[0] is None or hx[1] is None:
+        return None
+    return hx
+
+
 def _fast_stack(mode, input, weights, hx, bias, num_layers, batch_first, dropout, training,
                 bidirectional, proj_size, backend):
     """The output of the call through ops/cuda/stack.py, or None where the full path must run
@@ -159,14 +171,10 @@ def _fast_stack(mode, input, weights, hx, bias, num_layers, batch_first, dropout
     ext = _fast_extension(backend, like, proj_size > 0)
     if ext is None:
         return None
-    h0 = c0 = None
-    if hx is not None:
-        if mode == "LSTM":
-            if type(hx) is not tuple or len(hx) != 2 or hx[0] is None or hx[1] is None:
-                return None
-            h0, c0 = hx
-        else:
-            h0 = hx
+    states = _fast_states(mode, hx)
+    if states is None:
+        return None
+    h0, c0 = states
     if type(weights) not in (list, tuple) or len(weights) != cfg.layers * cfg.per_layer:
         return None
     try:
@@ -175,8 +183,7 @@ def _fast_stack(mode, input, weights, hx, bias, num_layers, batch_first, dropout
             x = _packing.unpack(input, (t_idx, b_idx))
         else:
             x, mask = (input.transpose(0, 1) if batch_first else input), None
-        out, h_n, c_n = (_cuda_stack_module or _cuda_stack()).run(cfg, x, mask, h0, c0, weights,
-                                                                  ext)
+        out, h_n, c_n = _cuda_stack().run(cfg, x, mask, h0, c0, weights, ext)
     except (ext.ArgumentError, TypeError):  # TypeError: pybind11's, an argument not a Tensor
         return None
     if packed:
@@ -260,10 +267,11 @@ def _run_whole(mode, x, seq, h0, c0, weights, *, bias, proj, num_layers, bidirec
     """ops/cuda/stack.py on padded input (packed: unpacked, its lengths as a step mask)."""
     stack = _cuda_stack()  # the extension loads (or builds) on first call
     mask = index = None
-    if seq is not None:  # the packed layout's indices, once for unpacking, mask and packing
-        index = _packing.layout_index(seq)
+    if seq is not None:  # the packed layout, once for unpacking, mask and packing
+        si = seq.sorted_indices
+        *index, mask = stack.extension.load().packed_index(
+            seq.batch_sizes, None if si is None else si.to(seq.data.device), seq.data)
         x = _packing.unpack(seq, index)
-        mask = _packing.step_mask(seq, index)
     if x.shape[1] == 0:  # nothing for a kernel to do: empty outputs of the right shapes
         return _run_empty(mode, x, seq, h0, c0, weights, bias, proj, num_layers, bidirectional)
     cfg = stack.Config.of(mode, num_layers, bidirectional, bias, proj)
@@ -486,20 +494,16 @@ def _fast_cell(mode, input, hx, w_ih, w_hh, b_ih, b_hh, backend):
     ext = _fast_extension(backend, input, False, cell=True)
     if ext is None:
         return None
-    h = c = None
-    if hx is not None:
-        if mode == "LSTM":
-            if type(hx) is not tuple or len(hx) != 2 or hx[0] is None or hx[1] is None:
-                return None
-            h, c = hx
-        else:
-            h = hx
-        if type(h) is not Tensor or h.dim() != 2 or (
-                c is not None and (type(c) is not Tensor or c.dim() != 2)):
-            return None
+    states = _fast_states(mode, hx)
+    if states is None:
+        return None
+    h, c = states
+    if h is not None and (type(h) is not Tensor or h.dim() != 2 or (
+            c is not None and (type(c) is not Tensor or c.dim() != 2))):
+        return None
     bias = b_ih is not None
     weights = (w_ih, w_hh, b_ih, b_hh) if bias else (w_ih, w_hh)
-    stack = _cuda_stack_module or _cuda_stack()
+    stack = _cuda_stack()
     try:
         if not torch.is_grad_enabled():  # a decode step: the binding's cell entry
             return stack.cell_step(mode, input, h, c, weights, ext)

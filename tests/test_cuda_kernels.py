@@ -340,6 +340,11 @@ def test_whole_layer_path_packed_and_double_backward():
     seq = PackedSequence(seq.data, seq.batch_sizes, seq.sorted_indices.int(),
                          seq.unsorted_indices.int())
     torch.testing.assert_close(ours(seq)[0].data, ref(seq)[0].data, rtol=0, atol=1e-12)
+    # an expanded h0 with packed input: the full path's whole-layer run (its own layout)
+    h_e = torch.randn(1, 1, 5, dtype=torch.float64, device=DEVICE).expand(2, 3, 5)
+    c_e = torch.randn(2, 3, 5, dtype=torch.float64, device=DEVICE)
+    torch.testing.assert_close(ours(seq, (h_e, c_e))[0].data, ref(seq, (h_e, c_e))[0].data,
+                               rtol=0, atol=1e-12)
     h0 = torch.randn(2, 3, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
     c0 = torch.randn(2, 3, 5, dtype=torch.float64, device=DEVICE, requires_grad=True)
     for p in ours.parameters():
