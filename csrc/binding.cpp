@@ -167,6 +167,11 @@ int cell_gates(int64_t cell) {
 
 int saved_values(int64_t cell) { return cell <= frnn::kGRU ? 4 : 1; }
 
+void check_plan(int64_t plan) {
+  FRNN_REQUIRE(plan >= 0 && plan < frnn::kPlanCodeEnd, "plan",
+               "expected a cluster plan code (plans.h) or 0, got " + str(plan));
+}
+
 void check_variant(int64_t variant) {
   FRNN_REQUIRE(variant >= frnn::kStep && variant <= frnn::kCluster, "variant",
           "expected 0 (step), 1 (persistent) or 2 (cluster), got " + str(variant));
@@ -199,8 +204,7 @@ std::tuple<int64_t, int64_t> rnn_fwd(
     bool reverse, int64_t variant, int64_t plan, bool store_saved, int64_t stream) {
   const int G = cell_gates(cell);
   check_variant(variant);
-  FRNN_REQUIRE(plan >= 0 && plan < frnn::kPlanCodeEnd, "plan",
-          "expected a cluster plan code (plans.h) or 0, got " + str(plan));
+  check_plan(plan);
   FRNN_REQUIRE(gi.dim() == 3, "gi", "expected (T, B, G*H), got " + shape_str(gi.sizes()));
   FRNN_REQUIRE(hs.dim() == 3, "hs", "expected (T+1, B, HK), got " + shape_str(hs.sizes()));
   const int64_t T = gi.size(0), B = gi.size(1), H = w_hh.size(0) / G, HK = hs.size(-1);
@@ -257,22 +261,45 @@ std::tuple<int64_t, int64_t> rnn_fwd(
   return {used, used_plan};
 }
 
+// The backward recurrence of one direction (p filled but for its weights): the cluster kernel
+// where the variant asks for it and it takes the call (it reads W_hh itself), else the
+// persistent or per-step kernels on W_hhT, a transposed copy made only then. Returns the
+// variant that ran and sets *used_plan to the cluster plan (0 if none).
+int64_t run_bwd(frnn::BwdParams& p, const at::Tensor& w_hh, int64_t variant, int64_t plan,
+                int64_t stream, int* used_plan) {
+  *used_plan = 0;
+  p.w_hh = w_hh.data_ptr();
+  void* const s = reinterpret_cast<void*>(stream);
+  if (variant == frnn::kCluster) {
+    check_status(frnn::rnn_bwd_cluster(p, int(plan), s, used_plan), "backward", p.T, p.B, p.H);
+    if (*used_plan != 0) return frnn::kCluster;
+  }
+  const at::Tensor w_t = w_hh.t().contiguous();
+  p.w_t = w_t.data_ptr();
+  int used = -1;
+  check_status(frnn::rnn_bwd(p, int(variant), s, &used), "backward", p.T, p.B, p.H);
+  return used;
+}
+
 // Backward of rnn_fwd: fills dgh, dgi (GRU), dhs (projection) and leaves the carries in carry_h,
 // carry_c (params.h, BwdParams); dh_n, dc_n: the gradients of h_n and c_n (absent: zeros). The
-// masks are the forward's. Returns the variant that ran.
-int64_t rnn_bwd(const at::Tensor& w_t, const OptTensor& w_hr_t, const at::Tensor& dout,
+// masks are the forward's; plan: the cluster backward's plan (plans.h; 0 the default). Returns
+// the variant and the cluster plan that ran (0 if none).
+std::tuple<int64_t, int64_t> rnn_bwd(const at::Tensor& w_hh, const OptTensor& w_hr_t,
+                                     const at::Tensor& dout,
                 const OptTensor& dh_n, const OptTensor& dc_n, const at::Tensor& saved,
                 const at::Tensor& hs, const at::Tensor& cs, const OptTensor& mask,
                 const OptTensor& m_h, const OptTensor& m_g, const OptTensor& m_c,
                 const OptTensor& m_zc, const OptTensor& m_zh, const std::vector<double>& scales,
                 at::Tensor& dgh, at::Tensor& dgi, const OptTensor& dhs, at::Tensor& carry_h,
                 at::Tensor& carry_c, int64_t cell, bool reverse, int64_t variant,
-                int64_t stream) {
+                int64_t plan, int64_t stream) {
   const int G = cell_gates(cell);
   check_variant(variant);
+  check_plan(plan);
   FRNN_REQUIRE(hs.dim() == 3, "hs", "expected (T+1, B, HK), got " + shape_str(hs.sizes()));
-  FRNN_REQUIRE(w_t.dim() == 2, "w_t", "expected (HK, G*H), got " + shape_str(w_t.sizes()));
-  const int64_t T = hs.size(0) - 1, B = hs.size(1), HK = hs.size(2), H = w_t.size(-1) / G;
+  FRNN_REQUIRE(w_hh.dim() == 2, "w_hh", "expected (G*H, HK), got " + shape_str(w_hh.sizes()));
+  const int64_t T = hs.size(0) - 1, B = hs.size(1), HK = hs.size(2), H = w_hh.size(0) / G;
   const auto dt = hs.scalar_type(), acc = acc_type(hs);
   check_device(hs, "hs");
   const c10::DeviceGuard guard(hs.device());
@@ -282,7 +309,7 @@ int64_t rnn_bwd(const at::Tensor& w_t, const OptTensor& w_hr_t, const at::Tensor
           std::string("expected a state width ") +
               (w_hr_t.has_value() ? "below H = " : "equal to H = ") + str(H) + " (" +
               (w_hr_t.has_value() ? "with" : "without") + " a projection), got " + str(HK));
-  check_full(w_t, "w_t", hs, dt, {HK, G * H});
+  check_full(w_hh, "w_hh", hs, dt, {G * H, HK});
   check_full(dout, "dout", hs, dt, {T, B, HK});
   check_full(saved, "saved", hs, acc, {T, B, saved_values(cell) * H});
   check_full(dgh, "dgh", hs, acc, {T, B, G * H});
@@ -299,7 +326,6 @@ int64_t rnn_bwd(const at::Tensor& w_t, const OptTensor& w_hr_t, const at::Tensor
     check_full(*dhs, "dhs", hs, acc, {T, B, HK});
   }
   frnn::BwdParams p{};
-  p.w_t = w_t.data_ptr();
   p.w_hr_t = ptr(w_hr_t);
   p.dout = dout.data_ptr();
   p.ld_dout = HK;
@@ -319,10 +345,9 @@ int64_t rnn_bwd(const at::Tensor& w_t, const OptTensor& w_hr_t, const at::Tensor
   p.cell = int(cell);
   p.dtype = dtype_code(hs, "hs");
   p.reverse = reverse;
-  int used = -1;
-  check_status(frnn::rnn_bwd(p, int(variant), reinterpret_cast<void*>(stream), &used),
-               "backward", T, B, H);
-  return used;
+  int used_plan = 0;
+  const int64_t used = run_bwd(p, w_hh, variant, plan, stream, &used_plan);
+  return {used, used_plan};
 }
 
 // ------------------------------------------------------------------------- a whole layer
@@ -410,8 +435,7 @@ layer_fwd(const at::Tensor& x_in, const std::vector<at::Tensor>& w, const OptTen
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   check_variant(variant);
-  FRNN_REQUIRE(plan >= 0 && plan < frnn::kPlanCodeEnd, "plan",
-          "expected a cluster plan code (plans.h) or 0, got " + str(plan));
+  check_plan(plan);
   const Layer L = check_layer(x_in, w, cell, D, bias, proj);
   const c10::DeviceGuard guard(x_in.device());
   const bool lstm = cell == frnn::kLSTM;
@@ -496,19 +520,21 @@ std::tuple<at::Tensor, at::Tensor, int64_t> cell_fwd(
 // gradients of the layer's output and final states (absent: zeros). saved: layer_fwd's
 // buffers. Fills dh0[k], dc0[k] of the stack's (L.D, B, .) gradients (allocated when absent)
 // and returns dx (None unless need_dx), dh0, dc0, the weights' gradients in their order (None
-// where need_w, one flag per weight of the layer, says no; empty need_w: all) and the variant
-// that ran.
+// where need_w, one flag per weight of the layer, says no; empty need_w: all), the variant
+// that ran and the cluster backward's plan (0 if none; `plan` asks for one, 0 the default).
 // The GEMMs after the recurrence are those of the Python launchers (ops/recurrence.py,
 // finish_bwd, and F.linear's backward): the same products in the same dtypes.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t> layer_bwd(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t, int64_t>
+layer_bwd(
     const OptTensor& dout_in, const OptTensor& dh_n_in, const OptTensor& dc_n_in,
     const at::Tensor& x_in, const std::vector<at::Tensor>& w, const std::vector<at::Tensor>& kept,
     const OptTensor& dh0_in, const OptTensor& dc0_in, int64_t LD, int64_t layer,
     const OptTensor& mask, int64_t cell, int64_t D, bool bias, bool proj, int64_t variant,
-    bool need_dx, const std::vector<bool>& need_w, int64_t stream) {
+    int64_t plan, bool need_dx, const std::vector<bool>& need_w, int64_t stream) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // (as layer_fwd)
   check_variant(variant);
+  check_plan(plan);
   const Layer L = check_layer(x_in, w, cell, D, bias, proj);
   const c10::DeviceGuard guard(x_in.device());
   const bool lstm = cell == frnn::kLSTM;
@@ -538,7 +564,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t>
   const bool same = L.dt == L.acc;  // fp32/fp64: the carries can be dh0/dc0 themselves
   at::Tensor dx;
   std::vector<at::Tensor> grads;
-  int used = -1;
+  int64_t used = -1;
+  int used_plan = 0;
   for (int64_t d = 0; d < D; ++d) {
     const int64_t k = layer * D + d;
     const at::Tensor &saved = kept[size_t(4 * d)], &hs = kept[size_t(4 * d + 1)],
@@ -549,8 +576,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t>
     if (proj) check_full(ms, "ms", x_in, L.dt, {T, B, H});
     const at::Tensor& w_ih = L.w(w, d, 0);
     const at::Tensor& w_hh = L.w(w, d, 1);
-    // The persistent backward reads rows of W_hhT: a transposed copy per call.
-    const at::Tensor w_t = w_hh.t().contiguous();
     const at::Tensor w_hr_t = proj ? L.w(w, d, L.per - 1).t().contiguous() : at::Tensor();
     at::Tensor dgh = at::empty({T, B, GH}, acc_opt);
     at::Tensor dgi = cell == frnn::kGRU ? at::empty({T, B, GH}, acc_opt) : dgh;
@@ -559,7 +584,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t>
     at::Tensor carry_h = same ? dh0_k : at::empty({B, HK}, acc_opt);
     at::Tensor carry_c = !lstm ? carry_h : same ? dc0_k : at::empty({B, H}, acc_opt);
     frnn::BwdParams p{};
-    p.w_t = w_t.data_ptr();
     p.w_hr_t = proj ? w_hr_t.data_ptr() : nullptr;
     p.dout = at_row(dout, d * HK);
     p.ld_dout = D * HK;
@@ -578,8 +602,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t>
     p.cell = int(cell);
     p.dtype = dtype_code(x, "input");
     p.reverse = d == 1;
-    check_status(frnn::rnn_bwd(p, int(variant), reinterpret_cast<void*>(stream), &used),
-                 "backward", T, B, H);
+    used = run_bwd(p, w_hh, variant, plan, stream, &used_plan);
     // dh0 = the carry + the first step's gates through W_hh (zero rows past a sequence's end).
     const at::Tensor dg_first = dgh.select(0, d == 1 ? T - 1 : 0);
     if (same) {
@@ -620,7 +643,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>, int64_t>
     if (need_dx) dx = d == 0 ? dgi2.mm(w_ih) : dx.addmm_(dgi2, w_ih);
   }
   if (dx.defined()) dx = dx.view({T, B, L.I});
-  return {dx, dh0, dc0, grads, used};
+  return {dx, dh0, dc0, grads, used, used_plan};
 }
 
 // The layout of a PackedSequence (checked by the caller, fused_rnn/checks.py check_packed):

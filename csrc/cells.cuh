@@ -59,6 +59,16 @@ FRNN_DEVICE CellMasks<A> cell_masks(const StepMasks& m, int64_t t, int64_t b, in
   return o;
 }
 
+// No regularisation, as constants: the cluster kernels take no masks (they refuse them), and
+// cell_masks with the runtime StepMasks would convert its double scales on every step.
+template <typename A>
+FRNN_DEVICE CellMasks<A> no_masks() {
+  CellMasks<A> o;
+  o.gm = o.cm = A(1);
+  o.zc = zoneout<A>(nullptr, 0, 0.0);
+  return o;
+}
+
 // The LSTM cell update before zoneout, cu = cm.(f.c_prev + i.g.gm), from the gates i, f and
 // g = tanh(g_pre) (before gm): the forward's and the backward's recomputation alike.
 template <typename A>
@@ -73,21 +83,21 @@ struct CellFwd {
 };
 
 // a: recurrent pre-activations h_in.W_hh,gT + b_hh,g; x: input gates gi_t (with b_ih); h_prev:
-// GRU's previous state (unmasked); c_prev: LSTM's previous cell.
-template <int CELL, typename A>
+// GRU's previous state (unmasked); c_prev: LSTM's previous cell. FAST_DIV: sigmoid_'s.
+template <int CELL, typename A, bool FAST_DIV = false>
 FRNN_DEVICE CellFwd<A> cell_forward(const A* a, const A* x, A h_prev, A c_prev,
                                     const CellMasks<A>& m) {
   CellFwd<A> o;
   if constexpr (CELL == kLSTM) {
-    const A i = sigmoid_(a[0] + x[0]), f = sigmoid_(a[1] + x[1]);
-    const A g = tanh_(a[2] + x[2]), og = sigmoid_(a[3] + x[3]);
+    const A i = sigmoid_<FAST_DIV>(a[0] + x[0]), f = sigmoid_<FAST_DIV>(a[1] + x[1]);
+    const A g = tanh_(a[2] + x[2]), og = sigmoid_<FAST_DIV>(a[3] + x[3]);
     const A cu = lstm_update(i, f, g, c_prev, m);
     o.c = m.zc.mix(c_prev, cu);
     o.h = og * tanh_(cu);
     o.s[0] = i; o.s[1] = f; o.s[2] = g; o.s[3] = og;
   } else if constexpr (CELL == kGRU) {
     // torch's GRU keeps b_hn inside r.(...): a[2] carries it.
-    const A r = sigmoid_(x[0] + a[0]), z = sigmoid_(x[1] + a[1]);
+    const A r = sigmoid_<FAST_DIV>(x[0] + a[0]), z = sigmoid_<FAST_DIV>(x[1] + a[1]);
     const A nt = tanh_(x[2] + r * a[2]);
     const A n = nt * m.gm;
     o.h = n + z * (h_prev - n);

@@ -60,6 +60,44 @@ inline int64_t blocks_for(int64_t n, int units) { return (n + units - 1) / units
 
 inline int status_of(cudaError_t e) { return e == cudaSuccess ? kOk : int(e); }
 
+// Whether a layer call has regularisation masks (the cluster kernels take none).
+inline bool has_step_masks(const StepMasks& m) {
+  return m.h || m.g || m.c || m.zc || m.zh || m.zc_p != 0.0 || m.zh_p != 0.0;
+}
+
+// A cluster kernel over the batch: clusters of cs blocks (along x), one per tile of
+// kClusterBatch rows (along y). *ran is false, and nothing launched, where the GPU cannot run
+// one such cluster or the batch needs more than 65,535 tiles (the caller falls back).
+template <typename P>
+int launch_cluster_tiles(void (*kernel)(P), int cs, int threads, size_t smem, const P& p,
+                         cudaStream_t stream, bool* ran) {
+  const int64_t tiles = (p.B + kClusterBatch - 1) / kClusterBatch;
+  *ran = false;
+  if (tiles > 65535 || clusters_fit(kernel, cs, threads, smem) < 1) return kOk;
+  *ran = true;
+  return status_of(launch_cluster(kernel, dim3(unsigned(cs), unsigned(tiles)),
+                                  dim3(unsigned(threads)), smem, stream, cs, p));
+}
+
+// The plan choice of a cluster launcher: try_pass(pass, &ran) runs the asked plan where H has
+// it (pass 0), else H's default (pass 1), and returns the launch status.
+template <typename F>
+int choose_cluster_plan(F&& try_pass) {
+  bool ran = false;
+  int status = kOk;
+  for (int pass = 0; pass < 2 && !ran; ++pass) status = try_pass(pass, &ran);
+  return status;
+}
+// One entry X(H, CS, S, EX) of a plan table (plans.h) inside a try_pass: the asked plan (code
+// `plan`) or, in pass 1, H's first entry. FRNN_PLAN_LAUNCH names the launcher's template
+// (CELL, T, H, CS, S, EX)(p, stream, bool* ran), defined where the table is expanded.
+#define FRNN_TRY_CLUSTER_PLAN(H_, CS_, S_, EX_)                                           \
+  if (!tried && !*ran && p.H == H_ && (pass == 1 || plan == plan_code(CS_, S_, EX_))) {   \
+    tried = true;                                                                        \
+    status = FRNN_PLAN_LAUNCH<CELL, T, H_, CS_, S_, EX_>(p, stream, ran);                \
+    if (*ran) *used_plan = plan_code(CS_, S_, EX_);                                      \
+  }
+
 // The persistent variant of a launcher: `kernel` over blocks of `units` hidden units each,
 // keeping R weight rows of K elements per block in shared memory, all T steps in one
 // cooperative launch. Returns false where it cannot run (shared memory over the opt-in limit,

@@ -6,4 +6,5 @@
 #include "device.cu"
 #include "rnn_fwd_cluster.cu"
 #include "rnn_bwd.cu"
+#include "rnn_bwd_cluster.cu"
 #include "rnn_fwd.cu"

@@ -21,8 +21,12 @@ int rnn_fwd(const FwdParams& p, int variant, int plan, void* stream, int* used_v
             int* used_plan);
 // The cluster forward alone: *used_plan is 0 where it does not take the call (nothing ran).
 int rnn_fwd_cluster(const FwdParams& p, int plan, void* stream, int* used_plan);
-// Its backward.
+// Its backward (the persistent and per-step kernels, on p.w_t = W_hhT; kCluster runs as
+// kPersistent here).
 int rnn_bwd(const BwdParams& p, int variant, void* stream, int* used_variant);
+// The cluster backward alone, on p.w_hh: *used_plan is 0 where it does not take the call
+// (nothing ran); `plan` a backward plan code (plans.h, FRNN_CLUSTER_BWD_PLANS; 0 the default).
+int rnn_bwd_cluster(const BwdParams& p, int plan, void* stream, int* used_plan);
 // Text of a status returned above.
 const char* error_string(int status);
 // Properties of the current device that the launch plans depend on (SM count and the

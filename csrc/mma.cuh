@@ -12,6 +12,7 @@
 // that CI checks the kernels' fragment indexing.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "platform.cuh"
@@ -48,6 +49,21 @@ FRNN_DEVICE pair_t<T> load_pair(const T* p) {
     return *reinterpret_cast<const uint32_t*>(p);
   } else {
     return pair_t<T>{p[0], p[1]};
+  }
+}
+
+// The pair (lo, hi) from two elements that are not adjacent in memory (the cluster backward's
+// fragments of W_hhT, read from rows of W_hh).
+template <typename T>
+FRNN_DEVICE pair_t<T> make_pair(T lo, T hi) {
+  if constexpr (std::is_same_v<pair_t<T>, uint32_t>) {
+    uint16_t l, h;
+    static_assert(sizeof(T) == 2, "16-bit elements");
+    memcpy(&l, &lo, 2);
+    memcpy(&h, &hi, 2);
+    return uint32_t(l) | (uint32_t(h) << 16);
+  } else {
+    return pair_t<T>{lo, hi};
   }
 }
 

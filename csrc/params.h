@@ -83,9 +83,11 @@ struct FwdParams {
 // gradients of the recurrent pre-activations (the rows that dW_hh and db_hh need); dgi: those
 // of the input gates, equal to dgh except for GRU's n gate (for other cells dgi may alias dgh).
 // w_t = W_hh^T (HK, G.H), w_hr_t = W_hr^T (H, HK), contiguous copies made by the caller so
-// that every GEMM reads contiguous rows. dhs (T, B, HK) receives, with a projection, dL/dh~_t,
+// that every GEMM reads contiguous rows; w_hh = W_hh (G.H, HK) itself, which the cluster
+// backward reads (it needs no transposed copy). dhs (T, B, HK) receives, with a projection, dL/dh~_t,
 // the gradient of the projection's output before zoneout (for dW_hr), else may be null.
 struct BwdParams {
+  const void* w_hh;
   const void* w_t;
   const void* w_hr_t;
   const void* dout;  // (T, B, .) element type, rows ld_dout apart

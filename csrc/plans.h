@@ -12,9 +12,9 @@ namespace frnn {
 // kPersistent: one cooperative launch for the whole sequence, each block keeping its slice of
 //   W_hh in shared memory, a grid-wide barrier between steps; what it cannot take (projection,
 //   a slice over the shared-memory limit, more blocks than fit on the GPU at once) runs per step.
-// kCluster (forward only, rnn_fwd_cluster.cu): thread-block clusters on tensor cores, W_hh in
-//   registers, h_t exchanged through distributed shared memory; what it cannot take runs as
-//   kPersistent.
+// kCluster (rnn_fwd_cluster.cu, rnn_bwd_cluster.cu): thread-block clusters on tensor cores,
+//   W_hh in registers, h_t (forward) or the partial sums of dh_{t-1} (backward) exchanged
+//   through distributed shared memory; what it cannot take runs as kPersistent.
 enum Variant : int { kStep = 0, kPersistent = 1, kCluster = 2 };
 
 // ---- The block GEMM of the persistent and per-step kernels (gemm.cuh) ----
@@ -60,6 +60,28 @@ constexpr int plan_code(int cs, int ks, int exchange) {
   X(64, 4, 4, 0) X(64, 4, 2, 0) X(64, 2, 4, 0) X(128, 8, 4, 0) X(128, 8, 2, 0)         \
   X(128, 4, 4, 0) X(256, 16, 4, 0) X(256, 8, 4, 0) X(64, 4, 4, 1) X(128, 8, 4, 1)      \
   X(256, 16, 4, 1) X(256, 8, 4, 1)
+#endif
+
+// The backward's plans (rnn_bwd_cluster.cu), as X(H, CS, NW, exchange), per H the default first,
+// with codes plan_code(CS, NW, exchange). CS: blocks per cluster (each owns the same H / CS units,
+// and so the same rows of W_hh, as in the forward); NW: warps per block, each owning H / NW
+// columns of W_hh (units of dh_{t-1}), so that no partial sums meet inside a block.
+// Registers per thread for W_hh: gates.H.H / (CS.NW.64) (LSTM H=256, 16x4: 64). CS = 1 has no
+// cluster exchange at all (one block per 16 batch rows, block barriers only); the GPU build has
+// no such plan yet (LSTM H=64 1x4 spills 72 bytes: 8 elements' state per thread). The
+// defaults are the fewest blocks that compile without spills and keep W_hh within 64 registers
+// per thread, with no fence in the time loop (the asynchronous exchange: the barrier
+// exchange's release is a MEMBAR.ALL.GPU); none has run on a GPU yet, so none is chosen by
+// measurement (the floors say fewer blocks signal faster: benchmarks/results/floors_h100.json).
+#ifdef FRNN_EMULATE
+#define FRNN_CLUSTER_BWD_PLANS(X)                                                          \
+  X(32, 2, 2, 1) X(32, 2, 2, 0) X(32, 2, 1, 0) X(32, 1, 2, 0) X(64, 4, 2, 1) X(64, 4, 4, 0) \
+  X(64, 4, 2, 0)
+#else
+#define FRNN_CLUSTER_BWD_PLANS(X)                                                  \
+  X(64, 2, 4, 1) X(64, 2, 4, 0) X(64, 4, 4, 1) X(64, 4, 4, 0) X(128, 2, 8, 1)        \
+  X(128, 2, 8, 0) X(128, 8, 4, 1) X(128, 8, 4, 0) X(128, 4, 8, 0) X(256, 8, 8, 1)    \
+  X(256, 16, 4, 1) X(256, 8, 8, 0) X(256, 16, 4, 0) X(256, 16, 8, 0)
 #endif
 
 }  // namespace frnn

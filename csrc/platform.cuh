@@ -519,5 +519,5 @@ inline cudaError_t device_limits(DeviceLimits* out) {
 
 namespace frnn {
 // Byte offsets of shared-memory regions, rounded up to 16 (host plans and kernels agree).
-FRNN_HD size_t align16(size_t n) { return (n + 15) / 16 * 16; }
+FRNN_HD constexpr size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 }  // namespace frnn

@@ -245,8 +245,7 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
         }
         const A h_prev = h_st[j / KS][c], c_prev = c_st[j / KS][c];
         const bool valid = v_nx[j / KS][c];
-        const CellFwd<A> o = cell_forward<CELL>(a, x, h_prev, c_prev,
-                                                cell_masks<CELL, A>(p.reg, t, b, u, B, H));
+        const CellFwd<A> o = cell_forward<CELL, A, true>(a, x, h_prev, c_prev, no_masks<A>());
         const T h_new = from_acc<T>(o.h);
         // Past the sequence's end the state is kept bit for bit and the output is zero.
         hv = valid ? h_new : from_acc<T>(h_prev);
@@ -303,13 +302,8 @@ namespace {
 template <int CELL, typename T, int H, int CS, int KS, int EX>
 int launch_plan(const FwdParams& p, cudaStream_t stream, bool* ran) {
   using Plan = ClusterPlan<CELL, T, H, CS, KS>;
-  auto kernel = rnn_fwd_cluster_kernel<CELL, T, H, CS, KS, EX>;
-  const int64_t tiles = (p.B + kClusterBatch - 1) / kClusterBatch;
-  *ran = false;
-  if (tiles > 65535 || clusters_fit(kernel, CS, Plan::NW * 32, Plan::smem) < 1) return kOk;
-  *ran = true;
-  return status_of(launch_cluster(kernel, dim3(CS, unsigned(tiles)), dim3(Plan::NW * 32),
-                                  Plan::smem, stream, CS, p));
+  return launch_cluster_tiles(rnn_fwd_cluster_kernel<CELL, T, H, CS, KS, EX>, CS, Plan::NW * 32,
+                              Plan::smem, p, stream, ran);
 }
 
 // The plans tried are FRNN_CLUSTER_PLANS (plans.h).
@@ -317,22 +311,14 @@ template <int CELL, typename T>
 int launch_cluster_fwd(const FwdParams& p, int plan, cudaStream_t stream, int* used_plan) {
   *used_plan = 0;
   if constexpr (kHasMma<T>) {
-    bool ran = false;
-    int status = kOk;
-    // The asked plan where it exists for this H, else the default for H.
-    for (int pass = 0; pass < 2 && !ran; ++pass) {
+    return choose_cluster_plan([&](int pass, bool* ran) {
       bool tried = false;
-#define FRNN_TRY_PLAN(H_, CS_, KS_, EX_)                                              \
-  if (!tried && !ran && p.H == H_ &&                                                  \
-      (pass == 1 || plan == plan_code(CS_, KS_, EX_))) {                            \
-    tried = true;                                                                     \
-    status = launch_plan<CELL, T, H_, CS_, KS_, EX_>(p, stream, &ran);                \
-    if (ran) *used_plan = plan_code(CS_, KS_, EX_);                                   \
-  }
-      FRNN_CLUSTER_PLANS(FRNN_TRY_PLAN)
-#undef FRNN_TRY_PLAN
-    }
-    return status;
+      int status = kOk;
+#define FRNN_PLAN_LAUNCH launch_plan
+      FRNN_CLUSTER_PLANS(FRNN_TRY_CLUSTER_PLAN)
+#undef FRNN_PLAN_LAUNCH
+      return status;
+    });
   } else {
     (void)p; (void)plan; (void)stream;
     return kOk;
@@ -343,8 +329,7 @@ int launch_cluster_fwd(const FwdParams& p, int plan, cudaStream_t stream, int* u
 
 int rnn_fwd_cluster(const FwdParams& p, int plan, void* stream, int* used_plan) {
   *used_plan = 0;
-  const StepMasks& m = p.reg;
-  const bool masks = m.h || m.g || m.c || m.zc || m.zh || m.zc_p != 0.0 || m.zh_p != 0.0;
+  const bool masks = has_step_masks(p.reg);
   // Pairs of 16-bit weights are read as 32-bit words.
   if (p.w_hr != nullptr || p.HK != p.H || masks || reinterpret_cast<uintptr_t>(p.w_hh) % 4 != 0)
     return kOk;

@@ -41,8 +41,18 @@ FRNN_DEVICE double exp_(double x) { return exp(x); }
 FRNN_DEVICE float tanh_(float x) { return tanhf(x); }
 FRNN_DEVICE double tanh_(double x) { return tanh(x); }
 
-template <typename A>
-FRNN_DEVICE A sigmoid_(A x) { return A(1) / (A(1) + exp_(-x)); }
+// FAST_DIV (the cluster kernels): fp32 on the GPU divides with __fdividef. The divisor
+// 1 + e^-x is >= 1, where __fdividef is within 2 ulp of the IEEE quotient (and gives 0 past
+// 2^126, where the quotient is below 2^-126 anyway), without the IEEE division's out-of-line
+// slow path (24 calls in the LSTM cluster forward's time loop before; docs/cuda.md). The other
+// kernels keep the IEEE division their GPU results were measured with.
+template <bool FAST_DIV = false, typename A>
+FRNN_DEVICE A sigmoid_(A x) {
+#if !defined(FRNN_EMULATE) && defined(__CUDA_ARCH__)
+  if constexpr (FAST_DIV && std::is_same_v<A, float>) return __fdividef(1.0f, 1.0f + expf(-x));
+#endif
+  return A(1) / (A(1) + exp_(-x));
+}
 
 // Row i of a (rows, B, width) buffer starts at ((row * B) + b) * width: int64 throughout, since
 // T.B.G.H passes 2^31 for long sequences.

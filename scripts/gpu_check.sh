@@ -9,9 +9,15 @@
 #   floors    per-step synchronisation floors (benchmarks/floors.cu): __syncthreads, cluster
 #             barrier with distributed shared memory, grid sync -> floors_$NAME.json
 #   build     build the CUDA extension (torch.utils.cpp_extension, cached) and time it
-#   cluster   a smoke run of the asynchronous exchange (a hang costs 90 s), the cluster
-#             forward's GPU tests (every plan, fp16/bf16), then its plan timings
-#             (benchmarks/cluster_plans.py -> cluster_plans_$NAME.json)
+#   cluster   a smoke run of the asynchronous exchanges, forward and backward (a hang
+#             costs 60 s), then the cluster kernels' GPU tests: every forward and backward
+#             plan, fp16/bf16, and 200 random training cases per cell under the parity rule
+#   cluster-plans  the cluster forward's plan timings (benchmarks/cluster_plans.py ->
+#             cluster_plans_$NAME.json)
+#   sanitize-cluster  compute-sanitizer memcheck and racecheck over the cluster kernels' small
+#             grid alone (every default plan both ways)
+#   bench-cluster  the cluster kernels' rows against cuDNN in both half dtypes (LSTM, GRU;
+#             fwd, fwdbwd; H <= 256; peak memory in the JSON) -> $NAME.json/.png
 #   tests     the whole test suite but the GPU parity grids and the big tests (stages of their own)
 #   big       T = 100,000, tensors over 2^31 elements, out of memory: one at a time (each takes
 #             tens of GB; run beside the others under xdist they made unrelated tests run out)
@@ -25,6 +31,11 @@
 #   bench     the benchmark suite
 #   sweep     fused-rnn bench --sweep: us/step against H, B, T (LSTM bf16/fp16), a plot each
 #   STAGES="build cuda sanitize" bash scripts/gpu_check.sh
+#   STAGES="build cluster sanitize-cluster bench-cluster" NAME=h200 bash scripts/gpu_check.sh
+#             the cluster kernels' whole check: the cluster stages' caps sum to 450 s after the
+#             install and the build, whose time on the H200 is not known yet; with a build over
+#             90 s, run STAGES=build first and the rest in a second call while the machine is
+#             warm (its build cache stays), to keep each call within 9 minutes
 #   STAGES="bench" bash scripts/gpu_check.sh --quick      (extra arguments go to the bench)
 # The install stage always runs first.
 set -uo pipefail
@@ -73,10 +84,10 @@ readelf -d "$so" | grep NEEDED; grep -h "^ldflags\|^cxx\|^nvcc " "$(dirname "$so
 want tests && stage tests 540 "$PY" -m pytest -q -rfE --tb=line "${XDIST[@]}" tests \
   -m "not grid and not nvcc and not big"
 want big && stage big 540 "$PY" -m pytest -q -rfE --tb=line -p no:xdist tests/test_gpu_stack.py -m big
-want cluster && stage cluster-async-smoke 90 "$PY" scripts/cluster_async_smoke.py
-want cluster && stage cluster-tests 400 "$PY" -m pytest -q -rfE --tb=short "${XDIST[@]}" \
-  tests/test_cuda_gpu.py -m cluster
-want cluster && stage cluster-plans 300 "$PY" benchmarks/cluster_plans.py \
+want cluster && stage cluster-async-smoke 60 "$PY" scripts/cluster_async_smoke.py
+want cluster && stage cluster-tests 180 "$PY" -m pytest -q -rfE --tb=short "${XDIST[@]}" \
+  tests/test_cuda_gpu.py -m cluster -s
+want cluster-plans && stage cluster-plans 300 "$PY" benchmarks/cluster_plans.py \
   --out "$OUT/cluster_plans_$NAME.json"
 want cuda && stage cuda 540 "$PY" -m pytest -q -rs -s tests/test_cuda_kernels.py \
   tests/test_cuda_gpu.py -m "not grid and not nvcc"
@@ -92,6 +103,11 @@ for tool in memcheck racecheck; do
     --target-processes all --print-limit 20 "$PY" -m pytest -q -x \
     tests/test_cuda_gpu.py -m sanitizer
 done
+for tool in memcheck racecheck; do
+  want sanitize-cluster && stage "sanitize-cluster-$tool" 45 compute-sanitizer --tool "$tool" \
+    --error-exitcode 1 --target-processes all --print-limit 20 "$PY" -m pytest -q -x \
+    tests/test_cuda_gpu.py -m "sanitizer and cluster"
+done
 want parity && stage parity 300 "$PY" -m fused_rnn parity --cases 48
 for ex in char_lm seq2seq; do
   want examples && stage "example-$ex" 300 env PYTHONPATH="$PWD" "$PY" "examples/$ex.py" --steps 300 \
@@ -100,6 +116,9 @@ done
 # Host µs per call and the GPU's idle time between kernels (benchmarks/README.md).
 want host && stage host 120 "$PY" benchmarks/profile_fwd.py --json "$OUT/profile_fwd_$NAME.json"
 want bench && stage bench 540 "$PY" -m fused_rnn bench --out "$OUT" --name "$NAME" "$@"
+want bench-cluster && stage bench-cluster 120 "$PY" -m fused_rnn bench --cells LSTM GRU \
+  --dtypes bf16 fp16 --modes fwd fwdbwd --providers cudnn cuda cuda_persistent --options none \
+  --shapes 512,16,128,128 256,16,256,256 256,1,256,256 256,64,256,256 --out "$OUT" --name "$NAME"
 want sweep && stage sweep 540 "$PY" -m fused_rnn bench --sweep --out "$OUT" --name "$NAME"
 echo "gpu_check: overall status $status; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
 exit $status

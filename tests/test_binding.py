@@ -50,11 +50,11 @@ def gru_fwd(**kw):
     return fwd(**a)
 
 def bwd(**kw):  # rnn_bwd of an LSTM
-    a = dict(w_t=t(H, 4 * H), w_hr_t=None, dout=t(T, B, H), dh_n=None, dc_n=None,
+    a = dict(w_hh=t(4 * H, H), w_hr_t=None, dout=t(T, B, H), dh_n=None, dc_n=None,
              saved=t(T, B, 4 * H), hs=t(T + 1, B, H), cs=t(T + 1, B, H), mask=None, m_h=None,
              m_g=None, m_c=None, m_zc=None, m_zh=None, scales=[1.0, 1.0, 1.0, 0.0, 0.0],
              dgh=t(T, B, 4 * H), dgi=t(T, B, 4 * H), dhs=None, carry_h=t(B, H), carry_c=t(B, H),
-             cell=0, reverse=False, variant=1, stream=0)
+             cell=0, reverse=False, variant=1, plan=0, stream=0)
     a.update(kw)
     return ext.rnn_bwd(*a.values())
 
@@ -75,7 +75,7 @@ def lbwd(**kw):  # layer_bwd of lfwd()'s result
     x, w = t(T, B, I), lweights()
     _, h_n, c_n, kept, _, _ = lfwd(x=x, w=w)
     a = dict(dout=t(T, B, H), dh_n=None, dc_n=None, x=x, w=w, kept=kept, dh0=None, dc0=None,
-             LD=1, layer=0, mask=None, cell=0, D=1, bias=True, proj=False, variant=1,
+             LD=1, layer=0, mask=None, cell=0, D=1, bias=True, proj=False, variant=1, plan=0,
              need_dx=True, need_w=[], stream=0)
     a.update(kw)
     return ext.layer_bwd(*a.values())
@@ -125,27 +125,28 @@ CASES = {
     # rnn_bwd
     "bwd cell": lambda: bwd(cell=-1),
     "bwd variant": lambda: bwd(variant=3),
+    "bwd plan": lambda: bwd(plan=-1),
     "bwd hs": lambda: bwd(hs=t(B, H)),
     "bwd hs device": lambda: bwd(hs=meta(T + 1, B, H)),
-    "bwd hs dtype": lambda: bwd(hs=t(T + 1, B, H, dtype=torch.int32), w_t=t(H, 4 * H, dtype=torch.int32),
+    "bwd hs dtype": lambda: bwd(hs=t(T + 1, B, H, dtype=torch.int32), w_hh=t(4 * H, H, dtype=torch.int32),
                                 dout=t(T, B, H, dtype=torch.int32)),
-    "w_t": lambda: bwd(w_t=t(4 * H)),
-    "w_t shape": lambda: bwd(w_t=t(H + 1, 4 * H)),
-    "w_hr_t": lambda: bwd(w_t=t(H, 3 * H), saved=t(T, B, 4 * H), dgh=t(T, B, 3 * H),
+    "bwd w_hh": lambda: bwd(w_hh=t(4 * H)),
+    "bwd w_hh shape": lambda: bwd(w_hh=t(4 * H, H + 1)),
+    "w_hr_t": lambda: bwd(w_hh=t(3 * H, H), saved=t(T, B, 4 * H), dgh=t(T, B, 3 * H),
                           dgi=t(T, B, 3 * H), cell=1, w_hr_t=t(H, 2)),
-    "bwd hs width": lambda: bwd(w_t=t(2, 4 * H), hs=t(T + 1, B, 2)),
+    "bwd hs width": lambda: bwd(w_hh=t(4 * H, 2), hs=t(T + 1, B, 2)),
     "dout": lambda: bwd(dout=t(T, B + 1, H)),
     "bwd saved": lambda: bwd(saved=t(T, B, H)),
     "dgh": lambda: bwd(dgh=t(T, B, H)),
-    "dgi": lambda: bwd(w_t=t(H, 3 * H), dgh=t(T, B, 3 * H), dgi=t(T, B, H), cell=1),
+    "dgi": lambda: bwd(w_hh=t(3 * H, H), dgh=t(T, B, 3 * H), dgi=t(T, B, H), cell=1),
     "carry_h": lambda: bwd(carry_h=t(B + 1, H)),
     "cs bwd": lambda: bwd(cs=t(T, B, H)),
     "carry_c": lambda: bwd(carry_c=t(B, H + 2)),
-    "dhs": lambda: bwd(w_t=t(2, 4 * H), hs=t(T + 1, B, 2), dout=t(T, B, 2), carry_h=t(B, 2),
+    "dhs": lambda: bwd(w_hh=t(4 * H, 2), hs=t(T + 1, B, 2), dout=t(T, B, 2), carry_h=t(B, 2),
                        w_hr_t=t(H, 2), dhs=None),
-    "w_hr_t shape": lambda: bwd(w_t=t(2, 4 * H), hs=t(T + 1, B, 2), dout=t(T, B, 2),
+    "w_hr_t shape": lambda: bwd(w_hh=t(4 * H, 2), hs=t(T + 1, B, 2), dout=t(T, B, 2),
                                 carry_h=t(B, 2), w_hr_t=t(H, 3), dhs=t(T, B, 2)),
-    "dhs shape": lambda: bwd(w_t=t(2, 4 * H), hs=t(T + 1, B, 2), dout=t(T, B, 2),
+    "dhs shape": lambda: bwd(w_hh=t(4 * H, 2), hs=t(T + 1, B, 2), dout=t(T, B, 2),
                              carry_h=t(B, 2), w_hr_t=t(H, 2), dhs=t(T, B, 3)),
     "dh_n": lambda: bwd(dh_n=t(B, H + 1)),
     "dc_n": lambda: bwd(dc_n=t(B + 1, H)),
@@ -194,6 +195,7 @@ CASES = {
     "need_w": lambda: lbwd(need_w=[True]),
     # layer_bwd
     "lb variant": lambda: lbwd(variant=-2),
+    "lb plan": lambda: lbwd(plan=-1),
     "lb saved count": lambda: lbwd(kept=[]),
     "lb layer": lambda: lbwd(layer=-1),
     "dh0": lambda: lbwd(dh0=t(1, B, H + 1)),
@@ -228,7 +230,7 @@ NAMED = {
     "h0": "h0", "c0": "c0", "m_h": "m_h", "m_g": "m_g", "m_g cell": "m_g", "m_c": "m_c",
     "m_zc": "m_zc", "m_zc, zc_p": "m_zc, zc_p", "m_zh": "m_zh", "scales": "scales",
     "bwd cell": "cell", "bwd variant": "variant", "bwd hs": "hs", "bwd hs device": "hs",
-    "bwd hs dtype": "hs", "w_t": "w_t", "w_t shape": "w_t", "w_hr_t": "w_hr_t",
+    "bwd hs dtype": "hs", "bwd w_hh": "w_hh", "bwd w_hh shape": "w_hh", "bwd plan": "plan", "w_hr_t": "w_hr_t",
     "bwd hs width": "hs", "dout": "dout", "bwd saved": "saved", "dgh": "dgh", "dgi": "dgi",
     "carry_h": "carry_h", "cs bwd": "cs", "carry_c": "carry_c", "dhs": "dhs",
     "w_hr_t shape": "w_hr_t", "dhs shape": "dhs", "dh_n": "dh_n", "dc_n": "dc_n",
@@ -244,7 +246,7 @@ NAMED = {
     "cell weights": "weights", "batch_sizes": "batch_sizes", "batch_sizes first": "batch_sizes",
     "batch_sizes order": "batch_sizes", "packed data": "data", "sorted_indices": "sorted_indices",
     "need_w": "need_w",
-    "lb variant": "variant", "lb saved count": "saved", "lb layer": "layer", "dh0": "dh0",
+    "lb variant": "variant", "lb plan": "plan", "lb saved count": "saved", "lb layer": "layer", "dh0": "dh0",
     "dc0": "dc0", "lb dh_n": "dh_n", "lb dc_n": "dc_n", "lb mask": "mask", "lb dout": "dout",
     "lb dout dtype": "dout", "lb saved": "saved", "lb hs": "hs", "lb cs": "cs", "lb ms": "ms",
 }

@@ -58,7 +58,7 @@ def test_cuda_gpu_parity_grid(cell, dtype, variant):
 
 # The cluster forward (csrc/rnn_fwd_cluster.cu) on the tensor cores, every plan compiled for the
 # GPU: batch tiles of 16 (B=37: two full and a partial one; B=1), both directions, unsorted
-# lengths, two layers, no bias. The backward runs persistent.
+# lengths, two layers, no bias. The backward runs its default cluster plan.
 CLUSTER_PLANS = {64: ("4x4", "4x2", "2x4", "4x4a"), 128: ("8x4", "8x2", "4x4", "8x4a"),
                  256: ("16x4", "8x4", "16x4a", "8x4a")}
 CLUSTER_RUNS = [(cell, H, plan) for cell in testing.CELLS for H, plans in CLUSTER_PLANS.items()
@@ -83,6 +83,68 @@ def test_cuda_cluster_parity(cell, H, plan, dtype):
             res = testing.check(case, "cuda", dtype, "cuda")
         assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["plan"]) == ("cluster", plan)
         assert res.ok, f"{case.label()}: {res.failures()}"
+
+
+# The cluster backward (csrc/rnn_bwd_cluster.cu), every plan compiled for the GPU ("<CS>x<NW>",
+# "a": the asynchronous exchange), on the same cases.
+CLUSTER_BWD_PLANS = {64: ("2x4a", "2x4", "4x4a", "4x4"), 128: ("2x8a", "2x8", "8x4a", "8x4", "4x8"),
+                     256: ("16x4a", "8x8a", "16x4", "8x8", "16x8")}
+CLUSTER_BWD_RUNS = [(cell, H, plan) for cell in testing.CELLS
+                    for H, plans in CLUSTER_BWD_PLANS.items() for plan in plans]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.cluster
+@pytest.mark.parametrize("cell,H,plan", CLUSTER_BWD_RUNS,
+                         ids=[f"{c}-H{h}-{p}" for c, h, p in CLUSTER_BWD_RUNS])
+def test_cuda_cluster_backward_parity(cell, H, plan, dtype):
+    from fused_rnn.ops.cuda import launch as cuda_launch
+    for case in _cluster_cases(cell, H):
+        cuda_launch.last_used.update(bwd=None, bwd_plan=None)
+        with cuda_launch.variant("cluster"), cuda_launch.cluster_bwd_plan(plan):
+            res = testing.check(case, "cuda", dtype, "cuda")
+        assert (cuda_launch.last_used["bwd"], cuda_launch.last_used["bwd_plan"]) == \
+            ("cluster", plan)
+        assert res.ok, f"{case.label()}: {res.failures()}"
+
+
+def _cluster_grid(cell: str, n: int, seed: int):
+    """n random cases the cluster kernels take (H = 64, 128, 256; no projection): lengths,
+    layers, directions, batch sizes around the 16-row tile, given or absent states."""
+    import random
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(n):
+        packed = rng.choice(["", "", "sorted", "unsorted"])
+        cases.append(Case(cell, T=rng.choice([1, 2, 7, 16, 40]), B=rng.choice([1, 5, 16, 17, 40]),
+                          I=rng.choice([8, 24, 64]), H=rng.choice([64, 128, 256]),
+                          num_layers=rng.randint(1, 2), bidirectional=rng.random() < 0.5,
+                          batch_first=rng.random() < 0.3, bias=rng.random() < 0.8,
+                          packed=packed, with_hx=rng.random() < 0.7,
+                          seed=rng.randrange(2 ** 31)))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.cluster
+@pytest.mark.parametrize("cell", testing.CELLS)
+def test_cuda_cluster_training_grid(cell, dtype):
+    """100 random cases per cell and dtype (200 per cell over fp16 and bf16) on the default
+    cluster plans both ways, under the parity rule: every output and gradient."""
+    from fused_rnn.ops.cuda import launch as cuda_launch
+    cases = _cluster_grid(cell, 100, seed=4242 + testing.CELLS.index(cell))
+    failures, worst = [], 0.0
+    for case in cases:
+        cuda_launch.last_used.update(fwd=None, bwd=None)
+        with cuda_launch.variant("cluster"):
+            res = testing.check(case, "cuda", dtype, "cuda")
+        assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["bwd"]) == \
+            ("cluster", "cluster"), (case.label(), cuda_launch.last_used)
+        worst = max(worst, res.worst_ratio)
+        if not res.ok:
+            failures.append(f"{case.label()}: {'; '.join(res.failures())}")
+    print(f"{cell} {dtype} cluster: {len(cases)} cases, worst error/bound {worst:.3f}")
+    assert not failures, f"{len(failures)} of {len(cases)} fail:\n" + "\n".join(failures[:20])
 
 
 @pytest.mark.cluster
@@ -126,7 +188,9 @@ SANITIZER = [Case("LSTM", T=5, B=37, I=9, H=70, packed="unsorted", bidirectional
                   reg=Regularization(variational_dropout=0.3, zoneout_hidden=0.4), seed=8),
              # Shapes the cluster forward takes (bf16; fp32 falls back to persistent).
              Case("LSTM", T=5, B=37, I=9, H=128, packed="unsorted", bidirectional=True, seed=9),
-             Case("GRU", T=4, B=5, I=16, H=64, num_layers=2, seed=10)]
+             Case("GRU", T=4, B=5, I=16, H=64, num_layers=2, seed=10),
+             # and the cluster backward's 16-block asynchronous default
+             Case("RNN_TANH", T=4, B=20, I=8, H=256, packed="unsorted", seed=11)]
 
 
 @pytest.mark.parametrize("variant", ["persistent", "step", "cluster"])
@@ -137,6 +201,36 @@ def test_cuda_sanitizer_grid(case, dtype, variant):
     from fused_rnn.ops.cuda import launch as cuda_launch
     with cuda_launch.variant(variant):
         res = testing.check(case, "cuda", dtype, "cuda")
+    assert res.ok, res.failures()
+
+
+# The cluster kernels alone under compute-sanitizer (scripts/gpu_check.sh, sanitize-cluster):
+# the default plans both ways (forward barrier, backward asynchronous), and the other exchange
+# of each (forward asynchronous, backward barrier); a partial batch tile, packed, both
+# directions. (case, forward plan, backward plan); None: H's default.
+def _sanitizer_case(cell, H, seed):
+    return Case(cell, T=3, B=17, I=8, H=H, packed="unsorted", bidirectional=True, seed=seed)
+
+
+CLUSTER_SANITIZER = [(_sanitizer_case("LSTM", 64, 1), None, None),
+                     (_sanitizer_case("LSTM", 128, 2), None, None),
+                     (_sanitizer_case("LSTM", 256, 3), None, None),
+                     (_sanitizer_case("LSTM", 256, 4), "16x4a", "16x4"),
+                     (_sanitizer_case("GRU", 64, 5), "4x4a", "2x4")]
+
+
+@pytest.mark.sanitizer
+@pytest.mark.cluster
+@pytest.mark.parametrize("case,plan,bwd_plan", CLUSTER_SANITIZER,
+                         ids=[f"{c.label()}-{p}-{b}" for c, p, b in CLUSTER_SANITIZER])
+def test_cuda_cluster_sanitizer_grid(case, plan, bwd_plan):
+    from fused_rnn.ops.cuda import launch as cuda_launch
+    with cuda_launch.variant("cluster"), cuda_launch.cluster_plan(plan), \
+            cuda_launch.cluster_bwd_plan(bwd_plan):
+        res = testing.check(case, "cuda", torch.bfloat16, "cuda")
+    assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["bwd"]) == ("cluster", "cluster")
+    if bwd_plan is not None:
+        assert cuda_launch.last_used["bwd_plan"] == bwd_plan
     assert res.ok, res.failures()
 
 

@@ -91,8 +91,82 @@ def test_cuda_cluster_forward_matches_reference_backend(case, plan):
     with cuda_launch.variant("cluster"), cuda_launch.cluster_plan(plan):
         diffs = testing.compare_backends(case, "cuda", "reference", torch.float64, DEVICE)
     assert max(diffs.values()) <= 1e-10, diffs
-    # The backward has no cluster kernel: it runs persistent.
-    assert cuda_launch.last_used == {"fwd": "cluster", "bwd": "persistent", "plan": plan}
+    assert cuda_launch.last_used == {"fwd": "cluster", "bwd": "cluster", "plan": plan,
+                                     "bwd_plan": CLUSTER_BWD_PLANS[case.H][0]}
+
+
+# The cluster backward (csrc/rnn_bwd_cluster.cu) for each backward plan it has for H (CS blocks
+# per cluster x NW warps; "1x2": one block, no cluster exchange), on the same cases, against the
+# reference backend: outputs and every gradient (dx, dh0, dc0, the weights') in fp64. T = 1 (no
+# recurrent term) and every batch size below and above a tile of 16 are among them.
+CLUSTER_BWD_PLANS = {32: ("2x2a", "2x2", "2x1", "1x2"), 64: ("4x2a", "4x4", "4x2")}
+CLUSTER_BWD = CLUSTER + [Case("LSTM", T=1, B=5, I=3, H=32, seed=17),
+                         Case("GRU", T=1, B=16, I=3, H=64, bidirectional=True, seed=18),
+                         Case("RNN_RELU", T=6, B=33, I=4, H=64, packed="unsorted", seed=19),
+                         Case("LSTM", T=7, B=2, I=4, H=32, with_hx=False, seed=20)]
+CLUSTER_BWD_RUNS = [(c, plan) for c in CLUSTER_BWD for plan in CLUSTER_BWD_PLANS[c.H]]
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="GPU: tests/test_cuda_gpu.py (fp16/bf16)")
+@pytest.mark.parametrize("case,plan", CLUSTER_BWD_RUNS,
+                         ids=[f"{c.label()}-{p}" for c, p in CLUSTER_BWD_RUNS])
+def test_cuda_cluster_backward_matches_reference_backend(case, plan):
+    cuda_launch = _cuda_launch()
+    cuda_launch.last_used.update(fwd=None, bwd=None, plan=None, bwd_plan=None)
+    with cuda_launch.variant("cluster"), cuda_launch.cluster_bwd_plan(plan):
+        diffs = testing.compare_backends(case, "cuda", "reference", torch.float64, DEVICE)
+    assert max(diffs.values()) <= 1e-10, diffs
+    assert (cuda_launch.last_used["bwd"], cuda_launch.last_used["bwd_plan"]) == ("cluster", plan)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="emulated plans")
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
+def test_cuda_cluster_backward_per_direction_entry(cell):
+    """The per-direction entry (the custom ops of ops/cuda/launch.py, binding.cpp rnn_bwd) runs
+    the cluster backward too: one layer function call per direction, packed lengths, given
+    dh_n/dc_n, against autograd through ops/naive.py in fp64."""
+    from fused_rnn.ops import recurrence
+    from fused_rnn.ops.cells import GATES
+    from fused_rnn.ops.naive import layer_naive
+    cuda_launch = _cuda_launch()
+    gen = torch.Generator().manual_seed(77)
+    T, B, H, G = 5, 7, 32, GATES[cell]
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(DEVICE)
+    inputs = [rand(T, B, G * H), rand(B, H), rand(B, H) if cell == "LSTM" else None,
+              rand(G * H, H, scale=0.3), rand(G * H), None]
+    lengths = torch.tensor([5, 2, 4, 1, 5, 3, 5])
+    mask = (torch.arange(T)[:, None] < lengths[None]).unsqueeze(-1).to(DEVICE)
+    for reverse in (False, True):
+        cuda_launch.last_used.update(fwd=None, bwd=None, plan=None, bwd_plan=None)
+        with cuda_launch.variant("cluster"), cuda_launch.cluster_bwd_plan("2x1"):
+            ours = _masked_layer_run(cuda_launch.layer_cuda, cell, inputs, mask, reverse,
+                                     recurrence.NO_MASKS, torch.float64, 5)
+        assert cuda_launch.last_used == {"fwd": "cluster", "bwd": "cluster", "plan": "2x1",
+                                         "bwd_plan": "2x1"}, cuda_launch.last_used
+        truth = _masked_layer_run(layer_naive, cell, inputs, mask, reverse, recurrence.NO_MASKS,
+                                  torch.float64, 5)
+        errs = [(a - b).abs().max().item() for a, b in zip(ours, truth)]
+        assert max(errs) <= 1e-10, (reverse, errs)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="emulated plans")
+@pytest.mark.parametrize("plan", ["2x2", "2x2a"])
+def test_cuda_cluster_backward_is_bitwise_reproducible(plan):
+    """The reduce-scatter sums each unit's partials in rank order: two runs give the same bits.
+    A regression guard: a sum in arrival order (atomics, or a slot per arrival) would vary with
+    the order in which the emulated blocks' threads run, which differs from run to run."""
+    cuda_launch = _cuda_launch()
+    case = CLUSTER[0]
+    runs = []
+    for _ in range(2):
+        with cuda_launch.variant("cluster"), cuda_launch.cluster_bwd_plan(plan):
+            runs.append(testing.run(fused_rnn.convert(testing.torch_module(case), "cuda"), case,
+                                    torch.float32, DEVICE))
+        assert cuda_launch.last_used["bwd_plan"] == plan
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), name
 
 
 @pytest.mark.skipif(DEVICE == "cuda", reason="GPU: tests/test_cuda_gpu.py (fp16/bf16)")
@@ -132,20 +206,28 @@ def test_cuda_cluster_inference_writes_outputs_and_final_state(cell):
     ("plan missing for H: default", Case("GRU", T=3, B=4, I=5, H=32, seed=24), ("cluster", "2x1")),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_cuda_cluster_falls_back(why, case, expected):
-    """What the cluster forward cannot take runs as persistent (or per step), with the same
-    results; an asked plan that H lacks runs H's default plan."""
+    """What the cluster kernels cannot take runs as persistent (or per step), with the same
+    results, the backward as the forward; an asked plan that H lacks runs H's default plan."""
     cuda_launch = _cuda_launch()
-    cuda_launch.last_used.update(fwd=None, bwd=None, plan=None)
-    with cuda_launch.variant("cluster"), cuda_launch.cluster_plan("4x2"):
+    cuda_launch.last_used.update(fwd=None, bwd=None, plan=None, bwd_plan=None)
+    with cuda_launch.variant("cluster"), cuda_launch.cluster_plan("4x2"), \
+            cuda_launch.cluster_bwd_plan("4x4"):
         diffs = testing.compare_backends(case, "cuda", "reference", torch.float64, DEVICE)
     assert max(diffs.values()) <= 1e-10, diffs
     assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["plan"]) == expected
+    bwd = ("cluster", "2x2a") if expected[0] == "cluster" else (expected[0], None)
+    assert (cuda_launch.last_used["bwd"], cuda_launch.last_used["bwd_plan"]) == bwd
 
 
 def test_cluster_plan_names_are_checked():
     for bad in ("16x3", "16x4b", "x4", "16"):
         with pytest.raises(ValueError, match=rf"cluster plan: expected '<CS>x<KS>'.*got '{bad}'"):
             with _cuda_launch().cluster_plan(bad):
+                pass
+    for bad in ("16x3", "17x4", "16x16", "8x8b"):
+        with pytest.raises(ValueError,
+                           match=rf"cluster backward plan: expected '<CS>x<NW>'.*got '{bad}'"):
+            with _cuda_launch().cluster_bwd_plan(bad):
                 pass
     from fused_rnn.ops.cuda import plans
     for name in ("16x4", "2x1a", "8x2"):

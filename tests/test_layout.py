@@ -30,9 +30,9 @@ def _constant(text: str, name: str) -> int:
     return int(re.search(rf"constexpr int {name} = (\d+);", text).group(1))
 
 
-def _gpu_plans(text: str):
-    """The X(H, CS, KS, exchange) entries of FRNN_CLUSTER_PLANS in the GPU build's branch."""
-    block = text[text.index("#define FRNN_CLUSTER_PLANS"):]
+def _gpu_plans(text: str, macro: str = "FRNN_CLUSTER_PLANS"):
+    """The X(H, CS, KS, exchange) entries of a plans macro in the GPU build's branch."""
+    block = text[text.index(f"#define {macro}"):]
     gpu = block.split("#else", 1)[1].split("#endif", 1)[0]
     return [tuple(map(int, m)) for m in re.findall(r"X\((\d+), (\d+), (\d+), (\d+)\)", gpu)]
 
@@ -52,6 +52,21 @@ def test_cuda_plans_mirror_plans_h():
         code = plans.plan_code(name)
         assert code == exchange * 10000 + cs * 100 + ks  # plan_code() in plans.h
         assert plans.plan_name(code) == name and H % (16 * cs) == 0
+
+
+def test_cuda_backward_plans_parse_and_default_to_fence_free_ones():
+    """The cluster backward's plans (X(H, CS, NW, exchange)) have names plans.py reads back,
+    tile H, and each H's default (its first) has no fence in its time loop: one block, or the
+    asynchronous exchange (tests/test_sass.py checks the SASS)."""
+    entries = _gpu_plans(_header("plans.h"), "FRNN_CLUSTER_BWD_PLANS")
+    assert {H for H, *_ in entries} == {64, 128, 256}, entries
+    defaults = {}
+    for H, cs, nw, exchange in entries:
+        name = f"{cs}x{nw}{'a' if exchange else ''}"
+        assert plans.plan_name(plans.plan_code(name, backward=True)) == name
+        assert H % (16 * cs) == 0 and H % (16 * nw) == 0, (H, name)
+        defaults.setdefault(H, (cs, exchange))
+    assert all(cs == 1 or exchange for cs, exchange in defaults.values()), defaults
 
 
 def test_cell_constants_mirror_params_h():

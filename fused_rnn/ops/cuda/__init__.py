@@ -4,7 +4,7 @@ launch.py: the launchers, custom ops and layer function. Importing this package 
 nor builds the extension (the first launch does), and the names below load launch.py on first
 access."""
 
-__all__ = ["VARIANTS", "cluster_plan", "last_used", "layer_cuda", "variant"]
+__all__ = ["VARIANTS", "cluster_bwd_plan", "cluster_plan", "last_used", "layer_cuda", "variant"]
 
 
 def __getattr__(name):

@@ -22,8 +22,8 @@ from ... import _alloc
 from .. import recurrence
 from ..cells import CELL_CODES, GATES
 from . import extension
-from .plans import (VARIANT_CODES, VARIANT_NAMES, VARIANTS, checked_plan_name, plan_code,
-                    plan_name)
+from .plans import (VARIANT_CODES, VARIANT_NAMES, VARIANTS, checked_bwd_plan_name,
+                    checked_plan_name, plan_code, plan_name)
 
 _variants = recurrence.Variants(VARIANTS, "cluster")
 # `with variant(name):` runs the CUDA backend's recurrence as `name` for the layers called
@@ -33,16 +33,48 @@ variant = _variants.use
 # of the last forward ("<CS>x<KS>", None where no cluster kernel ran), for tests and the
 # benchmark. Process-wide: a backward on CUDA tensors runs on autograd's device thread, not on
 # the thread that called it.
-last_used = {"fwd": None, "bwd": None, "plan": None}
+# "bwd_plan": the cluster backward's plan of the last backward (None where it did not run).
+last_used = {"fwd": None, "bwd": None, "plan": None, "bwd_plan": None}
 # The cluster plan to ask for (plans.py: a name, or None for the default), per thread. Where H
 # has no such plan, the default runs; last_used["plan"] says which did.
 _plan = recurrence.ThreadChoice(None, checked_plan_name)
+
+
+class _ProcessChoice:
+    """A setting for the whole process, chosen with a context manager (`use`): unlike
+    recurrence.ThreadChoice, every thread sees it, autograd's device threads included, where a
+    backward on CUDA tensors runs."""
+
+    def __init__(self, default, check):
+        self.current, self._check = default, check
+
+    @contextlib.contextmanager
+    def use(self, value):
+        value = self._check(value)
+        previous, self.current = self.current, value
+        try:
+            yield value
+        finally:
+            self.current = previous
+
+
+# The same for the cluster backward, process-wide: the per-direction ops (the custom ops of
+# ops/recurrence.py) read it where their backward runs, on autograd's thread; a whole-stack
+# call (ops/cuda/stack.py) reads it at forward time.
+_bwd_plan = _ProcessChoice(None, checked_bwd_plan_name)
 
 
 def cluster_plan(name: Optional[str]):
     """`with cluster_plan("16x4"):` asks the cluster forward for that plan on this thread (the
     benchmark's tuning); None restores the default. Raises ValueError for a malformed name."""
     return _plan.use(name)
+
+
+def cluster_bwd_plan(name: Optional[str]):
+    """`with cluster_bwd_plan("16x4"):` asks the cluster backward for that plan ("<CS>x<NW>",
+    plans.py) for the backward passes run inside the block, on any thread (the setting is
+    process-wide: a backward runs on autograd's thread); None: the default."""
+    return _bwd_plan.use(name)
 
 
 def _stream_and_device(t: Tensor):
@@ -116,17 +148,19 @@ def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
     dgi = _alloc.empty((T, B, NG * H), like=saved) if cell == "GRU" else dgh
     dhs = _alloc.empty((T, B, HK), like=saved) if proj else None  # dL/dh_t, for dW_hr
     if B > 0:
-        # Transposed copies: the kernels read rows of W_hhᵀ (columns of W_hh) and of W_hrᵀ.
-        w_t = w_hh.t().contiguous()
+        # W_hrᵀ, a transposed copy (the kernels read its rows); the binding makes W_hhᵀ where
+        # the kernel that runs needs it (not the cluster backward).
         w_hr_t = w_hr.t().contiguous() if proj else None
         mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
         stream, device = _stream_and_device(hs)
         with device:
-            used = extension.load().rnn_bwd(w_t, w_hr_t, dout, dh_n, dc_n, saved,
-                                            hs.contiguous(), cs, mask_u8, *_step_masks(masks),
-                                            dgh, dgi, dhs, carry_h, carry_c, CELL_CODES[cell],
-                                            reverse, VARIANT_CODES[variant], stream)
+            used, plan = extension.load().rnn_bwd(
+                w_hh.contiguous(), w_hr_t, dout, dh_n, dc_n, saved, hs.contiguous(), cs,
+                mask_u8, *_step_masks(masks), dgh, dgi, dhs, carry_h, carry_c, CELL_CODES[cell],
+                reverse, VARIANT_CODES[variant], plan_code(_bwd_plan.current, backward=True),
+                stream)
         last_used["bwd"] = VARIANT_NAMES[used]
+        last_used["bwd_plan"] = plan_name(plan)
     return recurrence.finish_bwd(cell, dgh, dgi, dhs, carry_h, carry_c, hs, ms, w_hh, w_hr,
                                  reverse, has_bias, masks) + recurrence.no_ln(w_hh, 4)
 

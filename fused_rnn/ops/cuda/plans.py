@@ -2,10 +2,11 @@
 codes, the cluster's batch tile). tests/test_layout.py reads csrc/plans.h and checks that these
 agree with it.
 
-A cluster plan's name is "<CS>x<KS>" (blocks per cluster, k slices), with a trailing "a" for the
-asynchronous exchange (st.async and transaction barriers instead of the cluster barrier; not yet
-run on a GPU). Its code is exchange * PLAN_EXCHANGE_UNIT + CS * PLAN_CLUSTER_UNIT + KS; 0 asks
-for the default plan of H.
+A forward cluster plan's name is "<CS>x<KS>" (blocks per cluster, k slices), with a trailing
+"a" for the asynchronous exchange (st.async and transaction barriers instead of the cluster
+barrier; not yet run on a GPU). Its code is exchange * PLAN_EXCHANGE_UNIT + CS *
+PLAN_CLUSTER_UNIT + KS; 0 asks for the default plan of H. A backward plan's name is
+"<CS>x<NW>" (NW: warps per block, each owning H / NW columns of W_hh), coded the same way.
 """
 from typing import Optional
 
@@ -23,26 +24,36 @@ CLUSTER_BATCH = 16          # kClusterBatch: batch rows per cluster
 # warp's output tile.
 CLUSTER_SIZES = range(1, 17)
 K_SLICES = (1, 2, 4)
+BWD_WARPS = (1, 2, 4, 8)  # the backward's warps per block
 
 
-def plan_code(name: Optional[str]) -> int:
-    """The code of a plan name (0 for None: the default plan of H)."""
+def plan_code(name: Optional[str], backward: bool = False) -> int:
+    """The code of a plan name (0 for None: the default plan of H); backward: a plan of the
+    cluster backward ("<CS>x<NW>")."""
     if name is None:
         return 0
     text = str(name)
     suffix = "a" if text.endswith("a") else ""
     cs, sep, ks = text[:len(text) - len(suffix)].partition("x")
+    second, allowed = ("NW", BWD_WARPS) if backward else ("KS", K_SLICES)
     if not (sep and cs.isdigit() and ks.isdigit() and int(cs) in CLUSTER_SIZES
-            and int(ks) in K_SLICES):
-        raise ValueError(f"cluster plan: expected '<CS>x<KS>' with CS in 1..16 and KS in 1, 2, 4, "
-                         f"and 'a' after it for the asynchronous exchange (e.g. '16x4', '16x4a'), "
-                         f"got {name!r}")
+            and int(ks) in allowed):
+        kind = "cluster backward plan" if backward else "cluster plan"
+        raise ValueError(f"{kind}: expected '<CS>x<{second}>' with CS in 1..16 and {second} in "
+                         f"{', '.join(map(str, allowed))}, and 'a' after it for the asynchronous "
+                         f"exchange (e.g. '16x4', '16x4a'), got {name!r}")
     return (EXCHANGE_CODES[suffix] * PLAN_EXCHANGE_UNIT + int(cs) * PLAN_CLUSTER_UNIT + int(ks))
 
 
 def checked_plan_name(name: Optional[str]) -> Optional[str]:
     """name itself, after plan_code has checked it."""
     plan_code(name)
+    return name
+
+
+def checked_bwd_plan_name(name: Optional[str]) -> Optional[str]:
+    """name itself, after plan_code has checked it as a backward plan."""
+    plan_code(name, backward=True)
     return name
 
 

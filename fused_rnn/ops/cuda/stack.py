@@ -21,7 +21,7 @@ from ... import _alloc
 from ..cells import CELL_CODES
 from ..recurrence import refuse_double_backward
 from . import extension
-from .launch import _plan, _variants, last_used
+from .launch import _bwd_plan, _plan, _variants, last_used
 from .plans import VARIANT_CODES, VARIANT_NAMES, plan_code, plan_name
 
 
@@ -74,6 +74,10 @@ class _Stack(torch.autograd.Function):
         ctx.save_for_backward(x, mask, h0, c0, *weights, *inputs[1:],
                               *(t for k in kept for t in k))
         ctx.ext, ctx.cfg, ctx.variant = ext, cfg, variant
+        # The backward's plan as the caller's thread asks at forward time (the backward may run
+        # on autograd's device thread).
+        bwd_plan = _bwd_plan.current
+        ctx.bwd_plan = plan_code(bwd_plan, backward=True) if bwd_plan else 0
         ctx.set_materialize_grads(False)  # absent gradients stay None: the kernels read zeros
         return out, h_n, c_n
 
@@ -89,14 +93,15 @@ class _Stack(torch.autograd.Function):
         grads = [None] * len(weights)
         dh0 = dc0 = None
         for layer in reversed(range(L)):
-            dout, dh0, dc0, g, used = ext.layer_bwd(
+            dout, dh0, dc0, g, used, used_plan = ext.layer_bwd(
                 dout, dh_n, dc_n, inputs[layer], weights[layer * per:(layer + 1) * per],
                 rest[layer * n:(layer + 1) * n], dh0, dc0, LD, layer, mask, cfg.cell,
-                cfg.directions, cfg.bias, cfg.proj, ctx.variant,
+                cfg.directions, cfg.bias, cfg.proj, ctx.variant, ctx.bwd_plan,
                 layer > 0 or ctx.needs_input_grad[4],
                 ctx.needs_input_grad[8 + layer * per:8 + (layer + 1) * per], stream)
             grads[layer * per:(layer + 1) * per] = g
         last_used["bwd"] = VARIANT_NAMES[used]
+        last_used["bwd_plan"] = plan_name(used_plan) if used_plan else None
         grads = (None, None, None, None, dout, None, dh0 if ctx.needs_input_grad[6] else None,
                  dc0 if ctx.needs_input_grad[7] else None, *grads)
         # Grad mode is on here only under create_graph=True: a second derivative must say why

@@ -1,0 +1,106 @@
+"""Mutation checks of the cluster backward's CPU tests: each mutation below breaks
+csrc/rnn_bwd_cluster.cu in one way, the emulated extension is built from the broken copy, and
+the cluster backward's cases of tests/test_cuda_kernels.py (every emulated backward plan) run
+against the reference backend in fp64. A mutation is caught when at least one case fails
+(error over 1e-10, or an exception). Prints one JSON line per mutation; exit 0 when every
+mutation asked for is caught.
+
+    python scripts/mutation_check.py                 # all
+    python scripts/mutation_check.py skip_rank       # one
+
+tests/test_mutations.py runs each in a subprocess (about a minute each: one emulated build)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = "rnn_bwd_cluster.cu"
+
+# name -> (what it breaks, the text replaced, its replacement); the text must occur once.
+MUTATIONS = {
+    "drop_dgates_term": (
+        "one gate's dgates left out of the recurrent product (LSTM o, GRU n)",
+        "tile[row * LDG + q * U + u] = from_acc<T>(dg[q]);",
+        "tile[row * LDG + q * U + u] = from_acc<T>(NG > 1 && q == NG - 1 ? A(0) : dg[q]);"),
+    "skip_rank": (
+        "the reduce-scatter skips rank 0's partial (plans of two or more blocks)",
+        "for (int src = 0; src < CS; ++src) rec +=",
+        "for (int src = CS > 1 ? 1 : 0; src < CS; ++src) rec +="),
+    "wrong_step_saved": (
+        "the saved gates read at the next time step (the last step's own)",
+        "sv[j][q] = saved[at(t, B, b, NS * H) + q * H + unit];",
+        "sv[j][q] = saved[at(t + 1 < T_ ? t + 1 : t, B, b, NS * H) + q * H + unit];"),
+}
+
+
+def _build(name: str, build_root: Path):
+    """The emulated extension from csrc/ with `name`'s mutation applied."""
+    from torch.utils import cpp_extension
+
+    from fused_rnn.ops.cuda import extension
+    _, old, new = MUTATIONS[name]
+    src = build_root / "csrc"
+    shutil.copytree(ROOT / "csrc", src)
+    path = src / SOURCE
+    text = path.read_text()
+    assert text.count(old) == 1, f"{name}: the mutated text occurs {text.count(old)} times"
+    path.write_text(text.replace(old, new))
+    out = build_root / "build"
+    out.mkdir()
+    return cpp_extension.load(
+        name=f"fused_rnn_mutant_{name}",
+        sources=[str(src / "binding.cpp"), str(src / "emulated.cpp")],
+        extra_cflags=["-O2", "-DFRNN_EMULATE", "-pthread"],
+        extra_ldflags=["-pthread", *extension.LINK_FLAGS], extra_include_paths=[str(src)],
+        build_directory=str(out))
+
+
+def _runs():
+    """The cluster backward's emulated cases and plans (tests/test_cuda_kernels.py)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import test_cuda_kernels as t
+    return t.CLUSTER_BWD_RUNS
+
+
+def check(name: str) -> dict:
+    import torch
+
+    from fused_rnn import testing
+    from fused_rnn.ops.cuda import extension
+    from fused_rnn.ops.cuda import launch as cuda_launch
+    os.environ["FUSED_RNN_CUDA_EMULATE"] = "1"
+    with tempfile.TemporaryDirectory() as tmp:
+        module = _build(name, Path(tmp))
+        extension._load = lambda emulate: module  # every launcher asks load(), which asks this
+        failed, worst = 0, 0.0
+        runs = _runs()
+        for case, plan in runs:
+            try:
+                with cuda_launch.variant("cluster"), cuda_launch.cluster_bwd_plan(plan):
+                    err = max(testing.compare_backends(case, "cuda", "reference", torch.float64,
+                                                       "cpu").values())
+            except Exception:  # noqa: BLE001 (a crash of the mutant counts as caught)
+                err = float("inf")
+            worst = max(worst, err)
+            failed += not err <= 1e-10
+    return {"mutation": name, "breaks": MUTATIONS[name][0], "cases": len(runs), "failed": failed,
+            "worst_error": worst, "caught": failed > 0}
+
+
+def main(argv):
+    names = argv or list(MUTATIONS)
+    if len(names) > 1:  # one process per mutation: the backends keep the extension they load
+        codes = [subprocess.run([sys.executable, __file__, n], cwd=ROOT).returncode
+                 for n in names]
+        return 0 if all(c == 0 for c in codes) else 1
+    row = check(names[0])
+    print(json.dumps(row), flush=True)
+    return 0 if row["caught"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
