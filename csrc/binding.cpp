@@ -712,6 +712,19 @@ std::map<std::string, int64_t> device_info() {
           {"emulated", kEmulated}};
 }
 
+// The cluster plans this build compiled (plans.h), each as (kind, H, code), kind "fwd" or
+// "bwd", per H the default first: what `fused-rnn bench --tune` times.
+std::vector<std::tuple<std::string, int64_t, int64_t>> cluster_plans() {
+  std::vector<std::tuple<std::string, int64_t, int64_t>> plans;
+#define FRNN_LIST_FWD(H_, CS_, S_, EX_) plans.emplace_back("fwd", H_, frnn::plan_code(CS_, S_, EX_));
+#define FRNN_LIST_BWD(H_, CS_, S_, EX_) plans.emplace_back("bwd", H_, frnn::plan_code(CS_, S_, EX_));
+  FRNN_CLUSTER_PLANS(FRNN_LIST_FWD)
+  FRNN_CLUSTER_BWD_PLANS(FRNN_LIST_BWD)
+#undef FRNN_LIST_FWD
+#undef FRNN_LIST_BWD
+  return plans;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -727,6 +740,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cell_fwd", &cell_fwd, "one cell step without a gradient, input GEMM included");
   m.def("packed_index", &packed_index, "a PackedSequence's row index and step mask");
   m.def("device_info", &device_info, "SMs, shared memory and compute capability");
+  m.def("cluster_plans", &cluster_plans, "the cluster plans compiled: (kind, H, code)");
   m.attr("emulated") = kEmulated;
 #ifdef FRNN_EMULATE
   m.def("launches", &frnn::emulated_launches, "kernels launched so far (emulated device)");

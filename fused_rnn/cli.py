@@ -121,6 +121,8 @@ def cmd_bench(args) -> int:
                   "cuDNN, fp32/tf32/bf16) needs CUDA.")
     if args.sweep:
         return _bench_sweep(args, device, out)
+    if args.tune:
+        return _bench_tune(args, device, out)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes or []]
     if any(len(s) != 4 for s in shapes):
         raise SystemExit("--shapes: expected T,B,I,H for each shape, e.g. 256,16,512,512")
@@ -143,6 +145,23 @@ def cmd_bench(args) -> int:
     json_path = bench.write_json(results, folder / f"{name}.json")
     png_path = bench.plot(results, folder / f"{name}.png")
     out.print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def _bench_tune(args, device, out) -> int:
+    """`fused-rnn bench --tune`: the measured plan table of the CUDA backend (bench/tune.py)."""
+    from .bench import tune
+    from .ops.cuda import extension
+    if device.type != "cuda" and not extension.emulated():
+        raise SystemExit("--tune times the CUDA kernels: it needs a GPU, or "
+                         "FUSED_RNN_CUDA_EMULATE=1 to tune the emulated build on the CPU")
+    gpu = device.type == "cuda"
+    table = tune.tune(device, cells=args.cells or ("LSTM", "GRU"),
+                      dtypes=args.dtypes or (("bf16", "fp16") if gpu else ("fp32",)),
+                      b_buckets=tune.B_BUCKETS if gpu else (2, 20), T=tune.T_STEPS if gpu else 2,
+                      log=out.print)
+    path = tune.write(table)
+    out.print(f"wrote {path}: {len(table['entries'])} entries for {table['gpu']}")
     return 0
 
 
@@ -237,6 +256,12 @@ def main(argv=None) -> int:
                    help="instead of the grid: forward µs per step against H, B and T (LSTM, "
                         "bf16 and fp16 on CUDA, fp32 on the CPU), one plot per sweep (default: "
                         "off)")
+    b.add_argument("--tune", action="store_true",
+                   help="instead of the grid: time every CUDA cluster plan per cell, dtype, H "
+                        "and batch bucket on this GPU (bf16 fp16, LSTM GRU by default) and write "
+                        "the plan table the CUDA backend reads, one file per GPU model "
+                        "(fused_rnn/ops/cuda/tuned/, or $FUSED_RNN_TUNED_DIR); on the CPU, under "
+                        "FUSED_RNN_CUDA_EMULATE=1, the emulated kernels in fp32 (default: off)")
     b.add_argument("--out", default="fused-rnn-results",
                    help="output folder (default: %(default)s)")
     b.add_argument("--name", help="file name stem (default: the suite's name: gpu, gpu-quick, "

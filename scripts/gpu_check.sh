@@ -16,6 +16,8 @@
 #             cluster_plans_$NAME.json)
 #   sanitize-cluster  compute-sanitizer memcheck and racecheck over the cluster kernels' small
 #             grid alone (every default plan both ways)
+#   tune      fused-rnn bench --tune: every cluster plan timed per cell, dtype, H and batch
+#             bucket; the CUDA backend's plan table -> fused_rnn/ops/cuda/tuned/, copied to $OUT
 #   bench-cluster  the cluster kernels' rows against cuDNN in both half dtypes (LSTM, GRU;
 #             fwd, fwdbwd; H <= 256; peak memory in the JSON) -> $NAME.json/.png
 #   tests     the whole test suite but the GPU parity grids and the big tests (stages of their own)
@@ -31,11 +33,12 @@
 #   bench     the benchmark suite
 #   sweep     fused-rnn bench --sweep: us/step against H, B, T (LSTM bf16/fp16), a plot each
 #   STAGES="build cuda sanitize" bash scripts/gpu_check.sh
-#   STAGES="build cluster sanitize-cluster bench-cluster" NAME=h200 bash scripts/gpu_check.sh
-#             the cluster kernels' whole check: the cluster stages' caps sum to 450 s after the
-#             install and the build, whose time on the H200 is not known yet; with a build over
-#             90 s, run STAGES=build first and the rest in a second call while the machine is
-#             warm (its build cache stays), to keep each call within 9 minutes
+#   STAGES="build cluster sanitize-cluster tune bench-cluster" NAME=h200 bash scripts/gpu_check.sh
+#             the cluster kernels' whole check: the cluster stages' caps sum to 600 s after the
+#             install and the build, whose time on the H200 is not known yet; to keep each
+#             device call within 9 minutes, run STAGES="build cluster sanitize-cluster" first
+#             and "tune bench-cluster" in a second call while the machine is warm (its build
+#             cache stays)
 #   STAGES="bench" bash scripts/gpu_check.sh --quick      (extra arguments go to the bench)
 # The install stage always runs first.
 set -uo pipefail
@@ -116,8 +119,10 @@ done
 # Host µs per call and the GPU's idle time between kernels (benchmarks/README.md).
 want host && stage host 120 "$PY" benchmarks/profile_fwd.py --json "$OUT/profile_fwd_$NAME.json"
 want bench && stage bench 540 "$PY" -m fused_rnn bench --out "$OUT" --name "$NAME" "$@"
+want tune && stage tune 150 bash -c "'$PY' -m fused_rnn bench --tune && \
+cp fused_rnn/ops/cuda/tuned/*.json '$OUT/'"
 want bench-cluster && stage bench-cluster 120 "$PY" -m fused_rnn bench --cells LSTM GRU \
-  --dtypes bf16 fp16 --modes fwd fwdbwd --providers cudnn cuda cuda_persistent --options none \
+  --dtypes bf16 fp16 --modes fwd fwdbwd --providers cudnn auto cuda cuda_persistent --options none \
   --shapes 512,16,128,128 256,16,256,256 256,1,256,256 256,64,256,256 --out "$OUT" --name "$NAME"
 want sweep && stage sweep 540 "$PY" -m fused_rnn bench --sweep --out "$OUT" --name "$NAME"
 echo "gpu_check: overall status $status; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"

@@ -46,8 +46,9 @@ MODES = ("fwd", "fwdbwd")
 # A fused backend's name runs its default variant ("triton": per step; "cuda": the cluster
 # forward where it applies, else persistent where the shape fits, else per step);
 # "<backend>_<variant>" pins the variant (each still falls back where the shape does not fit).
-PROVIDERS = ("cudnn", "loop", "reference", "triton", "triton_persistent", "cuda", "cuda_step",
-             "cuda_persistent", "cuda_cluster")
+# "auto" is backend="auto": what a user gets without choosing (fused_rnn/backends.py).
+PROVIDERS = ("cudnn", "loop", "reference", "auto", "triton", "triton_persistent", "cuda",
+             "cuda_step", "cuda_persistent", "cuda_cluster")
 
 # Regularisation rows: one option at p = 0.25, in training mode, timed for the fused
 # default providers against the same provider without it. OPTION_* is where they run on the GPU.
@@ -111,6 +112,8 @@ def why_not(provider: str, device: torch.device, dtype: str) -> Optional[str]:
     """None if the provider can run here, else why not."""
     if dtype in ("tf32", "bf16", "fp16") and device.type != "cuda":
         return f"{dtype} rows run on CUDA only"
+    if provider == "auto":  # whichever backend can run: on the CPU, the reference's row
+        return None if device.type == "cuda" else "on the CPU it is the reference backend"
     if provider in ("cudnn", "loop"):
         return None
     reason = backends.why_not(provider.split("_")[0], device, DTYPES[dtype][0])

@@ -21,7 +21,7 @@ from torch import Tensor
 from ... import _alloc
 from .. import recurrence
 from ..cells import CELL_CODES, GATES
-from . import extension
+from . import extension, tuned
 from .plans import (VARIANT_CODES, VARIANT_NAMES, VARIANTS, checked_bwd_plan_name,
                     checked_plan_name, plan_code, plan_name)
 
@@ -120,7 +120,9 @@ def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: 
             used, plan = extension.load().rnn_fwd(
                 gi, w_hh, b_hh, w_hr, mask_u8, *_step_masks(masks), h0.contiguous(),
                 None if c0 is None else c0.contiguous(), h_n, c_n, hs, cs, out, saved, ms,
-                CELL_CODES[cell], reverse, VARIANT_CODES[variant], plan_code(_plan.current),
+                CELL_CODES[cell], reverse, VARIANT_CODES[variant],
+                plan_code(_plan.current) if _plan.current else
+                tuned.plan_for("fwd", gi.device, cell, gi.dtype, H, B),
                 store_saved, stream)
         last_used["fwd"] = VARIANT_NAMES[used]
         last_used["plan"] = plan_name(plan)
@@ -157,7 +159,9 @@ def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
             used, plan = extension.load().rnn_bwd(
                 w_hh.contiguous(), w_hr_t, dout, dh_n, dc_n, saved, hs.contiguous(), cs,
                 mask_u8, *_step_masks(masks), dgh, dgi, dhs, carry_h, carry_c, CELL_CODES[cell],
-                reverse, VARIANT_CODES[variant], plan_code(_bwd_plan.current, backward=True),
+                reverse, VARIANT_CODES[variant],
+                plan_code(_bwd_plan.current, backward=True) if _bwd_plan.current else
+                tuned.plan_for("bwd", hs.device, cell, hs.dtype, H, B),
                 stream)
         last_used["bwd"] = VARIANT_NAMES[used]
         last_used["bwd_plan"] = plan_name(plan)

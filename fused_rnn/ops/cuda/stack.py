@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from ... import _alloc
-from ..cells import CELL_CODES
+from ..cells import CELL_CODES, CELLS, GATES
 from ..recurrence import refuse_double_backward
-from . import extension
+from . import extension, tuned
 from .launch import _bwd_plan, _plan, _variants, last_used
 from .plans import VARIANT_CODES, VARIANT_NAMES, plan_code, plan_name
 
@@ -77,7 +77,8 @@ class _Stack(torch.autograd.Function):
         # The backward's plan as the caller's thread asks at forward time (the backward may run
         # on autograd's device thread).
         bwd_plan = _bwd_plan.current
-        ctx.bwd_plan = plan_code(bwd_plan, backward=True) if bwd_plan else 0
+        ctx.bwd_plan = plan_code(bwd_plan, backward=True) if bwd_plan else \
+            _tuned("bwd", cfg, x, weights)
         ctx.set_materialize_grads(False)  # absent gradients stay None: the kernels read zeros
         return out, h_n, c_n
 
@@ -114,6 +115,12 @@ class _Stack(torch.autograd.Function):
         return grads
 
 
+def _tuned(kind: str, cfg: Config, x: Tensor, weights) -> int:
+    """The measured plan of this call's kind, cell, dtype, H and B (tuned.py; 0: H's default)."""
+    return tuned.plan_for(kind, x.device, CELLS[cfg.cell], x.dtype,
+                          weights[1].shape[0] // GATES[CELLS[cfg.cell]], x.shape[1])
+
+
 def run(cfg: Config, x: Tensor, mask: Optional[Tensor], h0: Optional[Tensor],
         c0: Optional[Tensor], weights: Sequence[Tensor], ext=None):
     """x (T, B, I) time-major; mask (T, B) bool or None; h0 (L·D, B, H_out), c0 (L·D, B, H)
@@ -123,7 +130,7 @@ def run(cfg: Config, x: Tensor, mask: Optional[Tensor], h0: Optional[Tensor],
     ext = ext or extension.load()
     variant = VARIANT_CODES[_variants.current]
     plan = _plan.current
-    plan = plan_code(plan) if plan else 0
+    plan = plan_code(plan) if plan else _tuned("fwd", cfg, x, weights)
     if torch.is_grad_enabled() and (x.requires_grad or _any_requires_grad(weights) or
                                     (h0 is not None and h0.requires_grad) or
                                     (c0 is not None and c0.requires_grad)):

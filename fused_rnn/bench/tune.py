@@ -1,0 +1,97 @@
+"""`fused-rnn bench --tune`: time every cluster plan the CUDA build compiled (the binding's
+cluster_plans(), from csrc/plans.h) per (cell, dtype, H, B bucket) on this GPU and write the
+table the CUDA backend reads (fused_rnn/ops/cuda/tuned.py), one file per GPU model.
+
+Per row: each forward plan, forward only (no_grad); then each backward plan, forward and
+backward of out.sum() with the forward's fastest plan. A plan counts only where it ran
+(last_used names it: a cluster that does not fit falls back). Timing: bench/suite.py's measure.
+Under FUSED_RNN_CUDA_EMULATE=1 the same runs time the emulated kernels on the CPU (fp32): the
+table machinery, not speed."""
+import datetime
+import json
+import subprocess
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..ops.cuda import extension, tuned
+from ..ops.cuda import launch as cuda_launch
+from ..ops.cuda.plans import plan_name
+from . import suite
+
+B_BUCKETS = (1, 16, 64)  # batch sizes timed on a GPU: one tile, a full tile, four tiles
+T_STEPS = 64             # steps per timed call on a GPU
+
+
+def _commit() -> Optional[str]:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                              capture_output=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _plans() -> Dict[str, Dict[int, List[str]]]:
+    """{kind: {H: [plan names, the default first]}} of this build."""
+    out: Dict[str, Dict[int, List[str]]] = {"fwd": {}, "bwd": {}}
+    for kind, H, code in extension.load().cluster_plans():
+        out[kind].setdefault(int(H), []).append(plan_name(int(code)))
+    return out
+
+
+def _time(call: Callable[[], None], params: Sequence[torch.Tensor], device) -> float:
+    call()  # the first call builds, plans and warms up
+    return suite.measure(call, device, params)[0]
+
+
+def tune(device: torch.device, cells: Sequence[str], dtypes: Sequence[str],
+         b_buckets: Sequence[int] = B_BUCKETS, T: int = T_STEPS,
+         hs: Optional[Sequence[int]] = None, log: Callable[[str], None] = print) -> dict:
+    """The table's content: every (cell, dtype, H, B) row's fastest plan each way, with every
+    plan's µs per step."""
+    plans, entries = _plans(), []
+    for cell in cells:
+        for dtype in dtypes:
+            for H in sorted(hs or plans["fwd"]):
+                for B in b_buckets:
+                    shape = (T, B, H, H)
+                    x = torch.randn(T, B, H, device=device, dtype=suite.DTYPES[dtype][0])
+                    best = {}
+                    for kind in ("fwd", "bwd"):
+                        timed = {}
+                        for name in plans[kind].get(H, []):
+                            fn, params = suite.build("cuda_cluster", cell, shape, dtype, device)
+
+                            def call(fn=fn, name=name, kind=kind):
+                                if kind == "fwd":
+                                    with torch.no_grad(), cuda_launch.cluster_plan(name):
+                                        fn(x)
+                                else:
+                                    with cuda_launch.cluster_plan(best["fwd"]), \
+                                            cuda_launch.cluster_bwd_plan(name):
+                                        fn(x).float().sum().backward()
+                            ms = _time(call, params, device)
+                            ran = cuda_launch.last_used["plan" if kind == "fwd" else "bwd_plan"]
+                            if ran == name:
+                                timed[name] = round(ms * 1e3 / T, 3)
+                            log(f"{kind} {cell} {dtype} H={H} B={B} {name}: "
+                                f"{ms * 1e3 / T:.2f} us/step" + ("" if ran == name else
+                                                                  f" (ran {ran}: not counted)"))
+                        if not timed:
+                            break
+                        best[kind] = min(timed, key=timed.get)
+                        entries.append(dict(kind=kind, cell=cell, dtype=dtype, H=H, B=B,
+                                            plan=best[kind], us_per_step=timed))
+    return {"gpu": tuned.device_name(device), "date": datetime.date.today().isoformat(),
+            "commit": _commit(), "torch": torch.__version__, "T": T, "entries": entries}
+
+
+def write(table: dict) -> Path:
+    """The table to its file (tuned.table_path), and the backend's lookups forgotten."""
+    path = tuned.table_path(table["gpu"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    tuned.clear()
+    return path

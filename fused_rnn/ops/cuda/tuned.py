@@ -1,0 +1,83 @@
+"""The cluster plans chosen by measurement: one JSON table per GPU model, written by
+`fused-rnn bench --tune` (fused_rnn/bench/tune.py) into fused_rnn/ops/cuda/tuned/ (or
+$FUSED_RNN_TUNED_DIR), and read here. An entry names the fastest plan for (kind, cell, dtype, H,
+B): kind "fwd" (the cluster forward, timed alone) or "bwd" (the cluster backward, timed with the
+forward's tuned plan). A call takes the entry of its kind, cell, dtype and H whose B is nearest
+(in log2; the smaller on a tie), and H's default plan (code 0) where the table has none, or where
+there is no table for the GPU. A plan asked with cluster_plan / cluster_bwd_plan comes first.
+
+Lookups are memoised per (device, kind, cell, dtype, H, B): the plain layer call pays one dict
+lookup (benchmarks/host_overhead.py)."""
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .plans import plan_code
+
+PACKAGE_DIR = Path(__file__).resolve().parent / "tuned"
+DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+               torch.float64: "fp64"}
+EMULATED = "emulated"  # the device name of the emulated build (CPU tensors)
+
+_tables: Dict[str, Optional[dict]] = {}
+_memo: Dict[tuple, int] = {}
+
+
+def table_dir() -> Path:
+    return Path(os.environ.get("FUSED_RNN_TUNED_DIR") or PACKAGE_DIR)
+
+
+def slug(gpu: str) -> str:
+    """The table's file stem for a GPU model name ("NVIDIA H200" -> "nvidia_h200")."""
+    return re.sub(r"[^a-z0-9]+", "_", gpu.lower()).strip("_")
+
+
+def table_path(gpu: str) -> Path:
+    return table_dir() / f"{slug(gpu)}.json"
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else EMULATED
+
+
+def clear() -> None:
+    """Forget the loaded tables and lookups (after a new table is written)."""
+    _tables.clear()
+    _memo.clear()
+
+
+def _table(gpu: str) -> Optional[dict]:
+    if gpu not in _tables:
+        path = table_path(gpu)
+        _tables[gpu] = _index(json.loads(path.read_text())) if path.is_file() else None
+    return _tables[gpu]
+
+
+def _index(table: dict) -> dict:
+    """{(kind, cell, dtype, H): [(B, plan code), ...]} from a table's entries."""
+    out: Dict[tuple, List[Tuple[int, int]]] = {}
+    for e in table["entries"]:
+        code = plan_code(e["plan"], backward=e["kind"] == "bwd")
+        out.setdefault((e["kind"], e["cell"], e["dtype"], int(e["H"])), []).append(
+            (int(e["B"]), code))
+    return out
+
+
+def plan_for(kind: str, device: torch.device, cell: str, dtype: torch.dtype, H: int,
+             B: int) -> int:
+    """The tuned plan code for a call (0: H's default)."""
+    key = (device.type, device.index, kind, cell, dtype, H, B)
+    code = _memo.get(key)
+    if code is None:
+        table = _table(device_name(device))
+        entries = table.get((kind, cell, DTYPE_NAMES.get(dtype), H)) if table else None
+        code = 0
+        if entries and B > 0:
+            code = min(entries, key=lambda e: (abs(math.log2(e[0]) - math.log2(B)), e[0]))[1]
+        _memo[key] = code
+    return code
