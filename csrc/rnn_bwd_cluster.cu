@@ -15,9 +15,11 @@
 //      block r's units to block r's slot for it (fp32), and block r sums its CS slots in rank
 //      order 0..CS-1, so that the backward is bitwise reproducible.
 // The exchange is the forward's (plans.h): kBarrier, stores then one cluster barrier per step;
-// kAsync, st.async stores counted by the receiver's transaction barrier. Both double-buffer the
-// slots (a block fills buffer (i+1)&1 in step i while the others may still read buffer i&1).
-// Global stores (dgh, dgi) go after the exchange is on its way. The first step's recurrent term
+// kAsync, st.async stores counted by the receiver's transaction barrier (a block's own slot:
+// plain stores and a block barrier). Both double-buffer the slots (a block fills buffer
+// (i+1)&1 in step i while the others may still read buffer i&1). The global stores (dgh, dgi)
+// go out where no barrier release follows that would wait for them: at once with kAsync, after
+// the arrive with kBarrier. The first step's recurrent term
 // (into dh0) and the weight gradients are GEMMs after the loop (binding.cpp, layer_bwd).
 // Takes what the cluster forward takes (fp16/bf16, emulated fp32/fp64; no projection, no
 // regularisation masks, an H with a plan); anything else runs as kPersistent (rnn_bwd.cu).

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import sass_table  # noqa: E402
 
-pytestmark = [pytest.mark.nvcc, pytest.mark.slow,
+# One worker for the file (--dist loadgroup): the table is compiled once, in the module fixture.
+pytestmark = [pytest.mark.nvcc, pytest.mark.slow, pytest.mark.xdist_group("sass"),
               pytest.mark.skipif(shutil.which("nvcc") is None and
                                  not Path("/usr/local/cuda/bin/nvcc").exists(),
                                  reason="nvcc not found")]
