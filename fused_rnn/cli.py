@@ -158,7 +158,8 @@ def _bench_tune(args, device, out) -> int:
     gpu = device.type == "cuda"
     table = tune.tune(device, cells=args.cells or ("LSTM", "GRU"),
                       dtypes=args.dtypes or (("bf16", "fp16") if gpu else ("fp32",)),
-                      b_buckets=tune.B_BUCKETS if gpu else (2, 20), T=tune.T_STEPS if gpu else 2,
+                      b_buckets=tune.B_BUCKETS if gpu else tune.CPU_B_BUCKETS,
+                      T=tune.T_STEPS if gpu else tune.CPU_T_STEPS,
                       log=out.print)
     path = tune.write(table)
     out.print(f"wrote {path}: {len(table['entries'])} entries for {table['gpu']}")

@@ -22,6 +22,9 @@ from . import suite
 
 B_BUCKETS = (1, 16, 64)  # batch sizes timed on a GPU: one tile, a full tile, four tiles
 T_STEPS = 64             # steps per timed call on a GPU
+# On the CPU (the emulated build): a partial tile and two tiles, few steps; what the test of the
+# table machinery needs, not timings.
+CPU_B_BUCKETS, CPU_T_STEPS = (2, 20), 2
 
 
 def _commit() -> Optional[str]:

@@ -77,6 +77,17 @@ def cluster_bwd_plan(name: Optional[str]):
     return _bwd_plan.use(name)
 
 
+def asked_or_tuned_plan(kind: str, device: torch.device, cell: str, dtype: torch.dtype, H: int,
+                        B: int) -> int:
+    """The plan code a call hands the cluster kernels of `kind` ("fwd" or "bwd"): the plan asked
+    with cluster_plan / cluster_bwd_plan, else the measured one (tuned.py), else 0 (H's
+    default)."""
+    asked = (_plan if kind == "fwd" else _bwd_plan).current
+    if asked:
+        return plan_code(asked, backward=kind == "bwd")
+    return tuned.plan_for(kind, device, cell, dtype, H, B)
+
+
 def _stream_and_device(t: Tensor):
     """The current CUDA stream of t's device (0 for the emulated CPU build), and a context
     that makes t's device current for the launch."""
@@ -121,8 +132,7 @@ def rnn_fwd_cuda(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: 
                 gi, w_hh, b_hh, w_hr, mask_u8, *_step_masks(masks), h0.contiguous(),
                 None if c0 is None else c0.contiguous(), h_n, c_n, hs, cs, out, saved, ms,
                 CELL_CODES[cell], reverse, VARIANT_CODES[variant],
-                plan_code(_plan.current) if _plan.current else
-                tuned.plan_for("fwd", gi.device, cell, gi.dtype, H, B),
+                asked_or_tuned_plan("fwd", gi.device, cell, gi.dtype, H, B),
                 store_saved, stream)
         last_used["fwd"] = VARIANT_NAMES[used]
         last_used["plan"] = plan_name(plan)
@@ -160,8 +170,7 @@ def rnn_bwd_cuda(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
                 w_hh.contiguous(), w_hr_t, dout, dh_n, dc_n, saved, hs.contiguous(), cs,
                 mask_u8, *_step_masks(masks), dgh, dgi, dhs, carry_h, carry_c, CELL_CODES[cell],
                 reverse, VARIANT_CODES[variant],
-                plan_code(_bwd_plan.current, backward=True) if _bwd_plan.current else
-                tuned.plan_for("bwd", hs.device, cell, hs.dtype, H, B),
+                asked_or_tuned_plan("bwd", hs.device, cell, hs.dtype, H, B),
                 stream)
         last_used["bwd"] = VARIANT_NAMES[used]
         last_used["bwd_plan"] = plan_name(plan)

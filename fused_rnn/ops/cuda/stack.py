@@ -20,9 +20,9 @@ from torch import Tensor
 from ... import _alloc
 from ..cells import CELL_CODES, CELLS, GATES
 from ..recurrence import refuse_double_backward
-from . import extension, tuned
-from .launch import _bwd_plan, _plan, _variants, last_used
-from .plans import VARIANT_CODES, VARIANT_NAMES, plan_code, plan_name
+from . import extension
+from .launch import _variants, asked_or_tuned_plan, last_used
+from .plans import VARIANT_CODES, VARIANT_NAMES, plan_name
 
 
 class Config(NamedTuple):
@@ -74,11 +74,9 @@ class _Stack(torch.autograd.Function):
         ctx.save_for_backward(x, mask, h0, c0, *weights, *inputs[1:],
                               *(t for k in kept for t in k))
         ctx.ext, ctx.cfg, ctx.variant = ext, cfg, variant
-        # The backward's plan as the caller's thread asks at forward time (the backward may run
-        # on autograd's device thread).
-        bwd_plan = _bwd_plan.current
-        ctx.bwd_plan = plan_code(bwd_plan, backward=True) if bwd_plan else \
-            _tuned("bwd", cfg, x, weights)
+        # The backward's plan, chosen at forward time (the backward may run on autograd's
+        # device thread).
+        ctx.bwd_plan = _plan_of("bwd", cfg, x, weights)
         ctx.set_materialize_grads(False)  # absent gradients stay None: the kernels read zeros
         return out, h_n, c_n
 
@@ -115,10 +113,11 @@ class _Stack(torch.autograd.Function):
         return grads
 
 
-def _tuned(kind: str, cfg: Config, x: Tensor, weights) -> int:
-    """The measured plan of this call's kind, cell, dtype, H and B (tuned.py; 0: H's default)."""
-    return tuned.plan_for(kind, x.device, CELLS[cfg.cell], x.dtype,
-                          weights[1].shape[0] // GATES[CELLS[cfg.cell]], x.shape[1])
+def _plan_of(kind: str, cfg: Config, x: Tensor, weights) -> int:
+    """The cluster plan code of this call, each way (launch.asked_or_tuned_plan)."""
+    cell = CELLS[cfg.cell]
+    return asked_or_tuned_plan(kind, x.device, cell, x.dtype, weights[1].shape[0] // GATES[cell],
+                               x.shape[1])
 
 
 def run(cfg: Config, x: Tensor, mask: Optional[Tensor], h0: Optional[Tensor],
@@ -129,8 +128,7 @@ def run(cfg: Config, x: Tensor, mask: Optional[Tensor], h0: Optional[Tensor],
     RuntimeError) naming the argument. ext: the loaded extension, if the caller has it."""
     ext = ext or extension.load()
     variant = VARIANT_CODES[_variants.current]
-    plan = _plan.current
-    plan = plan_code(plan) if plan else _tuned("fwd", cfg, x, weights)
+    plan = _plan_of("fwd", cfg, x, weights)
     if torch.is_grad_enabled() and (x.requires_grad or _any_requires_grad(weights) or
                                     (h0 is not None and h0.requires_grad) or
                                     (c0 is not None and c0.requires_grad)):
