@@ -190,6 +190,19 @@ void* at_row(const at::Tensor& t, int64_t offset_elems) {
 
 // ------------------------------------------------------------------ one layer and direction
 
+// The multi-cluster forward's exchange buffer, zeroed (launch.h, fwd_exchange_bytes), set as
+// p.xchg; undefined, and p.xchg null, where no such kernel may run. The caller keeps it until
+// the launch is queued (the caching allocator orders its reuse after it on the stream).
+at::Tensor exchange_buffer(frnn::FwdParams& p, int64_t variant, const at::Tensor& like) {
+  p.xchg = nullptr;
+  const size_t bytes = variant == frnn::kCluster ? frnn::fwd_exchange_bytes(p) : 0;
+  if (bytes == 0) return at::Tensor();
+  at::Tensor x = at::zeros({int64_t(bytes)}, like.options().dtype(at::kByte));
+  p.xchg = x.data_ptr();
+  return x;
+}
+
+
 // Forward of one layer and direction; fills hs, cs, out, saved (and ms with a projection),
 // h_n and c_n. h0, c0: the initial states (absent: zeros). m_h .. scales: the regularisation
 // (step_masks). plan: the cluster plan to try (CS.100 + KS; 0 the default). store_saved false:
@@ -254,6 +267,7 @@ std::tuple<int64_t, int64_t> rnn_fwd(
   p.dtype = dtype_code(gi, "gi");
   p.reverse = reverse;
   p.store_saved = store_saved;
+  const at::Tensor xchg = exchange_buffer(p, variant, gi);
   int used = -1, used_plan = 0;
   check_status(frnn::rnn_fwd(p, int(variant), int(plan), reinterpret_cast<void*>(stream), &used,
                              &used_plan),
@@ -271,7 +285,19 @@ int64_t run_bwd(frnn::BwdParams& p, const at::Tensor& w_hh, int64_t variant, int
   p.w_hh = w_hh.data_ptr();
   void* const s = reinterpret_cast<void*>(stream);
   if (variant == frnn::kCluster) {
-    check_status(frnn::rnn_bwd_cluster(p, int(plan), s, used_plan), "backward", p.T, p.B, p.H);
+    // The kind of kernel the plan names first, then the other (each runs the asked plan where
+    // H has it, else H's default); the multi-cluster one with its zeroed exchange buffer.
+    const size_t bytes = frnn::bwd_exchange_bytes(p);
+    const at::Tensor xchg = bytes ? at::zeros({int64_t(bytes)}, w_hh.options().dtype(at::kByte))
+                                  : at::Tensor();
+    p.xchg = bytes ? xchg.data_ptr() : nullptr;
+    const bool multi = frnn::is_multi_plan(int(plan));
+    for (int pass = 0; pass < 2 && *used_plan == 0; ++pass) {
+      const int status = multi == (pass == 0)
+          ? frnn::rnn_bwd_multicluster(p, int(plan), s, used_plan)
+          : frnn::rnn_bwd_cluster(p, int(plan), s, used_plan);
+      check_status(status, "backward", p.T, p.B, p.H);
+    }
     if (*used_plan != 0) return frnn::kCluster;
   }
   const at::Tensor w_t = w_hh.t().contiguous();
@@ -489,6 +515,7 @@ layer_fwd(const at::Tensor& x_in, const std::vector<at::Tensor>& w, const OptTen
     p.dtype = dtype_code(x, "input");
     p.reverse = d == 1;
     p.store_saved = store_saved;
+    const at::Tensor xchg = exchange_buffer(p, variant, gi);
     check_status(frnn::rnn_fwd(p, int(variant), int(plan), reinterpret_cast<void*>(stream),
                                &used, &used_plan),
                  "forward", T, B, H);
@@ -718,10 +745,18 @@ std::vector<std::tuple<std::string, int64_t, int64_t>> cluster_plans() {
   std::vector<std::tuple<std::string, int64_t, int64_t>> plans;
 #define FRNN_LIST_FWD(H_, CS_, S_, EX_) plans.emplace_back("fwd", H_, frnn::plan_code(CS_, S_, EX_));
 #define FRNN_LIST_BWD(H_, CS_, S_, EX_) plans.emplace_back("bwd", H_, frnn::plan_code(CS_, S_, EX_));
+#define FRNN_LIST_MULTI(H_, NC_, CS_, S_, BT_) \
+  plans.emplace_back("fwd", H_, frnn::multi_plan_code(NC_, CS_, S_, BT_));
+#define FRNN_LIST_MULTI_BWD(H_, NC_, CS_, S_, BT_) \
+  plans.emplace_back("bwd", H_, frnn::multi_plan_code(NC_, CS_, S_, BT_));
   FRNN_CLUSTER_PLANS(FRNN_LIST_FWD)
+  FRNN_MULTI_PLANS(FRNN_LIST_MULTI)
   FRNN_CLUSTER_BWD_PLANS(FRNN_LIST_BWD)
+  FRNN_MULTI_BWD_PLANS(FRNN_LIST_MULTI_BWD)
 #undef FRNN_LIST_FWD
 #undef FRNN_LIST_BWD
+#undef FRNN_LIST_MULTI
+#undef FRNN_LIST_MULTI_BWD
   return plans;
 }
 

@@ -45,6 +45,8 @@ const char* error_string(int status) {
 #ifndef FRNN_EMULATE
   return cudaGetErrorString(static_cast<cudaError_t>(status));
 #else
+  if (status == emu::kEmulatedHang)
+    return "emulated device: a wait never completed (on a GPU the kernel would hang)";
   return "unknown status (emulated device)";
 #endif
 }

@@ -65,18 +65,28 @@ inline bool has_step_masks(const StepMasks& m) {
   return m.h || m.g || m.c || m.zc || m.zh || m.zc_p != 0.0 || m.zh_p != 0.0;
 }
 
-// A cluster kernel over the batch: clusters of cs blocks (along x), one per tile of
-// kClusterBatch rows (along y). *ran is false, and nothing launched, where the GPU cannot run
-// one such cluster or the batch needs more than 65,535 tiles (the caller falls back).
+// A cluster kernel over the batch: `groups` clusters of cs blocks (along x), per tile of `rows`
+// batch rows (along y). *ran is false, and nothing launched, where the GPU cannot run
+// the clusters a tile needs at once (groups > 1: every tile's, since those clusters poll each
+// other; a cooperative launch, which the driver refuses rather than run them in turns), or the
+// batch needs more than 65,535 tiles (the caller falls back).
 template <typename P>
 int launch_cluster_tiles(void (*kernel)(P), int cs, int threads, size_t smem, const P& p,
-                         cudaStream_t stream, bool* ran) {
-  const int64_t tiles = (p.B + kClusterBatch - 1) / kClusterBatch;
+                         cudaStream_t stream, bool* ran, int groups = 1,
+                         int rows = kClusterBatch) {
+  const int64_t tiles = (p.B + rows - 1) / rows;
   *ran = false;
-  if (tiles > 65535 || clusters_fit(kernel, cs, threads, smem) < 1) return kOk;
+  const int64_t needed = groups > 1 ? groups * tiles : 1;
+  if (tiles > 65535 || clusters_fit(kernel, cs, threads, smem) < needed) return kOk;
+  const dim3 grid{unsigned(cs * groups), unsigned(tiles)}, block{unsigned(threads)};
+  if (groups == 1) {
+    *ran = true;
+    return status_of(launch_cluster(kernel, grid, block, smem, stream, cs, p));
+  }
+  const cudaError_t e = launch_clusters(kernel, grid, block, smem, stream, cs, true, p);
+  if (cooperative_refused(e)) return kOk;
   *ran = true;
-  return status_of(launch_cluster(kernel, dim3(unsigned(cs), unsigned(tiles)),
-                                  dim3(unsigned(threads)), smem, stream, cs, p));
+  return status_of(e);
 }
 
 // The plan choice of a cluster launcher: try_pass(pass, &ran) runs the asked plan where H has

@@ -5,6 +5,8 @@
 #endif
 #include "device.cu"
 #include "rnn_fwd_cluster.cu"
+#include "rnn_fwd_multicluster.cu"
 #include "rnn_bwd.cu"
 #include "rnn_bwd_cluster.cu"
+#include "rnn_bwd_multicluster.cu"
 #include "rnn_fwd.cu"

@@ -65,6 +65,9 @@ struct FwdParams {
   void* saved;  // (T, B, S.H) accumulation type
   void* ms;     // (T, B, H) element type, projection only
   int64_t ld_out;
+  // The multi-cluster forward's exchange between clusters (exchange.cuh): zeroed,
+  // fwd_exchange_bytes (launch.h) long; null where the caller has none (it then does not run).
+  void* xchg;
   StepMasks reg;
   int64_t T, B, H, HK;
   int cell, dtype, reverse;
@@ -88,6 +91,9 @@ struct FwdParams {
 // the gradient of the projection's output before zoneout (for dW_hr), else may be null.
 struct BwdParams {
   const void* w_hh;
+  // The multi-cluster backward's exchange between clusters (exchange.cuh): zeroed,
+  // bwd_exchange_bytes (launch.h) long; null where the caller has none (it then does not run).
+  void* xchg;
   const void* w_t;
   const void* w_hr_t;
   const void* dout;  // (T, B, .) element type, rows ld_dout apart

@@ -4,6 +4,7 @@
 // codes by name in fused_rnn/ops/cuda/plans.py; tests/test_layout.py reads this file and checks
 // that the two agree.
 #pragma once
+#include <cstddef>
 
 namespace frnn {
 
@@ -41,10 +42,20 @@ enum Exchange : int { kBarrier = 0, kAsync = 1 };
 // exchange * kPlanExchangeUnit + CS * kPlanClusterUnit + KS, e.g. 16x4 = 1604, 16x4a = 11604.
 constexpr int kPlanExchangeUnit = 10000;
 constexpr int kPlanClusterUnit = 100;
-constexpr int kPlanCodeEnd = 2 * kPlanExchangeUnit;  // codes are below this
 constexpr int plan_code(int cs, int ks, int exchange) {
   return exchange * kPlanExchangeUnit + cs * kPlanClusterUnit + ks;
 }
+// A multi-cluster plan (below): NC * kPlanMultiUnit + BT * kPlanExchangeUnit + CS *
+// kPlanClusterUnit + KS, e.g. 6x8x8 = 610808 (BT = 1: the digit of the exchange, kAsync),
+// 8x8x8b4 = 840808; NC is at most kMaxClusters (132 SMs hold at most 66 clusters of two
+// blocks), BT at most kMaxBatchTiles.
+constexpr int kPlanMultiUnit = 100000;
+constexpr int kMaxClusters = 66;
+constexpr int kMaxBatchTiles = 9;
+constexpr int multi_plan_code(int nc, int cs, int ks, int bt) {
+  return nc * kPlanMultiUnit + bt * kPlanExchangeUnit + cs * kPlanClusterUnit + ks;
+}
+constexpr int kPlanCodeEnd = (kMaxClusters + 1) * kPlanMultiUnit;  // codes are below this
 // The plans compiled, as X(H, CS, KS, exchange), per H the default first. CS: blocks per
 // cluster (each owns H / CS hidden units); KS: k slices (warps splitting the columns of W_hh).
 // Registers per thread for W_hh: gates.H / (4.KS) (LSTM H=256, KS=4: 64). The emulated build
@@ -60,6 +71,45 @@ constexpr int plan_code(int cs, int ks, int exchange) {
   X(64, 4, 4, 0) X(64, 4, 2, 0) X(64, 2, 4, 0) X(128, 8, 4, 0) X(128, 8, 2, 0)         \
   X(128, 4, 4, 0) X(256, 16, 4, 0) X(256, 8, 4, 0) X(64, 4, 4, 1) X(128, 8, 4, 1)      \
   X(256, 16, 4, 1) X(256, 8, 4, 1)
+#endif
+
+// ---- The multi-cluster forward (rnn_fwd_multicluster.cu): H over several clusters ----
+// BT tiles of kClusterBatch batch rows run on NC clusters of CS blocks, NB = NC.CS blocks in
+// all, block b owning units [b.U, b.U + U), U = H / NB, with their gate rows of W_hh in
+// registers (KS k slices, as above), multiplied by the BT tiles in turn. Within a cluster h_t
+// goes by st.async (kAsync); between clusters through L2 in flag-in-data words (exchange.cuh),
+// each block polling the blocks of its rank in the other clusters and forwarding their parts
+// to its cluster. Plans as X(H, NC, CS, KS, BT), per H in the order tried when none is asked
+// (the first that fits the call runs: BT = 1 first, so that a batch too large for every
+// tile's clusters at once takes more tiles per block); codes multi_plan_code. Registers per
+// thread for W_hh: gates.H / (4.KS) (LSTM H=768, KS=8: 96; H=1024, KS=16: 64 of the 128 that
+// 512 threads may have). H = 2048 has no plan: its W_hh (32 MiB in fp16, LSTM) needs 254 KiB
+// per SM, more than the register file (256 KiB) leaves. None has run on a GPU yet.
+#ifdef FRNN_EMULATE
+#define FRNN_MULTI_PLANS(X) \
+  X(96, 3, 2, 2, 1) X(64, 2, 2, 2, 1) X(64, 4, 1, 2, 1) X(64, 2, 1, 1, 1) X(64, 2, 2, 2, 2)
+#else
+#define FRNN_MULTI_PLANS(X)                                                                \
+  X(512, 4, 8, 8, 1) X(512, 2, 16, 8, 1) X(512, 4, 8, 8, 4) X(768, 6, 8, 8, 1)              \
+  X(768, 3, 16, 8, 1) X(768, 6, 8, 16, 1) X(768, 6, 8, 8, 2) X(1024, 8, 8, 8, 1)             \
+  X(1024, 4, 16, 8, 1) X(1024, 8, 8, 8, 2)
+#endif
+
+// The multi-cluster backward's plans (rnn_bwd_multicluster.cu): the forward's layout, each
+// block keeping the columns of W_hh of its units (all G.H rows); X(H, NC, CS, KS, BT), codes
+// multi_plan_code, KS slices of the G.H gate rows. Registers per thread for W_hh
+// as the forward's. Its two dgates buffers take 2 x 16 x G.H elements of shared memory: a plan
+// over kMaxBlockSmem for a cell (the LSTM at H = 1024: 262 KB) is not compiled for it, and BT
+// is 1 (two tiles per block would need 2 x 32 x G.H elements: over 227 KB for every cell at
+// H >= 768); a batch beyond the tiles whose clusters fit at once runs as kPersistent.
+constexpr size_t kMaxBlockSmem = 227 * 1024;  // sm_90's opt-in shared memory per block
+#ifdef FRNN_EMULATE
+#define FRNN_MULTI_BWD_PLANS(X) \
+  X(64, 2, 2, 2, 1) X(32, 2, 1, 2, 1) X(64, 2, 1, 1, 1) X(64, 2, 2, 4, 1)
+#else
+#define FRNN_MULTI_BWD_PLANS(X)                                                      \
+  X(512, 4, 8, 8, 1) X(512, 2, 16, 8, 1) X(768, 6, 8, 8, 1) X(768, 3, 16, 8, 1)        \
+  X(768, 6, 8, 16, 1) X(1024, 8, 8, 16, 1) X(1024, 4, 16, 16, 1)
 #endif
 
 // The backward's plans (rnn_bwd_cluster.cu), as X(H, CS, NW, exchange), per H the default first,

@@ -193,12 +193,24 @@ inline cudaLaunchConfig_t cluster_config(dim3 grid, dim3 block, size_t smem, cud
   return cfg;
 }
 
+// cooperative: every block of the grid runs at once, or the launch fails
+// (cudaErrorCooperativeLaunchTooLarge).
+template <typename... Args>
+cudaError_t launch_clusters(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem,
+                            cudaStream_t stream, int cluster, bool cooperative, Args... args) {
+  cudaLaunchAttribute attrs[2];
+  cudaLaunchConfig_t cfg = cluster_config(grid, block, smem, stream, cluster, &attrs[0]);
+  if (cooperative) {
+    attrs[1].id = cudaLaunchAttributeCooperative;
+    attrs[1].val.cooperative = 1;
+    cfg.numAttrs = 2;
+  }
+  return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
 template <typename... Args>
 cudaError_t launch_cluster(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem,
                            cudaStream_t stream, int cluster, Args... args) {
-  cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t cfg = cluster_config(grid, block, smem, stream, cluster, &attr);
-  return cudaLaunchKernelEx(&cfg, kernel, args...);
+  return launch_clusters(kernel, grid, block, smem, stream, cluster, false, args...);
 }
 
 // How many clusters of `cluster` blocks (each `threads` threads, `smem` bytes) the GPU can run
@@ -265,7 +277,10 @@ inline bool cooperative_refused(cudaError_t e) {
 #else  // FRNN_EMULATE ---------------------------------------------------------------------
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <condition_variable>
 #include <map>
 #include <memory>
@@ -333,6 +348,10 @@ inline thread_local ThreadCtx ctx;
 constexpr int kSMs = 3;
 constexpr size_t kSmemOptin = 48 * 1024;
 constexpr int kThreads = 64;
+// Cluster kernels see an sm_90's shared memory per block (227 KiB), so that the emulated tests'
+// small H take the multi-cluster backward's two dgates buffers (16 x G.H elements each) in fp64.
+constexpr int kClusterSMs = 64;
+constexpr size_t kClusterSmemOptin = 227 * 1024;
 
 }  // namespace emu
 
@@ -362,6 +381,22 @@ FRNN_DEVICE T* cluster_map(T* p, int rank) {
   const auto offset = reinterpret_cast<unsigned char*>(p) - emu::ctx.smem;
   return reinterpret_cast<T*>(emu::ctx.cluster_smem[rank] + offset);
 }
+
+// A wait that never ends (a transaction barrier's phase, a polled word, exchange.cuh) is a hang
+// on the GPU. Here it gives up after wait_limit() (FRNN_EMULATE_WAIT_S seconds, default 60) and
+// marks the launch hung: every later wait of the launch returns at once, and the launch
+// returns kEmulatedHang, so that a broken exchange fails its test instead of blocking CI.
+namespace emu {
+constexpr cudaError_t kEmulatedHang = 20001;
+inline std::atomic<bool> hung{false};
+inline std::chrono::milliseconds wait_limit() {
+  static const std::chrono::milliseconds limit{[] {
+    const char* s = std::getenv("FRNN_EMULATE_WAIT_S");
+    return static_cast<long long>((s ? std::atof(s) : 60.0) * 1000);
+  }()};
+  return limit;
+}
+}  // namespace emu
 
 // Transaction barriers and asynchronous remote stores (see the CUDA branch): the barrier's
 // state lives in a table beside the 8 bytes of shared memory that name it, under one lock.
@@ -414,7 +449,9 @@ FRNN_DEVICE void st_async16(Word16* dst, int rank, const Word16& v, uint64_t* ba
 FRNN_DEVICE void mbar_wait(uint64_t* bar, unsigned parity) {
   auto& t = emu::mbars();
   std::unique_lock<std::mutex> lock(t.m);
-  t.cv.wait(lock, [&] { return t.bars.at(bar).phase != parity; });
+  if (emu::hung) return;
+  if (!t.cv.wait_for(lock, emu::wait_limit(), [&] { return t.bars.at(bar).phase != parity; }))
+    emu::hung = true;
 }
 
 namespace emu {
@@ -433,6 +470,7 @@ cudaError_t run_grid(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem
                      Args... args) {
   ++launches;
   if (null_launch) return cudaSuccess;
+  hung = false;
   const size_t n_blocks = size_t(grid.x) * grid.y * grid.z;
   const size_t per_block = size_t(block.x) * block.y * block.z;
   const size_t warps = (per_block + 31) / 32;
@@ -474,7 +512,7 @@ cudaError_t run_grid(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem
     }
   }
   for (auto& th : threads) th.join();
-  return cudaSuccess;
+  return hung ? kEmulatedHang : cudaSuccess;
 }
 }  // namespace emu
 
@@ -490,10 +528,18 @@ cudaError_t launch_cluster(void (*kernel)(Args...), dim3 grid, dim3 block, size_
   if (grid.x % unsigned(cluster) != 0) return 1;
   return emu::run_grid(kernel, grid, block, smem, cluster, args...);
 }
-
+// (Every emulated launch runs all its blocks at once.)
 template <typename... Args>
-int clusters_fit(void (*)(Args...), int, int, size_t smem) {
-  return smem <= emu::kSmemOptin ? 1 : 0;
+cudaError_t launch_clusters(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem,
+                            cudaStream_t stream, int cluster, bool, Args... args) {
+  return launch_cluster(kernel, grid, block, smem, stream, cluster, args...);
+}
+
+// As if the device had kClusterSMs SMs for clusters, one block each (the multi-cluster forward
+// needs all of a launch's clusters at once).
+template <typename... Args>
+int clusters_fit(void (*)(Args...), int cluster, int, size_t smem) {
+  return smem <= emu::kClusterSmemOptin ? emu::kClusterSMs / cluster : 0;
 }
 
 template <typename... Args>

@@ -212,7 +212,14 @@ int rnn_fwd(const FwdParams& p, int variant, int plan, void* stream, int* used_v
   int ran_plan = 0;
   if (used_plan) *used_plan = 0;
   if (variant == kCluster) {
-    const int status = rnn_fwd_cluster(p, plan, stream, &ran_plan);
+    // The kind of kernel the plan names first, then the other (each runs the asked plan where
+    // H has it, else H's default).
+    const bool multi = is_multi_plan(plan);
+    int status = multi ? rnn_fwd_multicluster(p, plan, stream, &ran_plan)
+                       : rnn_fwd_cluster(p, plan, stream, &ran_plan);
+    if (ran_plan == 0)
+      status = multi ? rnn_fwd_cluster(p, plan, stream, &ran_plan)
+                     : rnn_fwd_multicluster(p, plan, stream, &ran_plan);
     if (ran_plan != 0) {
       if (used_variant) *used_variant = kCluster;
       if (used_plan) *used_plan = ran_plan;

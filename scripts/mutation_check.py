@@ -1,9 +1,11 @@
-"""Mutation checks of the cluster backward's CPU tests: each mutation below breaks
-csrc/rnn_bwd_cluster.cu in one way, the emulated extension is built from the broken copy, and
-the cluster backward's cases of tests/test_cuda_kernels.py (every emulated backward plan) run
-against the reference backend in fp64. A mutation is caught when at least one case fails
-(error over 1e-10, or an exception). Prints one JSON line per mutation; exit 0 when every
-mutation asked for is caught.
+"""Mutation checks of the cluster kernels' CPU tests: each mutation below breaks one kernel source
+(the cluster backward, csrc/rnn_bwd_cluster.cu, or the exchange between clusters of the
+multi-cluster kernels, csrc/exchange.cuh) in one way, the emulated extension is built from the
+broken copy, and the matching cases of tests/test_cuda_kernels.py (every emulated plan of the
+kernels it breaks) run against the reference backend in fp64. A mutation is caught when at least
+one case fails (error over 1e-10, or an exception: a wait that never completes ends the emulated
+launch with an error after FRNN_EMULATE_WAIT_S seconds, here 2). Prints one JSON line per
+mutation; exit 0 when every mutation asked for is caught.
 
     python scripts/mutation_check.py                 # all
     python scripts/mutation_check.py skip_rank       # one
@@ -18,22 +20,41 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = "rnn_bwd_cluster.cu"
 
-# name -> (what it breaks, the text replaced, its replacement); the text must occur once.
+# name -> (what it breaks, the source, the text replaced, its replacement, the cases it runs:
+# "cluster_bwd" or "multi"); the text must occur once.
 MUTATIONS = {
     "drop_dgates_term": (
         "one gate's dgates left out of the recurrent product (LSTM o, GRU n)",
+        "rnn_bwd_cluster.cu",
         "tile[row * LDG + q * U + u] = from_acc<T>(dg[q]);",
-        "tile[row * LDG + q * U + u] = from_acc<T>(NG > 1 && q == NG - 1 ? A(0) : dg[q]);"),
+        "tile[row * LDG + q * U + u] = from_acc<T>(NG > 1 && q == NG - 1 ? A(0) : dg[q]);",
+        "cluster_bwd"),
     "skip_rank": (
         "the reduce-scatter skips rank 0's partial (plans of two or more blocks)",
+        "rnn_bwd_cluster.cu",
         "for (int src = 0; src < CS; ++src) rec +=",
-        "for (int src = CS > 1 ? 1 : 0; src < CS; ++src) rec +="),
+        "for (int src = CS > 1 ? 1 : 0; src < CS; ++src) rec +=",
+        "cluster_bwd"),
     "wrong_step_saved": (
         "the saved gates read at the next time step (the last step's own)",
+        "rnn_bwd_cluster.cu",
         "sv[j][q] = saved[at(t, B, b, NS * H) + q * H + unit];",
-        "sv[j][q] = saved[at(t + 1 < T_ ? t + 1 : t, B, b, NS * H) + q * H + unit];"),
+        "sv[j][q] = saved[at(t + 1 < T_ ? t + 1 : t, B, b, NS * H) + q * H + unit];",
+        "cluster_bwd"),
+    "stale_step": (
+        "a polled L2 word taken with the step before's tag (its buffer's previous use, or the "
+        "zeroed buffer at the first steps)",
+        "exchange.cuh",
+        "while (__atomic_load_n(&w->step, __ATOMIC_ACQUIRE) != step && !emu::hung) {",
+        "while (__atomic_load_n(&w->step, __ATOMIC_ACQUIRE) + 2 < step && !emu::hung) {",
+        "multi"),
+    "skip_cluster": (
+        "one other cluster's slice never polled nor forwarded",
+        "exchange.cuh",
+        "for (int idx = tid; idx < (NC - 1) * WORDS; idx += NT) {",
+        "for (int idx = tid; idx < (NC - 2) * WORDS; idx += NT) {",
+        "multi"),
 }
 
 
@@ -42,10 +63,10 @@ def _build(name: str, build_root: Path):
     from torch.utils import cpp_extension
 
     from fused_rnn.ops.cuda import extension
-    _, old, new = MUTATIONS[name]
+    _, source, old, new, _ = MUTATIONS[name]
     src = build_root / "csrc"
     shutil.copytree(ROOT / "csrc", src)
-    path = src / SOURCE
+    path = src / source
     text = path.read_text()
     assert text.count(old) == 1, f"{name}: the mutated text occurs {text.count(old)} times"
     path.write_text(text.replace(old, new))
@@ -59,11 +80,16 @@ def _build(name: str, build_root: Path):
         build_directory=str(out))
 
 
-def _runs():
-    """The cluster backward's emulated cases and plans (tests/test_cuda_kernels.py)."""
+def _runs(kind: str):
+    """(case, forward plan, backward plan) of the emulated cases of `kind`
+    (tests/test_cuda_kernels.py): the cluster backward's, or the multi-cluster kernels' both
+    ways."""
     sys.path.insert(0, str(ROOT / "tests"))
     import test_cuda_kernels as t
-    return t.CLUSTER_BWD_RUNS
+    if kind == "cluster_bwd":
+        return [(case, None, plan) for case, plan in t.CLUSTER_BWD_RUNS]
+    return ([(case, plan, None) for case, plan in t.MULTI_RUNS]
+            + [(case, None, plan) for case, plan in t.MULTI_BWD_RUNS])
 
 
 def check(name: str) -> dict:
@@ -73,14 +99,16 @@ def check(name: str) -> dict:
     from fused_rnn.ops.cuda import extension
     from fused_rnn.ops.cuda import launch as cuda_launch
     os.environ["FUSED_RNN_CUDA_EMULATE"] = "1"
+    os.environ["FRNN_EMULATE_WAIT_S"] = "2"
     with tempfile.TemporaryDirectory() as tmp:
         module = _build(name, Path(tmp))
         extension._load = lambda emulate: module  # every launcher asks load(), which asks this
         failed, worst = 0, 0.0
-        runs = _runs()
-        for case, plan in runs:
+        runs = _runs(MUTATIONS[name][4])
+        for case, plan, bwd_plan in runs:
             try:
-                with cuda_launch.variant("cluster"), cuda_launch.cluster_bwd_plan(plan):
+                with cuda_launch.variant("cluster"), cuda_launch.cluster_plan(plan), \
+                        cuda_launch.cluster_bwd_plan(bwd_plan):
                     err = max(testing.compare_backends(case, "cuda", "reference", torch.float64,
                                                        "cpu").values())
             except Exception:  # noqa: BLE001 (a crash of the mutant counts as caught)

@@ -219,6 +219,87 @@ def test_cuda_cluster_falls_back(why, case, expected):
     assert (cuda_launch.last_used["bwd"], cuda_launch.last_used["bwd_plan"]) == bwd
 
 
+# The multi-cluster kernels (csrc/rnn_fwd_multicluster.cu, rnn_bwd_multicluster.cu: several
+# clusters per batch tile, h_t or dgates exchanged through L2 flag words polled across clusters),
+# each emulated plan ("<NC>x<CS>x<KS>"; CS = 1: every block polls for itself, no st.async;
+# "b2": two batch tiles per block)
+# against the reference backend in fp64: every cell, packed and reverse, h0/c0 given or not,
+# batches below, at and above a tile of 16, T = 1, each plan with every element type's word.
+MULTI_PLANS = {96: ("3x2x2",), 64: ("2x2x2", "4x1x2", "2x1x1", "2x2x2b2")}
+MULTI_BWD_PLANS = {64: ("2x2x2", "2x1x1", "2x2x4"), 32: ("2x1x2",)}
+MULTI = [Case("LSTM", T=5, B=20, I=7, H=96, bidirectional=True, packed="unsorted", seed=31),
+         Case("GRU", T=4, B=3, I=5, H=96, num_layers=2, seed=32),
+         Case("RNN_TANH", T=3, B=17, I=6, H=96, packed="sorted", seed=33),
+         Case("RNN_RELU", T=3, B=5, I=4, H=96, bidirectional=True, with_hx=False, seed=34),
+         Case("LSTM", T=4, B=9, I=5, H=64, bias=False, seed=35),
+         Case("GRU", T=3, B=18, I=3, H=64, bidirectional=True, packed="unsorted", seed=36),
+         Case("RNN_TANH", T=1, B=7, I=3, H=64, seed=37),
+         Case("LSTM", T=3, B=16, I=4, H=32, bidirectional=True, seed=38),
+         Case("GRU", T=4, B=33, I=4, H=32, packed="unsorted", with_hx=False, seed=39)]
+MULTI_RUNS = [(c, p) for c in MULTI for p in MULTI_PLANS.get(c.H, ())]
+MULTI_BWD_RUNS = [(c, p) for c in MULTI for p in MULTI_BWD_PLANS.get(c.H, ())]
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="GPU: tests/test_cuda_gpu.py (fp16/bf16)")
+@pytest.mark.parametrize("case,plan", MULTI_RUNS, ids=[f"{c.label()}-{p}" for c, p in MULTI_RUNS])
+def test_cuda_multicluster_forward_matches_reference_backend(case, plan):
+    cuda_launch = _cuda_launch()
+    cuda_launch.last_used.update(fwd=None, bwd=None, plan=None, bwd_plan=None)
+    with cuda_launch.variant("cluster"), cuda_launch.cluster_plan(plan):
+        diffs = testing.compare_backends(case, "cuda", "reference", torch.float64, DEVICE)
+    assert max(diffs.values()) <= 1e-10, diffs
+    assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["plan"]) == ("cluster", plan)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="GPU: tests/test_cuda_gpu.py (fp16/bf16)")
+@pytest.mark.parametrize("case,plan", MULTI_BWD_RUNS,
+                         ids=[f"{c.label()}-{p}" for c, p in MULTI_BWD_RUNS])
+def test_cuda_multicluster_backward_matches_reference_backend(case, plan):
+    cuda_launch = _cuda_launch()
+    cuda_launch.last_used.update(fwd=None, bwd=None, plan=None, bwd_plan=None)
+    with cuda_launch.variant("cluster"), cuda_launch.cluster_bwd_plan(plan):
+        diffs = testing.compare_backends(case, "cuda", "reference", torch.float64, DEVICE)
+    assert max(diffs.values()) <= 1e-10, diffs
+    assert (cuda_launch.last_used["bwd"], cuda_launch.last_used["bwd_plan"]) == ("cluster", plan)
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="emulated plans")
+def test_cuda_multicluster_is_bitwise_reproducible_and_the_default_of_its_h():
+    """Every sum of the multi-cluster kernels is made in one thread in a fixed order, whatever
+    order the polled words arrive in: two runs give the same bits. H = 96 has no single-cluster
+    plan: the multi-cluster forward is its default."""
+    cuda_launch = _cuda_launch()
+    case = Case("LSTM", T=3, B=5, I=4, H=96, seed=40)
+    runs = []
+    for _ in range(2):
+        cuda_launch.last_used.update(plan=None)
+        with cuda_launch.variant("cluster"):
+            runs.append(testing.run(fused_rnn.convert(testing.torch_module(case), "cuda"), case,
+                                    torch.float32, DEVICE))
+        assert cuda_launch.last_used["plan"] == MULTI_PLANS[96][0]
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), name
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="emulated plans")
+@pytest.mark.parametrize("why,case,expected", [
+    # 3 clusters of 2 per tile, 13 tiles: 39 clusters, over the 32 of two blocks that the
+    # emulated device holds at once (platform.cuh, kClusterSMs): not all could poll each other.
+    ("tiles beyond the device", Case("LSTM", T=2, B=200, I=3, H=96, seed=41), "step"),
+    ("masks", Case("GRU", T=3, B=4, I=5, H=96, reg=fused_rnn.Regularization(
+        variational_dropout=0.3), seed=42), "step"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_cuda_multicluster_falls_back(why, case, expected):
+    """What the multi-cluster forward cannot take runs as the other variants would: here per
+    step (H = 96 in fp64 is over the emulated 48 KiB for the persistent kernel)."""
+    cuda_launch = _cuda_launch()
+    cuda_launch.last_used.update(fwd=None, bwd=None, plan=None, bwd_plan=None)
+    with cuda_launch.variant("cluster"):
+        diffs = testing.compare_backends(case, "cuda", "reference", torch.float64, DEVICE)
+    assert max(diffs.values()) <= 1e-10, diffs
+    assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["plan"]) == (expected, None)
+
+
 def test_cluster_plan_names_are_checked():
     for bad in ("16x3", "16x4b", "x4", "16"):
         with pytest.raises(ValueError, match=rf"cluster plan: expected '<CS>x<KS>'.*got '{bad}'"):
@@ -229,9 +310,14 @@ def test_cluster_plan_names_are_checked():
                            match=rf"cluster backward plan: expected '<CS>x<NW>'.*got '{bad}'"):
             with _cuda_launch().cluster_bwd_plan(bad):
                 pass
+    for bad in ("1x8x8", "67x8x8", "6x17x8", "6x8x3", "6x8x8a", "6xx8", "6x8x8b1", "6x8x8b10"):
+        with pytest.raises(ValueError, match="plan: expected '<"):
+            with _cuda_launch().cluster_plan(bad):
+                pass
     from fused_rnn.ops.cuda import plans
-    for name in ("16x4", "2x1a", "8x2"):
+    for name in ("16x4", "2x1a", "8x2", "6x8x8", "66x1x16", "8x8x8b4"):
         assert plans.plan_name(plans.plan_code(name)) == name
+    assert plans.plan_code("6x8x8", backward=True) == plans.plan_code("6x8x8") == 610808
 
 
 # Regularisation masks of a step (ops/regularize.py, StepMasks): each kind alone, all at once,

@@ -31,10 +31,11 @@ def _constant(text: str, name: str) -> int:
 
 
 def _gpu_plans(text: str, macro: str = "FRNN_CLUSTER_PLANS"):
-    """The X(H, CS, KS, exchange) entries of a plans macro in the GPU build's branch."""
+    """The X(H, CS, KS, exchange) (multi-cluster: X(H, NC, CS, KS, BT)) entries of a plans
+    macro in the GPU build's branch."""
     block = text[text.index(f"#define {macro}"):]
     gpu = block.split("#else", 1)[1].split("#endif", 1)[0]
-    return [tuple(map(int, m)) for m in re.findall(r"X\((\d+), (\d+), (\d+), (\d+)\)", gpu)]
+    return [tuple(map(int, m.split(", "))) for m in re.findall(r"X\(([\d, ]+)\)", gpu)]
 
 
 def test_cuda_plans_mirror_plans_h():
@@ -67,6 +68,29 @@ def test_cuda_backward_plans_parse_and_default_to_fence_free_ones():
         assert H % (16 * cs) == 0 and H % (16 * nw) == 0, (H, name)
         defaults.setdefault(H, (cs, exchange))
     assert all(cs == 1 or exchange for cs, exchange in defaults.values()), defaults
+
+
+@pytest.mark.parametrize("macro", ["FRNN_MULTI_PLANS", "FRNN_MULTI_BWD_PLANS"])
+def test_multicluster_plans_mirror_plans_h(macro):
+    """The multi-cluster plans (X(H, NC, CS, KS, BT)): names plans.py reads back to plans.h's
+    codes (multi_plan_code), at least two clusters within kMaxClusters, whole tiles of 16 units
+    per block, and H from 512 to 1024 on the GPU, each H's first plan one batch tile per
+    block (the one tried first)."""
+    text = _header("plans.h")
+    assert _constant(text, "kPlanMultiUnit") == plans.PLAN_MULTI_UNIT
+    assert _constant(text, "kMaxClusters") == plans.MAX_CLUSTERS
+    assert _constant(text, "kMaxBatchTiles") == plans.MAX_BATCH_TILES
+    entries = _gpu_plans(text, macro)
+    assert {H for H, *_ in entries} == {512, 768, 1024}, entries
+    first = {}
+    for H, nc, cs, ks, bt in entries:
+        name = f"{nc}x{cs}x{ks}" + (f"b{bt}" if bt > 1 else "")
+        code = plans.plan_code(name, backward=macro.endswith("BWD_PLANS"))
+        assert code == nc * 100000 + bt * 10000 + cs * 100 + ks  # multi_plan_code() in plans.h
+        assert plans.plan_name(code) == name
+        assert 2 <= nc <= plans.MAX_CLUSTERS and H % (16 * nc * cs) == 0, (H, name)
+        first.setdefault(H, bt)
+    assert set(first.values()) == {1}, first
 
 
 def test_cell_constants_mirror_params_h():

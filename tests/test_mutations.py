@@ -1,8 +1,9 @@
-"""The cluster backward's CPU tests can fail: each mutation of csrc/rnn_bwd_cluster.cu in
-scripts/mutation_check.py (a dgates term dropped, a rank's partial skipped in the
-reduce-scatter, the saved gates of the wrong step) builds its own emulated extension and must
-fail at least one case of test_cuda_kernels.py's cluster backward grid. Each in a subprocess:
-one emulated build (about 45 s) per mutation."""
+"""The cluster kernels' CPU tests can fail: each mutation in scripts/mutation_check.py (of the
+cluster backward, csrc/rnn_bwd_cluster.cu: a dgates term dropped, a rank's partial skipped in the
+reduce-scatter, the saved gates of the wrong step; of the multi-cluster exchange,
+csrc/exchange.cuh: a stale step tag accepted, one cluster's slice skipped) builds its own
+emulated extension and must fail at least one case of test_cuda_kernels.py's grid for those
+kernels. Each in a subprocess: one emulated build (about 45 s) per mutation."""
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ import mutation_check  # noqa: E402
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU check of the emulated build (CI)")
 @pytest.mark.parametrize("name", list(mutation_check.MUTATIONS))
-def test_cluster_backward_mutation_is_caught(name):
+def test_cluster_kernel_mutation_is_caught(name):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                FUSED_RNN_CUDA_EMULATE="1")
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "mutation_check.py"), name],
@@ -28,5 +29,5 @@ def test_cluster_backward_mutation_is_caught(name):
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert rows, f"no result (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
     row = rows[0]
-    assert row["mutation"] == name and row["cases"] >= 30, row
+    assert row["mutation"] == name and row["cases"] >= 15, row
     assert row["caught"] and proc.returncode == 0, row

@@ -23,7 +23,7 @@ CSRC = Path(__file__).resolve().parents[3] / "csrc"
 # Kernel sources: compiled by nvcc for the GPU build (and for sm_80/sm_90 in CI), included by
 # csrc/emulated.cpp for the emulated build.
 CUDA_SOURCES = ("rnn_fwd.cu", "rnn_bwd.cu", "rnn_fwd_cluster.cu", "rnn_bwd_cluster.cu",
-                "device.cu")
+                "rnn_fwd_multicluster.cu", "rnn_bwd_multicluster.cu", "device.cu")
 # sm_80 (A100) and sm_90 (H100); PTX for compute_90 lets newer GPUs JIT it.
 GENCODE = ("-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
            "-gencode=arch=compute_90,code=compute_90")
