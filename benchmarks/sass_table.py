@@ -1,20 +1,31 @@
-"""A static table of the cluster kernels' time loops, from their sm_90 SASS: instructions per
-step by class (HMMA, MUFU, LDS, STS, LDG, STG; LDST: loads and stores through generic
-addresses, here the barrier plans' distributed shared memory; LOCAL: local memory, spills;
-BAR, SYNCS (mbarriers), MEMBAR and the other fences, FP64, CALL: calls into out-of-line code such
-as the IEEE divide's slow path; other) for every compiled
-plan, cell and half dtype, so that a change's effect on the loop shows without a GPU. No GPU
-needed: nvcc compiles csrc/rnn_fwd_cluster.cu and rnn_bwd_cluster.cu for sm_90 and cuobjdump
-(the CUDA toolkit's, or the one in Triton's package) disassembles them.
+"""A static table of the cluster and multi-cluster kernels' time loops, from their sm_90 SASS:
+instructions per step by class (HMMA, MUFU, LDS, STS, LDG, STG; LDST: loads and stores through
+generic addresses, here the barrier plans' distributed shared memory; LOCAL: local memory,
+spills; BAR, SYNCS (mbarriers), MEMBAR and the other fences, FP64, CALL: calls into out-of-line
+code such as the IEEE divide's slow path; other) for every compiled plan, cell and half dtype, so
+that a change's effect on the loop shows without a GPU. No GPU needed: nvcc compiles
+csrc/rnn_fwd_cluster.cu, rnn_bwd_cluster.cu, rnn_fwd_multicluster.cu and rnn_bwd_multicluster.cu
+for sm_90 and cuobjdump (the CUDA toolkit's, or the one in Triton's package) disassembles them.
 
     python benchmarks/sass_table.py --out benchmarks/results/sass_sm90.json
 
 The time loop is the smallest loop (a backward branch and its target, with no EXIT between)
-that holds every HMMA of the kernel; instructions out of line (the mbarrier wait's retry path)
-are not counted. Each
-kernel's expected HMMA count per step comes from its plan (the MMAs of one warp per step):
-forward G.2.(H/KS/16), backward (H/(16.NW)).2.(G.H/CS/16). tests/test_sass.py checks those and
-that no time loop of a fence-free plan (asynchronous exchange, or one block) holds a MEMBAR."""
+that holds every HMMA of the kernel and a step's synchronisation (a block or cluster barrier or
+an mbarrier operation: so not a loop within the step, such as the multi-cluster forward's loop
+over its batch tiles). Its counts are the static instructions of that address range: a loop
+nested in it (the multi-cluster kernels' L2 polls, the slice sums, the exchange's loops over
+words, a batch-tile loop the compiler keeps rolled) counts once, whatever its trip count, and
+instructions out of line (the mbarrier wait's retry path) are not counted. hmma_nested says
+that every HMMA lies in such a nested loop, whose one trip the counts then show.
+
+Each kernel's expected HMMA count per step comes from its plan (the MMAs of one warp per step):
+cluster forward G.2.(H/KS/16), cluster backward (H/(16.NW)).2.(G.H/CS/16); multi-cluster
+forward BT.G.2.(H/KS/16), multi-cluster backward BT.2.(G.H/KS/16) (BT = 1; its first step
+skips the product, but the loop holds it once). Rows: kernel fwd/bwd, family "cluster" (plan
+CSxKS or CSxNW, "a": the asynchronous exchange) or "multi" (plan NCxCSxKS, "bBT" for BT > 1
+batch tiles per block, always asynchronous), as fused_rnn/ops/cuda/plans.py names them.
+tests/test_sass.py checks those counts and that no time loop of a fence-free plan (asynchronous
+exchange, one block, every multi-cluster plan) holds a MEMBAR."""
 import argparse
 import json
 import os
@@ -27,14 +38,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-SOURCES = ("rnn_fwd_cluster.cu", "rnn_bwd_cluster.cu")
+SOURCES = ("rnn_fwd_cluster.cu", "rnn_bwd_cluster.cu", "rnn_fwd_multicluster.cu",
+           "rnn_bwd_multicluster.cu")
 CELLS = {0: "LSTM", 1: "GRU", 2: "RNN_TANH", 3: "RNN_RELU"}
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 DTYPES = {"13__nv_bfloat16": "bf16", "6__half": "fp16"}
 CLASSES = ("HMMA", "MUFU", "LDS", "STS", "LDG", "STG", "LDST", "LOCAL", "BAR", "SYNCS", "MEMBAR",
            "FP64", "CALL", "other")
-KERNEL = re.compile(r"rnn_(fwd|bwd)_cluster_kernelILi(\d)E(13__nv_bfloat16|6__half)"
-                    r"Li(\d+)ELi(\d+)ELi(\d+)ELi(\d+)E")
+# <CELL, T, H, CS, KS or NW, exchange> (cluster) or <CELL, T, H, NC, CS, KS, BT> (multi).
+KERNEL = re.compile(r"rnn_(fwd|bwd)_(cluster|multicluster)_kernelILi(\d)E"
+                    r"(13__nv_bfloat16|6__half)Li(\d+)ELi(\d+)ELi(\d+)ELi(\d+)E(?:Li(\d+)E)?")
 INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
 
 
@@ -88,24 +101,40 @@ def klass(op: str) -> str:
     return KLASS.get(op.split(".")[0], "other")
 
 
-def time_loop(code):
-    """The instructions of the smallest loop holding every HMMA (None without HMMA)."""
-    hmma = [a for a, t in code if opcode(t).startswith("HMMA")]
-    if not hmma:
-        return None
-    best = None
+def loops(code):
+    """(first, last) address of every loop: a backward branch and its target, no EXIT between."""
+    exits = [a for a, t in code if opcode(t) == "EXIT"]
+    found = []
     for addr, text in code:
         m = re.match(r"(?:@!?U?P[T0-9]+\s+)?BRA\s+(?:`?\(?\.?L?_?x?_?)?(0x[0-9a-f]+)", text)
-        if not m:
-            continue
-        target = int(m.group(1), 16)
-        if target < addr and target <= min(hmma) and addr >= max(hmma):
-            exits = any(target <= a <= addr and opcode(t) == "EXIT" for a, t in code)
-            if not exits and (best is None or addr - target < best[1] - best[0]):
-                best = (target, addr)
-    if best is None:
-        return None
-    return [(a, t) for a, t in code if best[0] <= a <= best[1]]
+        if m and int(m.group(1), 16) < addr:
+            target = int(m.group(1), 16)
+            if not any(target <= a <= addr for a in exits):
+                found.append((target, addr))
+    return found
+
+
+# A step's synchronisation: a block or cluster barrier or an mbarrier operation (not WARPSYNC,
+# which the compiler also puts in loops within a step, before their MMAs).
+SYNC = ("BAR.", "UCGABAR_", "SYNCS.")
+
+
+def time_loop(code):
+    """The instructions of the smallest loop holding every HMMA and a step's synchronisation
+    (None without HMMA), and whether every HMMA lies in a loop nested in it (so that its
+    static counts hold one trip of that loop: the multi-cluster forward's loop over its batch
+    tiles where the compiler keeps it rolled)."""
+    hmma = [a for a, t in code if opcode(t).startswith("HMMA")]
+    if not hmma:
+        return None, False
+    syncs = [a for a, t in code if opcode(t).startswith(SYNC)]
+    holding = [(lo, hi) for lo, hi in loops(code) if lo <= min(hmma) and hi >= max(hmma)]
+    steps = [(lo, hi) for lo, hi in holding if any(lo <= a <= hi for a in syncs)]
+    if not steps:
+        return None, False
+    lo, hi = min(steps, key=lambda r: r[1] - r[0])
+    nested = any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in holding)
+    return [(a, t) for a, t in code if lo <= a <= hi], nested
 
 
 def expected_hmma(kind: str, cell: str, H: int, cs: int, second: int) -> int:
@@ -115,25 +144,39 @@ def expected_hmma(kind: str, cell: str, H: int, cs: int, second: int) -> int:
     return (H // (16 * second)) * 2 * (G * H // cs // 16)  # second: NW warps
 
 
+def expected_hmma_multi(kind: str, cell: str, H: int, ks: int, bt: int) -> int:
+    """A multi-cluster plan's MMAs per warp and step, BT batch tiles of two column tiles."""
+    G = GATES[cell]
+    if kind == "fwd":  # G gates x KST = H/KS/16 k-steps (GQ gates a pass)
+        return bt * 2 * G * (H // ks // 16)
+    return bt * 2 * (G * H // ks // 16)  # KST = G.H/KS/16 k-steps
+
+
 def table(workdir: Path):
     rows = []
     for source in SOURCES:
         for name, code in functions(compile_sass(source, workdir)):
             m = KERNEL.search(name)
-            if not m:
-                continue
-            kind, cell, dt, H, cs, second, ex = m.groups()
-            cell, H, cs, second, ex = CELLS[int(cell)], int(H), int(cs), int(second), int(ex)
-            loop = time_loop(code)
-            counts = {c: 0 for c in CLASSES}
+            if not m:  # every function of these files is a row: the table is what is compiled
+                raise ValueError(f"{source}: not a (multi-)cluster kernel: {name}")
+            kind, family, cell, dt, H, a, b, c, bt = m.groups()
+            cell, H, a, b, c, bt = CELLS[int(cell)], int(H), int(a), int(b), int(c), int(bt or 1)
+            if family == "cluster":  # a: CS, b: KS (fwd) or NW (bwd), c: exchange
+                plan = f"{a}x{b}{'a' if c else ''}"
+                fence_free = bool(c) or (kind == "bwd" and a == 1)
+                expected = expected_hmma(kind, cell, H, a, b)
+            else:  # a: NC, b: CS, c: KS, bt: BT; the exchange is always asynchronous
+                family, plan, fence_free = "multi", f"{a}x{b}x{c}{f'b{bt}' if bt > 1 else ''}", True
+                expected = expected_hmma_multi(kind, cell, H, c, bt)
+            loop, nested = time_loop(code)
+            counts = {k: 0 for k in CLASSES}
             for _, text in loop or []:
                 counts[klass(opcode(text))] += 1
             rows.append({
-                "kernel": kind, "cell": cell, "dtype": DTYPES[dt], "H": H,
-                "plan": f"{cs}x{second}{'a' if ex else ''}",
-                "fence_free": bool(ex) or (kind == "bwd" and cs == 1),
+                "kernel": kind, "family": family, "cell": cell, "dtype": DTYPES[dt], "H": H,
+                "plan": plan, "fence_free": fence_free,
                 "loop_found": loop is not None, "instructions": len(loop or []),
-                "expected_hmma": expected_hmma(kind, cell, H, cs, second), **counts})
+                "expected_hmma": expected, "hmma_nested": nested, **counts})
     return rows
 
 
@@ -143,14 +186,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         rows = table(Path(tmp))
-    head = ["kernel", "cell", "dtype", "H", "plan", "instructions", *CLASSES]
+    head = ["kernel", "family", "cell", "dtype", "H", "plan", "instructions", *CLASSES]
     print(" ".join(f"{h:>8}" for h in head))
     for r in rows:
         print(" ".join(f"{str(r[h]):>8}" for h in head))
     if args.out:
         ver = subprocess.run([nvcc(), "--version"], capture_output=True, text=True).stdout
         Path(args.out).write_text(json.dumps({
-            "what": "cluster kernels' time loops, sm_90 SASS instructions per step (one warp)",
+            "what": "cluster and multi-cluster kernels' time loops, sm_90 SASS instructions "
+                    "per step (one warp; nested loops counted once, statically)",
             "nvcc": ver.strip().splitlines()[-1] if ver else None,
             "rows": rows}, indent=1) + "\n")
     return 0

@@ -12,12 +12,26 @@
 #   cluster   a smoke run of the asynchronous exchanges, forward and backward (a hang
 #             costs 60 s), then the cluster kernels' GPU tests: every forward and backward
 #             plan, fp16/bf16, and 200 random training cases per cell under the parity rule
+#             (not the multi-cluster tests: the stages below)
+#   multi     the multi-cluster kernels (H = 512..1024, clusters polling each other through L2):
+#             a smoke test first, every plan at T = 64 in child processes started together
+#             under one 60 s timeout (a polling bug hangs a kernel; the test names each plan
+#             that hung); then, unless a plan hung, every forward and backward plan's parity,
+#             fp16/bf16, every cell, B = 1, 16, 17, 48 (expected about 25 s + 75 s on the H200)
+#   multi-grid  200 random training cases per cell (100 each in fp16 and bf16) at H = 512,
+#             768, 1024 and 2048 (which falls back), B up to 256, on the default plans both
+#             ways under the parity rule (expected about 75 s; skipped if a plan hung in multi)
 #   cluster-plans  the cluster forward's plan timings (benchmarks/cluster_plans.py ->
 #             cluster_plans_$NAME.json)
 #   sanitize-cluster  compute-sanitizer memcheck and racecheck over the cluster kernels' small
 #             grid alone (every default plan both ways)
+#   sanitize-multi  the same over the multi-cluster kernels' small grid: each H's first plans
+#             both ways, another layout each way and a plan of several batch tiles per block
+#             (expected under a minute per tool)
 #   tune      fused-rnn bench --tune: every cluster plan timed per cell, dtype, H and batch
 #             bucket; the CUDA backend's plan table -> fused_rnn/ops/cuda/tuned/, copied to $OUT
+#   bench-multi  the default grid's rows with H >= 512 against cuDNN in both half dtypes
+#             (LSTM, GRU; fwd, fwdbwd; peak memory in the JSON) -> ${NAME}_multi.json/.png
 #   bench-cluster  the cluster kernels' rows against cuDNN in both half dtypes (LSTM, GRU;
 #             fwd, fwdbwd; H <= 256; peak memory in the JSON) -> $NAME.json/.png
 #   tests     the whole test suite but the GPU parity grids and the big tests (stages of their own)
@@ -27,18 +41,31 @@
 #   cuda-fp32, cuda-bf16, cuda-fp16         the CUDA backend's GPU parity grid, one dtype each
 #   triton-fp32, triton-bf16, triton-fp16   the same for the Triton backend
 #   sanitize  compute-sanitizer memcheck and racecheck over the CUDA backend's small grid
+#             (the multi-cluster cases are sanitize-multi's)
 #   parity    fused-rnn parity on CUDA
 #   examples  examples/char_lm.py and seq2seq.py, 300 steps, cudnn/triton/cuda (json, png)
 #   host      benchmarks/profile_fwd.py: host us per call, GPU idle time, kernels -> json
 #   bench     the benchmark suite
 #   sweep     fused-rnn bench --sweep: us/step against H, B, T (LSTM bf16/fp16), a plot each
+# DEADLINE_S: seconds the whole call may take (default none). Each stage's limit is cut to
+# what is left, and a stage with under 15 s left is skipped (logged, and the call fails), so a
+# device call ends within its own limit with every finished stage in the log; stages run in
+# this file's order, so the deadline cuts the last ones.
 #   STAGES="build cuda sanitize" bash scripts/gpu_check.sh
+#   STAGES="build multi multi-grid sanitize-multi" DEADLINE_S=540 NAME=h200 bash scripts/gpu_check.sh
+#             the multi-cluster kernels' check in one device call of at most 9 minutes: the
+#             install (about 20 s), the build (not yet timed with the multi-cluster files), then
+#             about 5 minutes of stages expected (multi 100 s, multi-grid 75 s, sanitize-multi
+#             2 x 60 s); what the deadline cuts (sanitize-multi first), rerun in a second call
+#             while the machine is warm (its build cache stays), with the measurements:
+#   STAGES="floors tune bench-multi" DEADLINE_S=540 NAME=h200 bash scripts/gpu_check.sh
+#             the floors (xcluster, xpoll among them), the plan table and the large-H rows
 #   STAGES="build cluster sanitize-cluster tune bench-cluster" NAME=h200 bash scripts/gpu_check.sh
 #             the cluster kernels' whole check: the cluster stages' caps sum to 600 s after the
 #             install and the build, whose time on the H200 is not known yet; to keep each
-#             device call within 9 minutes, run STAGES="build cluster sanitize-cluster" first
-#             and "tune bench-cluster" in a second call while the machine is warm (its build
-#             cache stays)
+#             device call within 9 minutes, run STAGES="build cluster sanitize-cluster"
+#             DEADLINE_S=540 first and "tune bench-cluster" in a second call while the machine
+#             is warm (its build cache stays)
 #   STAGES="bench" bash scripts/gpu_check.sh --quick      (extra arguments go to the bench)
 # The install stage always runs first.
 set -uo pipefail
@@ -51,9 +78,22 @@ LOG="$OUT/log.txt"
 : > "$LOG"
 export PYTHONUNBUFFERED=1
 status=0
+DEADLINE_S=${DEADLINE_S:-}
 
 stage() {  # stage NAME LIMIT_S CMD...: run, log, remember failure, never stop the script
   local name=$1 limit=$2; shift 2
+  if [ -n "$DEADLINE_S" ]; then
+    local left=$((DEADLINE_S - SECONDS))
+    if [ "$left" -lt 15 ]; then
+      echo "=== $name: skipped, $left s left of DEADLINE_S=$DEADLINE_S" | tee -a "$LOG"
+      status=1
+      return
+    fi
+    if [ "$left" -lt "$limit" ]; then
+      echo "=== $name: limit $limit s cut to $left s by DEADLINE_S=$DEADLINE_S" | tee -a "$LOG"
+      limit=$left
+    fi
+  fi
   echo "=== $name: $*" | tee -a "$LOG"
   local t0=$SECONDS
   timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
@@ -85,15 +125,39 @@ readelf -d "$so" | grep NEEDED; grep -h "^ldflags\|^cxx\|^nvcc " "$(dirname "$so
 
 # Stages select tests by marker (pyproject.toml lists them; docs/testing.md says more).
 want tests && stage tests 540 "$PY" -m pytest -q -rfE --tb=line "${XDIST[@]}" tests \
-  -m "not grid and not nvcc and not big"
+  -m "not grid and not nvcc and not big and not multicluster"
 want big && stage big 540 "$PY" -m pytest -q -rfE --tb=line -p no:xdist tests/test_gpu_stack.py -m big
 want cluster && stage cluster-async-smoke 60 "$PY" scripts/cluster_async_smoke.py
 want cluster && stage cluster-tests 180 "$PY" -m pytest -q -rfE --tb=short "${XDIST[@]}" \
   tests/test_cuda_gpu.py -m cluster -s
+# The multi-cluster kernels' tests (marker multicluster). The smoke test runs its child
+# processes itself, so without xdist. Where a plan
+# hung there, the stages after it that run the plans in process (where a hang holds a stage
+# to its limit) are skipped in this call.
+multi_hung=0
+multi_ok() {  # multi_ok NAME: true unless a multi-cluster plan hung in multi-smoke (logged)
+  [ "$multi_hung" -eq 0 ] && return 0
+  echo "=== $1: skipped, a multi-cluster plan hung in multi-smoke" | tee -a "$LOG"
+  status=1
+  return 1
+}
+if want multi; then
+  lines=$(wc -l < "$LOG")
+  stage multi-smoke 120 "$PY" -m pytest -q -rfEP --tb=short -p no:xdist tests/test_cuda_gpu.py \
+    -m multicluster -k smoke
+  hung_re="multi-cluster plan [0-9]+x[0-9]+x[0-9]+(b[0-9]+)? hung"  # the smoke test's words
+  tail -n +"$((lines + 1))" "$LOG" | grep -Eq "$hung_re" && multi_hung=1
+  # -rs: each plan that could not run for a case (more clusters than fit at once, shared
+  # memory over the limit for the cell) is a skip that says so.
+  multi_ok multi-tests && stage multi-tests 180 "$PY" -m pytest -q -rfEs --tb=short "${XDIST[@]}" \
+    tests/test_cuda_gpu.py -m "multicluster and not sanitizer" -k "not smoke and not training_grid"
+fi
+want multi-grid && multi_ok multi-grid && stage multi-grid 180 "$PY" -m pytest -q -rfEP \
+  --tb=short "${XDIST[@]}" tests/test_cuda_gpu.py -m multicluster -k training_grid
 want cluster-plans && stage cluster-plans 300 "$PY" benchmarks/cluster_plans.py \
   --out "$OUT/cluster_plans_$NAME.json"
 want cuda && stage cuda 540 "$PY" -m pytest -q -rs -s tests/test_cuda_kernels.py \
-  tests/test_cuda_gpu.py -m "not grid and not nvcc"
+  tests/test_cuda_gpu.py -m "not grid and not nvcc and not multicluster"
 for backend in cuda triton; do
   for dt in fp32 bf16 fp16; do
     want "$backend-$dt" && stage "$backend-$dt" 540 "$PY" -m pytest -q -rfE --tb=line "${XDIST[@]}" \
@@ -104,12 +168,17 @@ done
 for tool in memcheck racecheck; do
   want sanitize && stage "sanitize-$tool" 420 compute-sanitizer --tool "$tool" --error-exitcode 1 \
     --target-processes all --print-limit 20 "$PY" -m pytest -q -x \
-    tests/test_cuda_gpu.py -m sanitizer
+    tests/test_cuda_gpu.py -m "sanitizer and not multicluster"
 done
 for tool in memcheck racecheck; do
   want sanitize-cluster && stage "sanitize-cluster-$tool" 45 compute-sanitizer --tool "$tool" \
     --error-exitcode 1 --target-processes all --print-limit 20 "$PY" -m pytest -q -x \
     tests/test_cuda_gpu.py -m "sanitizer and cluster"
+done
+for tool in memcheck racecheck; do
+  want sanitize-multi && multi_ok "sanitize-multi-$tool" && stage "sanitize-multi-$tool" 100 \
+    compute-sanitizer --tool "$tool" --error-exitcode 1 --target-processes all --print-limit 20 \
+    "$PY" -m pytest -q -x -rs tests/test_cuda_gpu.py -m "sanitizer and multicluster"
 done
 want parity && stage parity 300 "$PY" -m fused_rnn parity --cases 48
 for ex in char_lm seq2seq; do
@@ -119,11 +188,17 @@ done
 # Host µs per call and the GPU's idle time between kernels (benchmarks/README.md).
 want host && stage host 120 "$PY" benchmarks/profile_fwd.py --json "$OUT/profile_fwd_$NAME.json"
 want bench && stage bench 540 "$PY" -m fused_rnn bench --out "$OUT" --name "$NAME" "$@"
-want tune && stage tune 150 bash -c "'$PY' -m fused_rnn bench --tune && \
+want tune && stage tune 300 bash -c "'$PY' -m fused_rnn bench --tune && \
 cp fused_rnn/ops/cuda/tuned/*.json '$OUT/'"
 want bench-cluster && stage bench-cluster 120 "$PY" -m fused_rnn bench --cells LSTM GRU \
   --dtypes bf16 fp16 --modes fwd fwdbwd --providers cudnn auto cuda cuda_persistent --options none \
   --shapes 512,16,128,128 256,16,256,256 256,1,256,256 256,64,256,256 --out "$OUT" --name "$NAME"
+# The default grid's rows with H >= 512 (the multi-cluster kernels' and the fallback's), both
+# half dtypes against cuDNN, into ${NAME}_multi.json (bench-cluster's file stays its own).
+want bench-multi && stage bench-multi 300 "$PY" -m fused_rnn bench --cells LSTM GRU \
+  --dtypes bf16 fp16 --modes fwd fwdbwd --providers cudnn cuda --options none \
+  --shapes 1024,16,768,768 100,64,512,512 256,8,512,512 256,16,1024,1024 256,64,1024,1024 \
+  100,256,1024,1024 64,32,2048,2048 --out "$OUT" --name "${NAME}_multi"
 want sweep && stage sweep 540 "$PY" -m fused_rnn bench --sweep --out "$OUT" --name "$NAME"
 echo "gpu_check: overall status $status; files in $OUT: $(ls "$OUT" | tr '\n' ' ')" | tee -a "$LOG"
 exit $status

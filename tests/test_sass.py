@@ -1,12 +1,13 @@
-"""What the cluster kernels' designs promise, read off their sm_90 SASS (no GPU needed:
-benchmarks/sass_table.py compiles them with nvcc and disassembles them with cuobjdump): every
-cluster kernel has a time loop holding exactly its plan's MMAs per step (one warp's HMMA
-count); the loops of the fence-free plans (the asynchronous exchange; a one-block backward plan, where
-one is compiled) hold no MEMBAR or other fence, and those of the barrier plans exactly the
-barrier arrive's release; no loop calls out of line (the IEEE divide's slow path), computes in
-fp64 or touches local memory. And benchmarks/results/sass_sm90.json, the stored table, is this code's: a kernel
-change regenerates it (python benchmarks/sass_table.py --out benchmarks/results/sass_sm90.json)
-so that its effect on the loops shows in the diff."""
+"""What the cluster and multi-cluster kernels' designs promise, read off their sm_90 SASS (no GPU
+needed: benchmarks/sass_table.py compiles them with nvcc and disassembles them with cuobjdump):
+every such kernel has a time loop holding exactly its plan's MMAs per step (one warp's HMMA
+count); the loops of the fence-free plans (the asynchronous exchange; a one-block backward plan,
+where one is compiled; every multi-cluster plan, whose clusters meet through L2 flag words) hold
+no MEMBAR or other fence, and those of the barrier plans exactly the barrier arrive's release; no
+loop calls out of line (the IEEE divide's slow path), computes in fp64 or touches local memory.
+And benchmarks/results/sass_sm90.json, the stored table, is this code's: a kernel change
+regenerates it (python benchmarks/sass_table.py --out benchmarks/results/sass_sm90.json) so
+that its effect on the loops shows in the diff."""
 import json
 import re
 import shutil
@@ -31,22 +32,56 @@ def rows(tmp_path_factory):
     return sass_table.table(tmp_path_factory.mktemp("sass"))
 
 
+def gpu_plans(macro: str):
+    """The X(...) argument tuples of a plans.h macro's GPU (#else) branch."""
+    plans_h = (ROOT / "csrc" / "plans.h").read_text()
+    gpu = plans_h[plans_h.index(f"#define {macro}"):].split("#else", 1)[1].split("#endif")[0]
+    return [tuple(map(int, x.split(","))) for x in re.findall(r"X\(([\d, ]+)\)", gpu)]
+
+
 def test_every_cluster_kernel_and_plan_is_in_the_table(rows):
+    assert {r["family"] for r in rows} == {"cluster", "multi"}
+    rows = [r for r in rows if r["family"] == "cluster"]
     kinds = {(r["kernel"], r["cell"], r["dtype"]) for r in rows}
     assert len(kinds) == 2 * 4 * 2, sorted(kinds)  # fwd/bwd x cells x fp16/bf16
-    plans_h = (ROOT / "csrc" / "plans.h").read_text()
     for kind, macro in (("fwd", "FRNN_CLUSTER_PLANS"), ("bwd", "FRNN_CLUSTER_BWD_PLANS")):
-        gpu = plans_h[plans_h.index(f"#define {macro}"):].split("#else", 1)[1].split("#endif")[0]
-        want = {f"H{h}-{cs}x{s}{'a' if int(e) else ''}"
-                for h, cs, s, e in re.findall(r"X\((\d+), (\d+), (\d+), (\d+)\)", gpu)}
+        want = {f"H{h}-{cs}x{s}{'a' if e else ''}" for h, cs, s, e in gpu_plans(macro)}
         got = {f"H{r['H']}-{r['plan']}" for r in rows if r["kernel"] == kind}
         assert got == want, (kind, got ^ want)
+
+
+def test_every_multicluster_plan_is_in_the_table(rows):
+    # Every function of the four files is a row (sass_table.table refuses any other), so the
+    # rows are what is compiled: plans.h's plans, but those whose shared memory exceeds
+    # kMaxBlockSmem (not instantiated; more gates take more, so a plan compiled for a cell is
+    # compiled for every cell with fewer gates, and all of them for the one-gate cells).
+    multi = [r for r in rows if r["family"] == "multi"]
+    for kind, macro in (("fwd", "FRNN_MULTI_PLANS"), ("bwd", "FRNN_MULTI_BWD_PLANS")):
+        want = {f"H{h}-{nc}x{cs}x{ks}{f'b{bt}' if bt > 1 else ''}"
+                for h, nc, cs, ks, bt in gpu_plans(macro)}
+        assert want, macro
+        got = {}
+        for cell in sass_table.GATES:
+            for dtype in ("fp16", "bf16"):
+                got[cell, dtype] = {f"H{r['H']}-{r['plan']}" for r in multi if
+                                    (r["kernel"], r["cell"], r["dtype"]) == (kind, cell, dtype)}
+                assert got[cell, dtype] <= want, (kind, cell, dtype, got[cell, dtype] - want)
+            assert got[cell, "fp16"] == got[cell, "bf16"], (kind, cell)
+        assert got["RNN_TANH", "fp16"] == got["RNN_RELU", "fp16"] == want, kind
+        assert got["LSTM", "fp16"] <= got["GRU", "fp16"] <= got["RNN_TANH", "fp16"], kind
 
 
 def test_time_loops_hold_their_plans_mmas(rows):
     for r in rows:
         assert r["loop_found"], r
-        assert r["HMMA"] == r["expected_hmma"], r
+        bt = re.fullmatch(r"\d+x\d+x\d+(?:b(\d+))?", r["plan"]) if r["family"] == "multi" else None
+        bt = int(bt.group(1) or 1) if bt else 1
+        if r["hmma_nested"]:
+            # Only a multi-cluster forward's batch-tile loop, kept rolled: one tile's MMAs.
+            assert r["family"] == "multi" and bt > 1, r
+            assert r["HMMA"] * bt == r["expected_hmma"], r
+        else:
+            assert r["HMMA"] == r["expected_hmma"], r
 
 
 def test_fence_free_loops_hold_no_fence(rows):
@@ -54,11 +89,25 @@ def test_fence_free_loops_hold_no_fence(rows):
         # The barrier plans' one release: MEMBAR.ALL.CTA, MEMBAR.ALL.GPU, ERRBAR, CGAERRBAR.
         assert r["MEMBAR"] == (0 if r["fence_free"] else 4), r
         assert r["CALL"] == 0 and r["FP64"] == 0 and r["LOCAL"] == 0, r
-    assert sum(r["fence_free"] for r in rows) >= 40
+    assert sum(r["fence_free"] for r in rows if r["family"] == "cluster") >= 40
+
+
+def test_multicluster_loops_exchange_without_fences(rows):
+    multi = [r for r in rows if r["family"] == "multi"]
+    kinds = {(r["kernel"], r["cell"], r["dtype"]) for r in multi}
+    assert len(kinds) == 2 * 4 * 2, sorted(kinds)  # fwd/bwd x cells x fp16/bf16
+    for r in multi:
+        # No fence of any kind (a grid sync would bring one: its release is a MEMBAR.GPU).
+        assert r["fence_free"] and r["MEMBAR"] == 0, r
+        # The whole step is in the loop: the mbarrier wait and arrive.expect_tx (SYNCS), the
+        # st.async words (STAS, in STS) and the L2 flag words' stores and polls (STG, LDG);
+        # no generic-address (distributed shared memory) access.
+        assert r["SYNCS"] == 2 and r["STS"] > 0 and r["STG"] > 0 and r["LDG"] > 0, r
+        assert r["LDST"] == 0, r
 
 
 def test_stored_table_is_this_codes(rows):
     stored = json.loads((ROOT / "benchmarks" / "results" / "sass_sm90.json").read_text())
     assert stored["rows"] == rows, (
-        "csrc changed the cluster kernels' loops: regenerate the table with "
+        "csrc changed the (multi-)cluster kernels' loops: regenerate the table with "
         "python benchmarks/sass_table.py --out benchmarks/results/sass_sm90.json")

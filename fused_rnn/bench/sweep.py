@@ -1,7 +1,8 @@
 """Scaling sweeps (`fused-rnn bench --sweep`): forward µs per step against one of
 H, B or T with the others fixed, for cuDNN and the fused providers, one plot per sweep. They
-show which kernel variant takes over where (the cluster forward up to H = 256, the persistent
-one above it, cuDNN's persistent fp16 kernels for B a multiple of 8).
+show which kernel variant takes over where (the cluster forward up to H = 256, the
+multi-cluster one at H = 512-1024 while a batch's clusters fit the GPU at once, the persistent
+one elsewhere, cuDNN's persistent fp16 kernels for B a multiple of 8).
 """
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence

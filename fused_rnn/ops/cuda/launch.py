@@ -5,11 +5,13 @@ function that ops/stack.py drives.
 Variants of the recurrence, each way: "persistent" (one cooperative launch per layer and
 direction, W_hh on chip, a grid barrier per step; the kernels fall back to "step" where the
 weights do not fit or with a projection) and "step" (one launch per timestep). "cluster" (the
-default) runs the forward on thread-block clusters with tensor cores and a cluster barrier per
-step (csrc/rnn_fwd_cluster.cu), for fp16/bf16 without projection or regularisation masks and an H
-it has a plan for (64, 128, 256); every other forward, and every backward, runs
-"persistent". On an H100 the cluster forward was faster than the persistent one on every row
-measured (benchmarks/results/cluster_plans_h100.json).
+default) runs forward and backward on thread-block clusters with tensor cores
+(csrc/rnn_{fwd,bwd}_cluster.cu for H = 64, 128, 256: one cluster per batch tile;
+csrc/rnn_{fwd,bwd}_multicluster.cu for H = 512, 768, 1024: several, exchanging state through
+L2), for fp16/bf16 without projection or regularisation masks and an H it has a plan for;
+everything else runs "persistent". On an H100 the cluster forward was faster than the
+persistent one on every row measured (benchmarks/results/cluster_plans_h100.json); the
+backward and the multi-cluster kernels have not run on a GPU.
 Under FUSED_RNN_CUDA_EMULATE=1 the same kernels run emulated on CPU tensors (extension.py).
 """
 import contextlib
