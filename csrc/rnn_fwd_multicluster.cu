@@ -73,7 +73,7 @@ FRNN_GLOBAL void FRNN_MULTI_BOUNDS((MultiPlan<CELL, T, H, NC, CS, KS, BT>::NT))
   using A = acc_t<T>;
   using P = pair_t<T>;
   constexpr int NG = Plan::NG, NS = Plan::NS, U = Plan::U, KST = Plan::KST, LDH = Plan::LDH;
-  constexpr int NT = Plan::NT, EPT = Plan::EPT, EPB = Plan::EPB, GQ = Plan::GQ, UT = Plan::UT;
+  constexpr int NT = Plan::NT, EPT = Plan::EPT, EPB = Plan::EPB, GQ = Plan::GQ;
   constexpr int ROWS = Plan::ROWS;
   using Xchg = ClusterExchange<T, H, NC, CS, U, 1, NT, ROWS>;
   const int64_t B = p.B, T_ = p.T;
