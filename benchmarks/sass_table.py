@@ -2,8 +2,9 @@
 instructions per step by class (HMMA, MUFU, LDS, STS, LDG, STG; LDST: loads and stores through
 generic addresses, here the barrier plans' distributed shared memory; LOCAL: local memory,
 spills; BAR, SYNCS (mbarriers), MEMBAR and the other fences, FP64, CALL: calls into out-of-line
-code such as the IEEE divide's slow path; other) for every compiled plan, cell and half dtype, so
-that a change's effect on the loop shows without a GPU. No GPU needed: nvcc compiles
+code such as the IEEE divide's slow path; other) for every compiled plan, cell and product type
+(fp16, bf16; fp32 as tf32 and as "fp32", the IEEE-accurate three tf32 products, csrc/mma.cuh),
+so that a change's effect on the loop shows without a GPU. No GPU needed: nvcc compiles
 csrc/rnn_fwd_cluster.cu, rnn_bwd_cluster.cu, rnn_fwd_multicluster.cu and rnn_bwd_multicluster.cu
 for sm_90 and cuobjdump (the CUDA toolkit's, or the one in Triton's package) disassembles them.
 
@@ -21,7 +22,8 @@ that every HMMA lies in such a nested loop, whose one trip the counts then show.
 Each kernel's expected HMMA count per step comes from its plan (the MMAs of one warp per step):
 cluster forward G.2.(H/KS/16), cluster backward (H/(16.NW)).2.(G.H/CS/16); multi-cluster
 forward BT.G.2.(H/KS/16), multi-cluster backward BT.2.(G.H/KS/16) (BT = 1; its first step
-skips the product, but the loop holds it once). Rows: kernel fwd/bwd, family "cluster" (plan
+skips the product, but the loop holds it once), times 2 for tf32 and 6 for fp32 (m16n8k8
+instructions per k16 step). Rows: kernel fwd/bwd, family "cluster" (plan
 CSxKS or CSxNW, "a": the asynchronous exchange) or "multi" (plan NCxCSxKS, "bBT" for BT > 1
 batch tiles per block, always asynchronous), as fused_rnn/ops/cuda/plans.py names them.
 tests/test_sass.py checks those counts and that no time loop of a fence-free plan (asynchronous
@@ -33,26 +35,28 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CSRC = ROOT / "csrc"
+sys.path.insert(0, str(ROOT))
+from fused_rnn.ops.cuda import extension  # noqa: E402
+
 SOURCES = ("rnn_fwd_cluster.cu", "rnn_bwd_cluster.cu", "rnn_fwd_multicluster.cu",
            "rnn_bwd_multicluster.cu")
 CELLS = {0: "LSTM", 1: "GRU", 2: "RNN_TANH", 3: "RNN_RELU"}
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
-DTYPES = {"13__nv_bfloat16": "bf16", "6__half": "fp16"}
+# The product types (csrc/mma.cuh): fp32 is Tf32x3 (IEEE-accurate), tf32 Tf32.
+DTYPES = {"13__nv_bfloat16": "bf16", "6__half": "fp16", "NS_4Tf32E": "tf32", "NS_6Tf32x3E": "fp32"}
+# MMA instructions per k16 step of one 16 x 8 tile: m16n8k16 for 16-bit types, two m16n8k8 for
+# tf32, three times two for fp32 (mma.cuh's kMmaPerK16).
+MMA_PER_K16 = {"bf16": 1, "fp16": 1, "tf32": 2, "fp32": 6}
 CLASSES = ("HMMA", "MUFU", "LDS", "STS", "LDG", "STG", "LDST", "LOCAL", "BAR", "SYNCS", "MEMBAR",
            "FP64", "CALL", "other")
 # <CELL, T, H, CS, KS or NW, exchange> (cluster) or <CELL, T, H, NC, CS, KS, BT> (multi).
 KERNEL = re.compile(r"rnn_(fwd|bwd)_(cluster|multicluster)_kernelILi(\d)E"
-                    r"(13__nv_bfloat16|6__half)Li(\d+)ELi(\d+)ELi(\d+)ELi(\d+)E(?:Li(\d+)E)?")
+                    r"(13__nv_bfloat16|6__half|NS_4Tf32E|NS_6Tf32x3E)"
+                    r"Li(\d+)ELi(\d+)ELi(\d+)ELi(\d+)E(?:Li(\d+)E)?")
 INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
-
-
-def nvcc() -> str:
-    return shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
 
 
 def cuobjdump() -> str:
@@ -63,15 +67,14 @@ def cuobjdump() -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
-def compile_sass(source: str, workdir: Path) -> str:
-    """The sm_90 SASS of one csrc file (-O3, C++17, sm_90 only: the GPU build also passes
-    -lineinfo and torch's own defines, which do not change these kernels' code)."""
-    cubin = workdir / (source + ".cubin")
-    subprocess.run([nvcc(), "-O3", "-std=c++17", "-arch=sm_90", "-cubin", "-I", str(CSRC),
-                    str(CSRC / source), "-o", str(cubin)], check=True, capture_output=True,
-                   text=True, timeout=900)
-    return subprocess.run([cuobjdump(), "-sass", str(cubin)], check=True, capture_output=True,
-                          text=True, timeout=300).stdout
+def compile_sass(source: str) -> str:
+    """The sm_90 SASS of one csrc file, disassembled from the object the GPU build's flags give
+    (fused_rnn.ops.cuda.extension.compiled_objects, shared with tests/test_cuda_build.py)."""
+    obj, log, returncode = extension.compiled_objects()[source]
+    if returncode != 0:
+        raise RuntimeError(f"nvcc failed on {source}:\n{log[-5000:]}")
+    return subprocess.run([cuobjdump(), "-sass", "-arch", "sm_90", str(obj)], check=True,
+                          capture_output=True, text=True, timeout=300).stdout
 
 
 def functions(sass: str):
@@ -152,10 +155,10 @@ def expected_hmma_multi(kind: str, cell: str, H: int, ks: int, bt: int) -> int:
     return bt * 2 * (G * H // ks // 16)  # KST = G.H/KS/16 k-steps
 
 
-def table(workdir: Path):
+def table():
     rows = []
     for source in SOURCES:
-        for name, code in functions(compile_sass(source, workdir)):
+        for name, code in functions(compile_sass(source)):
             m = KERNEL.search(name)
             if not m:  # every function of these files is a row: the table is what is compiled
                 raise ValueError(f"{source}: not a (multi-)cluster kernel: {name}")
@@ -164,7 +167,7 @@ def table(workdir: Path):
             if family == "cluster":  # a: CS, b: KS (fwd) or NW (bwd), c: exchange
                 plan = f"{a}x{b}{'a' if c else ''}"
                 fence_free = bool(c) or (kind == "bwd" and a == 1)
-                expected = expected_hmma(kind, cell, H, a, b)
+                expected = expected_hmma(kind, cell, H, a, b) * MMA_PER_K16[DTYPES[dt]]
             else:  # a: NC, b: CS, c: KS, bt: BT; the exchange is always asynchronous
                 family, plan, fence_free = "multi", f"{a}x{b}x{c}{f'b{bt}' if bt > 1 else ''}", True
                 expected = expected_hmma_multi(kind, cell, H, c, bt)
@@ -184,14 +187,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = table(Path(tmp))
+    rows = table()
     head = ["kernel", "family", "cell", "dtype", "H", "plan", "instructions", *CLASSES]
     print(" ".join(f"{h:>8}" for h in head))
     for r in rows:
         print(" ".join(f"{str(r[h]):>8}" for h in head))
     if args.out:
-        ver = subprocess.run([nvcc(), "--version"], capture_output=True, text=True).stdout
+        ver = subprocess.run([extension.nvcc(), "--version"], capture_output=True, text=True).stdout
         Path(args.out).write_text(json.dumps({
             "what": "cluster and multi-cluster kernels' time loops, sm_90 SASS instructions "
                     "per step (one warp; nested loops counted once, statically)",

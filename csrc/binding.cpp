@@ -77,6 +77,17 @@ int dtype_code(const at::Tensor& t, const char* name) {
        dtype_str(t.scalar_type()));
 }
 
+// Whether fp32 recurrences may take tf32 products: torch's cuDNN TF32 flag for RNNs, read per
+// call as nn.LSTM's cuDNN path reads it (torch.backends.cudnn.allow_tf32, or
+// torch.backends.cudnn.rnn.fp32_precision where torch has per-operation flags).
+bool rnn_allows_tf32() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+  return at::globalContext().allowTF32CuDNN(at::Float32Op::RNN);
+#else
+  return at::globalContext().allowTF32CuDNN();
+#endif
+}
+
 // The tensor every other one is checked against: on a CUDA device (CPU when emulated).
 void check_device(const at::Tensor& t, const char* name) {
   FRNN_REQUIRE(kEmulated ? t.device().is_cpu() : t.is_cuda(), name,
@@ -265,6 +276,7 @@ std::tuple<int64_t, int64_t> rnn_fwd(
   p.T = T; p.B = B; p.H = H; p.HK = HK;
   p.cell = int(cell);
   p.dtype = dtype_code(gi, "gi");
+  p.tf32 = rnn_allows_tf32();
   p.reverse = reverse;
   p.store_saved = store_saved;
   const at::Tensor xchg = exchange_buffer(p, variant, gi);
@@ -370,6 +382,7 @@ std::tuple<int64_t, int64_t> rnn_bwd(const at::Tensor& w_hh, const OptTensor& w_
   p.T = T; p.B = B; p.H = H; p.HK = HK;
   p.cell = int(cell);
   p.dtype = dtype_code(hs, "hs");
+  p.tf32 = rnn_allows_tf32();
   p.reverse = reverse;
   int used_plan = 0;
   const int64_t used = run_bwd(p, w_hh, variant, plan, stream, &used_plan);
@@ -513,6 +526,7 @@ layer_fwd(const at::Tensor& x_in, const std::vector<at::Tensor>& w, const OptTen
     p.T = T; p.B = B; p.H = H; p.HK = HK;
     p.cell = int(cell);
     p.dtype = dtype_code(x, "input");
+    p.tf32 = rnn_allows_tf32();
     p.reverse = d == 1;
     p.store_saved = store_saved;
     const at::Tensor xchg = exchange_buffer(p, variant, gi);
@@ -628,6 +642,7 @@ layer_bwd(
     p.T = T; p.B = B; p.H = H; p.HK = HK;
     p.cell = int(cell);
     p.dtype = dtype_code(x, "input");
+    p.tf32 = rnn_allows_tf32();
     p.reverse = d == 1;
     used = run_bwd(p, w_hh, variant, plan, stream, &used_plan);
     // dh0 = the carry + the first step's gates through W_hh (zero rows past a sequence's end).
@@ -776,6 +791,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_index", &packed_index, "a PackedSequence's row index and step mask");
   m.def("device_info", &device_info, "SMs, shared memory and compute capability");
   m.def("cluster_plans", &cluster_plans, "the cluster plans compiled: (kind, H, code)");
+  m.def("rnn_allows_tf32", &rnn_allows_tf32,
+        "whether fp32 recurrences take tf32 products now (torch's cuDNN TF32 flag for RNNs)");
   m.attr("emulated") = kEmulated;
 #ifdef FRNN_EMULATE
   m.def("launches", &frnn::emulated_launches, "kernels launched so far (emulated device)");

@@ -5,6 +5,7 @@
 
 #include "gemm.cuh"
 #include "launch.h"
+#include "mma.cuh"
 #include "params.h"
 #include "types.cuh"
 
@@ -33,6 +34,17 @@ int dispatch(int dtype, int cell, F&& f) {
     case kBF16: return by_cell(TypeTag<__nv_bfloat16>());
 #endif
     default: return kBadArgument;
+  }
+}
+
+// f(TypeTag<E>) for the tensor-core product type E of stored type T (mma.cuh): fp32 by
+// torch's TF32 flag for RNNs, which the caller passes (params' tf32).
+template <typename T, typename F>
+int with_product_type(bool tf32, F&& f) {
+  if constexpr (std::is_same_v<T, float>) {
+    return tf32 ? f(TypeTag<Tf32>()) : f(TypeTag<Tf32x3>());
+  } else {
+    return f(TypeTag<T>());
   }
 }
 
@@ -99,13 +111,17 @@ int choose_cluster_plan(F&& try_pass) {
   return status;
 }
 // One entry X(H, CS, S, EX) of a plan table (plans.h) inside a try_pass: the asked plan (code
-// `plan`) or, in pass 1, H's first entry. FRNN_PLAN_LAUNCH names the launcher's template
-// (CELL, T, H, CS, S, EX)(p, stream, bool* ran), defined where the table is expanded.
-#define FRNN_TRY_CLUSTER_PLAN(H_, CS_, S_, EX_)                                           \
-  if (!tried && !*ran && p.H == H_ && (pass == 1 || plan == plan_code(CS_, S_, EX_))) {   \
-    tried = true;                                                                        \
-    status = FRNN_PLAN_LAUNCH<CELL, T, H_, CS_, S_, EX_>(p, stream, ran);                \
-    if (*ran) *used_plan = plan_code(CS_, S_, EX_);                                      \
+// `plan`) or, in pass 1, H's first entry that the product type takes. FRNN_PLAN_LAUNCH names
+// the launcher's template (CELL, T, H, CS, S, EX)(p, stream, bool* ran) and FRNN_PLAN_TAKES a
+// constexpr (CELL, T, H, CS, S)() saying whether that kernel is compiled, both defined where
+// the table is expanded (T: the product type, mma.cuh).
+#define FRNN_TRY_CLUSTER_PLAN(H_, CS_, S_, EX_)                                             \
+  if constexpr (FRNN_PLAN_TAKES<CELL, T, H_, CS_, S_>()) {                                 \
+    if (!tried && !*ran && p.H == H_ && (pass == 1 || plan == plan_code(CS_, S_, EX_))) {  \
+      tried = true;                                                                        \
+      status = FRNN_PLAN_LAUNCH<CELL, T, H_, CS_, S_, EX_>(p, stream, ran);                \
+      if (*ran) *used_plan = plan_code(CS_, S_, EX_);                                      \
+    }                                                                                      \
   }
 
 // The persistent variant of a launcher: `kernel` over blocks of `units` hidden units each,

@@ -107,7 +107,7 @@ struct ClusterExchange {
       T* src = buf + row * ld + col;
 #pragma unroll
       for (int i = 0; i < EPW / 2; ++i)
-        flag_put(xn + row * L2_ROW + col / 2 + i, load_pair(src + 2 * i), step);
+        flag_put(xn + row * L2_ROW + col / 2 + i, load_pair<T>(src + 2 * i), step);
     }
     for (int idx = tid; CS > 1 && idx < (CS - 1) * WORDS; idx += NT) {
       const int d = idx / WORDS, r = idx % WORDS;

@@ -71,6 +71,9 @@ struct FwdParams {
   StepMasks reg;
   int64_t T, B, H, HK;
   int cell, dtype, reverse;
+  // 1: fp32 products may run on tf32 tensor cores (torch's allowTF32CuDNN for RNNs, as
+  // nn.LSTM's cuDNN call reads it); 0: IEEE-accurate fp32 (mma.cuh, Tf32 and Tf32x3).
+  int tf32;
   // 0: no backward will follow: saved is not written (and may be null), and a kernel may
   // leave hs and cs unwritten but where it exchanges states through them (the cluster forward
   // writes neither; the others write both).
@@ -111,6 +114,7 @@ struct BwdParams {
   StepMasks reg;
   int64_t T, B, H, HK, ld_dout;
   int cell, dtype, reverse;
+  int tf32;  // as FwdParams' tf32
 };
 
 }  // namespace frnn

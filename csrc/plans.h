@@ -73,6 +73,28 @@ constexpr int kPlanCodeEnd = (kMaxClusters + 1) * kPlanMultiUnit;  // codes are 
   X(256, 16, 4, 1) X(256, 8, 4, 1)
 #endif
 
+// fp32 on the cluster kernels (mma.cuh's Tf32 and Tf32x3 products): a weight element takes one
+// register, and two for Tf32x3 (nvcc keeps its hi/lo split out of the time loop). A plan whose
+// weights take more than kMaxF32WeightRegs registers per thread is not compiled for them: at
+// 96 every listed plan's fp32 kernels fit 255 registers without spills (sm_90, nvcc 13.0); at
+// 128 some spill (forward LSTM H=128 8x2 in tf32, 24 bytes; Tf32x3 LSTM H=128, 248-344 bytes).
+// Elements per thread: forward G.H / (2.KS), backward G.H.H / (32.CS.NW). The emulated build
+// compiles every plan for them (registers do not bind there). The multi-cluster kernels take
+// fp16/bf16 only (their weights fill 96-238 registers in 16 bits already).
+constexpr int kMaxF32WeightRegs = 96;
+constexpr int fwd_weight_elems(int gates, int H, int ks) { return gates * H / (2 * ks); }
+constexpr int bwd_weight_elems(int gates, int H, int cs, int nw) {
+  return gates * H * H / (32 * cs * nw);
+}
+constexpr bool f32_plan_fits(int elems, bool x3) {
+#ifdef FRNN_EMULATE
+  (void)elems; (void)x3;
+  return true;
+#else
+  return elems * (x3 ? 2 : 1) <= kMaxF32WeightRegs;
+#endif
+}
+
 // ---- The multi-cluster forward (rnn_fwd_multicluster.cu): H over several clusters ----
 // BT tiles of kClusterBatch batch rows run on NC clusters of CS blocks, NB = NC.CS blocks in
 // all, block b owning units [b.U, b.U + U), U = H / NB, with their gate rows of W_hh in

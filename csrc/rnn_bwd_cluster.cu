@@ -21,10 +21,11 @@
 // go out where no barrier release follows that would wait for them: at once with kAsync, after
 // the arrive with kBarrier. The first step's recurrent term
 // (into dh0) and the weight gradients are GEMMs after the loop (binding.cpp, layer_bwd).
-// Takes what the cluster forward takes (fp16/bf16, emulated fp32/fp64; no projection, no
-// regularisation masks, an H with a plan); anything else runs as kPersistent (rnn_bwd.cu).
-// Numerics: dgates are rounded to the element type for the product only (dgh, for the weight
-// gradients, stays fp32), as a half-precision GEMM of dgates would round them.
+// Takes what the cluster forward takes (fp16/bf16, fp32 on tf32 products, emulated fp64; no
+// projection, no regularisation masks, an H with a plan); anything else runs as kPersistent
+// (rnn_bwd.cu). Numerics: dgates are rounded to the element type for the product only (dgh,
+// for the weight gradients, stays fp32), as a half-precision GEMM of dgates would round them;
+// in fp32 the product rounds them to tf32 (Tf32) or splits them (Tf32x3), as W_hh.
 #include "cells.cuh"
 #include "dispatch.cuh"
 #include "mma.cuh"
@@ -63,13 +64,15 @@ struct ClusterBwdPlan {
 // them as one 16-byte word. batch_of(p) is the batch row at p.
 FRNN_HD int batch_of(int p) { return 8 * ((p >> 1) & 1) + 2 * (p >> 2) + (p & 1); }
 
-template <int CELL, typename T, int H, int CS, int NW, int EX>
-FRNN_GLOBAL void FRNN_BWD_BOUNDS((ClusterBwdPlan<CELL, T, H, CS, NW>::NT))
+// E: the product's type (mma.cuh: the element type, or Tf32 / Tf32x3 for fp32).
+template <int CELL, typename E, int H, int CS, int NW, int EX>
+FRNN_GLOBAL void FRNN_BWD_BOUNDS((ClusterBwdPlan<CELL, storage_t<E>, H, CS, NW>::NT))
     rnn_bwd_cluster_kernel(BwdParams p) {
 #ifdef FRNN_HAS_CLUSTERS
+  using T = storage_t<E>;
   using Plan = ClusterBwdPlan<CELL, T, H, CS, NW>;
   using A = acc_t<T>;
-  using P = pair_t<T>;
+  using P = pair_t<E>;
   static_assert(CS > 1 || EX == kBarrier, "one block exchanges through its own shared memory");
   constexpr int NG = Plan::NG, NS = Plan::NS, U = Plan::U, UT = Plan::UT, KT = Plan::KT;
   constexpr int MT = Plan::MT, NT = Plan::NT, EPT = Plan::EPT, LDG = Plan::LDG;
@@ -111,10 +114,10 @@ FRNN_GLOBAL void FRNN_BWD_BOUNDS((ClusterBwdPlan<CELL, T, H, CS, NW>::NT))
     for (int s = 0; s < KT; ++s) {
       const int64_t row = int64_t(s / UT) * H + rank * U + (s % UT) * 16 + 2 * q4;
       const T* c0 = w_hh + row * H + warp * MT * 16 + mt * 16 + g;  // (k = 2q4, m = g)
-      w[mt][s][0] = make_pair(c0[0], c0[H]);
-      w[mt][s][1] = make_pair(c0[8], c0[H + 8]);
-      w[mt][s][2] = make_pair(c0[8 * H], c0[9 * H]);
-      w[mt][s][3] = make_pair(c0[8 * H + 8], c0[9 * H + 8]);
+      w[mt][s][0] = weight_pair<E>(make_pair<E>(c0[0], c0[H]));
+      w[mt][s][1] = weight_pair<E>(make_pair<E>(c0[8], c0[H + 8]));
+      w[mt][s][2] = weight_pair<E>(make_pair<E>(c0[8 * H], c0[9 * H]));
+      w[mt][s][3] = weight_pair<E>(make_pair<E>(c0[8 * H + 8], c0[9 * H + 8]));
     }
   }
 
@@ -242,13 +245,13 @@ FRNN_GLOBAL void FRNN_BWD_BOUNDS((ClusterBwdPlan<CELL, T, H, CS, NW>::NT))
         P bf[2][2];
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
-          bf[n][0] = load_pair(tile + (8 * n + g) * LDG + s * 16 + 2 * q4);
-          bf[n][1] = load_pair(tile + (8 * n + g) * LDG + s * 16 + 2 * q4 + 8);
+          bf[n][0] = load_pair<E>(tile + (8 * n + g) * LDG + s * 16 + 2 * q4);
+          bf[n][1] = load_pair<E>(tile + (8 * n + g) * LDG + s * 16 + 2 * q4 + 8);
         }
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-          for (int n = 0; n < 2; ++n) mma_16816<T>(acc[mt][n], w[mt][s], bf[n]);
+          for (int n = 0; n < 2; ++n) mma_16816<E>(acc[mt][n], w[mt][s], bf[n]);
       }
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
@@ -307,30 +310,42 @@ FRNN_GLOBAL void FRNN_BWD_BOUNDS((ClusterBwdPlan<CELL, T, H, CS, NW>::NT))
 
 namespace {
 
-template <int CELL, typename T, int H, int CS, int NW, int EX>
+template <int CELL, typename E, int H, int CS, int NW, int EX>
 int launch_bwd_plan(const BwdParams& p, cudaStream_t stream, bool* ran) {
-  using Plan = ClusterBwdPlan<CELL, T, H, CS, NW>;
-  return launch_cluster_tiles(rnn_bwd_cluster_kernel<CELL, T, H, CS, NW, EX>, CS, Plan::NT,
+  using Plan = ClusterBwdPlan<CELL, storage_t<E>, H, CS, NW>;
+  return launch_cluster_tiles(rnn_bwd_cluster_kernel<CELL, E, H, CS, NW, EX>, CS, Plan::NT,
                               Plan::smem, p, stream, ran);
 }
 
-// The plans tried are FRNN_CLUSTER_BWD_PLANS (plans.h).
-template <int CELL, typename T>
+// Whether plan (H, CS, NW) is compiled for product type E: fp32's within its register budget.
+template <int CELL, typename E, int H, int CS, int NW>
+constexpr bool bwd_plan_takes() {
+  return !kIsTf32<E> || f32_plan_fits(bwd_weight_elems(CellSizes<CELL>::gates, H, CS, NW),
+                                      std::is_same_v<E, Tf32x3>);
+}
+
+// The plans tried are FRNN_CLUSTER_BWD_PLANS (plans.h), those the product type takes.
+template <int CELL, typename S>
 int launch_cluster_bwd(const BwdParams& p, int plan, cudaStream_t stream, int* used_plan) {
   *used_plan = 0;
-  if constexpr (kHasMma<T>) {
-    return choose_cluster_plan([&](int pass, bool* ran) {
-      bool tried = false;
-      int status = kOk;
+  return with_product_type<S>(p.tf32, [&](auto type) {
+    using T = typename decltype(type)::type;  // the product type, as the plan macro names it
+    if constexpr (kHasMma<T>) {
+      return choose_cluster_plan([&](int pass, bool* ran) {
+        bool tried = false;
+        int status = kOk;
 #define FRNN_PLAN_LAUNCH launch_bwd_plan
-      FRNN_CLUSTER_BWD_PLANS(FRNN_TRY_CLUSTER_PLAN)
+#define FRNN_PLAN_TAKES bwd_plan_takes
+        FRNN_CLUSTER_BWD_PLANS(FRNN_TRY_CLUSTER_PLAN)
+#undef FRNN_PLAN_TAKES
 #undef FRNN_PLAN_LAUNCH
-      return status;
-    });
-  } else {
-    (void)p; (void)plan; (void)stream;
-    return kOk;
-  }
+        return status;
+      });
+    } else {
+      (void)plan; (void)stream;
+      return kOk;
+    }
+  });
 }
 
 }  // namespace

@@ -98,10 +98,10 @@ FRNN_GLOBAL void FRNN_MULTI_BWD_BOUNDS((MultiBwdPlan<CELL, T, H, NC, CS, KS, BT>
 #pragma unroll
   for (int s = 0; s < KST; ++s) {
     const T* c0 = w_hh + int64_t(ks * Plan::KSL + s * 16 + 2 * q4) * H + u0 + g;
-    w[s][0] = make_pair(c0[0], c0[H]);
-    w[s][1] = make_pair(c0[8], c0[H + 8]);
-    w[s][2] = make_pair(c0[8 * H], c0[9 * H]);
-    w[s][3] = make_pair(c0[8 * H + 8], c0[9 * H + 8]);
+    w[s][0] = make_pair<T>(c0[0], c0[H]);
+    w[s][1] = make_pair<T>(c0[8], c0[H + 8]);
+    w[s][2] = make_pair<T>(c0[8 * H], c0[9 * H]);
+    w[s][3] = make_pair<T>(c0[8 * H + 8], c0[9 * H + 8]);
   }
 
   // The elements this thread finishes, as in the forward: f = tid + NT.j, fragment position
@@ -184,8 +184,8 @@ FRNN_GLOBAL void FRNN_MULTI_BWD_BOUNDS((MultiBwdPlan<CELL, T, H, NC, CS, KS, BT>
         P bf[2][2];
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
-          bf[n][0] = load_pair(db + (8 * n + g) * LDG + kb);
-          bf[n][1] = load_pair(db + (8 * n + g) * LDG + kb + 8);
+          bf[n][0] = load_pair<T>(db + (8 * n + g) * LDG + kb);
+          bf[n][1] = load_pair<T>(db + (8 * n + g) * LDG + kb + 8);
         }
 #pragma unroll
         for (int n = 0; n < 2; ++n) mma_16816<T>(acc[n], w[s], bf[n]);

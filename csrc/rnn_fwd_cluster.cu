@@ -15,8 +15,9 @@
 // Why: a cooperative grid sync costs 0.97-1.21 us per step on the H100, a cluster barrier after
 // one DSMEM store 0.40-0.52 us (benchmarks/results/floors_h100.json): the grid sync caps a
 // cooperative kernel there; a cluster barrier is local to a few SMs.
-// Takes: fp16/bf16 (fp32 accumulation; emulated: fp32/fp64), no projection, no regularisation
-// masks (the length mask is fine), and an H with a plan below; anything else falls back
+// Takes: fp16/bf16, fp32 on tf32 products (mma.cuh: Tf32, or Tf32x3 where torch's TF32 flag
+// for RNNs is off; within plans.h's fp32 register budget), fp64 emulated; no projection, no
+// regularisation masks (the length mask is fine), and an H with a plan; else it falls back
 // (rnn_fwd.cu). Outputs and buffer layouts are those of rnn_fwd_kernel, so the backward is
 // the same.
 #include <cstdio>
@@ -59,14 +60,16 @@ struct ClusterPlan {
 template <typename A>
 struct Acc2 { A x, y; };
 
-// The exchange EX of h_t between the blocks (kBarrier, kAsync) is described in plans.h.
-template <int CELL, typename T, int H, int CS, int KS, int EX>
-FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
+// The exchange EX of h_t between the blocks (kBarrier, kAsync) is described in plans.h; E is
+// the product's type (mma.cuh: the element type, or Tf32 / Tf32x3 for fp32).
+template <int CELL, typename E, int H, int CS, int KS, int EX>
+FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, storage_t<E>, H, CS, KS>::NW * 32))
     rnn_fwd_cluster_kernel(FwdParams p) {
 #ifdef FRNN_HAS_CLUSTERS
+  using T = storage_t<E>;
   using Plan = ClusterPlan<CELL, T, H, CS, KS>;
   using A = acc_t<T>;
-  using P = pair_t<T>;
+  using P = pair_t<E>;
   constexpr int NG = Plan::NG, NS = Plan::NS, U = Plan::U, KST = Plan::KST, LDH = Plan::LDH;
   constexpr int NQ = Plan::NQ, NT = Plan::NW * 32;
   const int64_t B = p.B, T_ = p.T;
@@ -102,10 +105,10 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
     for (int s = 0; s < KST; ++s) {
       const T* r0 = w_hh + int64_t(q * H + u_tile + g) * H + ks * Plan::KSL + s * 16 + 2 * q4;
       const T* r8 = r0 + 8 * H;
-      w[q][s][0] = load_pair(r0);
-      w[q][s][1] = load_pair(r8);
-      w[q][s][2] = load_pair(r0 + 8);
-      w[q][s][3] = load_pair(r8 + 8);
+      w[q][s][0] = weight_pair<E>(load_pair<E>(r0));
+      w[q][s][1] = weight_pair<E>(load_pair<E>(r8));
+      w[q][s][2] = weight_pair<E>(load_pair<E>(r0 + 8));
+      w[q][s][3] = weight_pair<E>(load_pair<E>(r8 + 8));
     }
   }
 
@@ -189,13 +192,13 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
       P bf[2][2];
 #pragma unroll
       for (int n = 0; n < 2; ++n) {
-        bf[n][0] = load_pair(hb + (8 * n + g) * LDH + kb);
-        bf[n][1] = load_pair(hb + (8 * n + g) * LDH + kb + 8);
+        bf[n][0] = load_pair<E>(hb + (8 * n + g) * LDH + kb);
+        bf[n][1] = load_pair<E>(hb + (8 * n + g) * LDH + kb + 8);
       }
 #pragma unroll
       for (int q = 0; q < NG; ++q)
 #pragma unroll
-        for (int n = 0; n < 2; ++n) mma_16816<T>(acc[q][n], w[q][s], bf[n]);
+        for (int n = 0; n < 2; ++n) mma_16816<E>(acc[q][n], w[q][s], bf[n]);
     }
 
     if constexpr (KS > 1) {  // partial sums over k slices: post the quarters others finish
@@ -299,30 +302,42 @@ FRNN_GLOBAL void FRNN_BOUNDS((ClusterPlan<CELL, T, H, CS, KS>::NW * 32))
 
 namespace {
 
-template <int CELL, typename T, int H, int CS, int KS, int EX>
+template <int CELL, typename E, int H, int CS, int KS, int EX>
 int launch_plan(const FwdParams& p, cudaStream_t stream, bool* ran) {
-  using Plan = ClusterPlan<CELL, T, H, CS, KS>;
-  return launch_cluster_tiles(rnn_fwd_cluster_kernel<CELL, T, H, CS, KS, EX>, CS, Plan::NW * 32,
+  using Plan = ClusterPlan<CELL, storage_t<E>, H, CS, KS>;
+  return launch_cluster_tiles(rnn_fwd_cluster_kernel<CELL, E, H, CS, KS, EX>, CS, Plan::NW * 32,
                               Plan::smem, p, stream, ran);
 }
 
-// The plans tried are FRNN_CLUSTER_PLANS (plans.h).
-template <int CELL, typename T>
+// Whether plan (H, CS, KS) is compiled for product type E: fp32's within its register budget.
+template <int CELL, typename E, int H, int CS, int KS>
+constexpr bool fwd_plan_takes() {
+  return !kIsTf32<E> || f32_plan_fits(fwd_weight_elems(CellSizes<CELL>::gates, H, KS),
+                                      std::is_same_v<E, Tf32x3>);
+}
+
+// The plans tried are FRNN_CLUSTER_PLANS (plans.h), those the product type takes.
+template <int CELL, typename S>
 int launch_cluster_fwd(const FwdParams& p, int plan, cudaStream_t stream, int* used_plan) {
   *used_plan = 0;
-  if constexpr (kHasMma<T>) {
-    return choose_cluster_plan([&](int pass, bool* ran) {
-      bool tried = false;
-      int status = kOk;
+  return with_product_type<S>(p.tf32, [&](auto type) {
+    using T = typename decltype(type)::type;  // the product type, as the plan macro names it
+    if constexpr (kHasMma<T>) {
+      return choose_cluster_plan([&](int pass, bool* ran) {
+        bool tried = false;
+        int status = kOk;
 #define FRNN_PLAN_LAUNCH launch_plan
-      FRNN_CLUSTER_PLANS(FRNN_TRY_CLUSTER_PLAN)
+#define FRNN_PLAN_TAKES fwd_plan_takes
+        FRNN_CLUSTER_PLANS(FRNN_TRY_CLUSTER_PLAN)
+#undef FRNN_PLAN_TAKES
 #undef FRNN_PLAN_LAUNCH
-      return status;
-    });
-  } else {
-    (void)p; (void)plan; (void)stream;
-    return kOk;
-  }
+        return status;
+      });
+    } else {
+      (void)plan; (void)stream;
+      return kOk;
+    }
+  });
 }
 
 }  // namespace

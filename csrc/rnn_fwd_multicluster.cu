@@ -112,10 +112,10 @@ FRNN_GLOBAL void FRNN_MULTI_BOUNDS((MultiPlan<CELL, T, H, NC, CS, KS, BT>::NT))
     for (int s = 0; s < KST; ++s) {
       const T* r0 = w_hh + int64_t(q * H + u_tile + g) * H + ks * Plan::KSL + s * 16 + 2 * q4;
       const T* r8 = r0 + 8 * H;
-      w[q][s][0] = load_pair(r0);
-      w[q][s][1] = load_pair(r8);
-      w[q][s][2] = load_pair(r0 + 8);
-      w[q][s][3] = load_pair(r8 + 8);
+      w[q][s][0] = load_pair<T>(r0);
+      w[q][s][1] = load_pair<T>(r8);
+      w[q][s][2] = load_pair<T>(r0 + 8);
+      w[q][s][3] = load_pair<T>(r8 + 8);
     }
   }
 
@@ -219,8 +219,8 @@ FRNN_GLOBAL void FRNN_MULTI_BOUNDS((MultiPlan<CELL, T, H, NC, CS, KS, BT>::NT))
           P bf[2][2];
 #pragma unroll
           for (int n = 0; n < 2; ++n) {
-            bf[n][0] = load_pair(hb + (16 * bt + 8 * n + g) * LDH + kb);
-            bf[n][1] = load_pair(hb + (16 * bt + 8 * n + g) * LDH + kb + 8);
+            bf[n][0] = load_pair<T>(hb + (16 * bt + 8 * n + g) * LDH + kb);
+            bf[n][1] = load_pair<T>(hb + (16 * bt + 8 * n + g) * LDH + kb + 8);
           }
 #pragma unroll
           for (int q = 0; q < GQ; ++q)

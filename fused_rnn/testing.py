@@ -346,6 +346,47 @@ def check(case: Case, backend: str, dtype=torch.float64, device="cpu") -> Result
     return _result(case, backend, dtype, ours, truth, theirs)
 
 
+def tf32_round(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to tf32 (10-bit mantissa) as the tensor cores' cvt.rna.tf32.f32 does: to
+    nearest, ties away from zero; Inf and NaN kept. In x's dtype (through float32)."""
+    bits = x.float().view(torch.int32)
+    finite = (bits & 0x7F800000) != 0x7F800000
+    r = torch.where(finite, (bits + 0x1000) & -0x2000, bits)
+    return r.view(torch.float32).to(x.dtype)
+
+
+@contextlib.contextmanager
+def tf32_products():
+    """Within the block the reference backend computes its recurrent product h.W_hh^T on tf32
+    operands (both rounded by tf32_round; the gradient passes the rounding straight through):
+    the twin, on any device, of cuDNN's fp32 RNN with TF32 allowed, which torch has none of on
+    the CPU."""
+    from .ops import cells
+    plain = cells.recurrent_gates
+
+    def rounded(h, w_hh, b_hh, ln=None):
+        def r(x):
+            return x + (tf32_round(x) - x).detach()
+        return plain(r(h), r(w_hh), b_hh, ln)
+    cells.recurrent_gates = rounded
+    try:
+        yield
+    finally:
+        cells.recurrent_gates = plain
+
+
+def check_tf32(case: Case, backend: str, device="cpu") -> Result:
+    """As check in float32 with torch's TF32 flag for RNNs on (the caller sets it), torch being
+    the reference backend under tf32_products (tensor-core products in tf32)."""
+    rounded = copy.deepcopy(torch_module(case)).float().double()
+    truth = run(rounded, case, torch.float64, "cpu")
+    ours = run(convert(copy.deepcopy(rounded), backend=backend), case, torch.float32, device)
+    with tf32_products():
+        theirs = run(convert(copy.deepcopy(rounded), backend="reference"), case, torch.float32,
+                     device)
+    return _result(case, backend, torch.float32, ours, truth, theirs)
+
+
 def _add_layer_norm(module, seed: int, dtype):
     """Makes a fused module a LayerNorm cell with random gains (about 1) and biases (about 0),
     rounded to dtype: at their initial 1 and 0 a wrong γ or β would go unnoticed."""

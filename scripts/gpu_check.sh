@@ -13,6 +13,8 @@
 #             costs 60 s), then the cluster kernels' GPU tests: every forward and backward
 #             plan, fp16/bf16, and 200 random training cases per cell under the parity rule
 #             (not the multi-cluster tests: the stages below)
+#   fp32      the cluster kernels in fp32: 200 random training cases per cell (100 with TF32
+#             allowed, 100 without) under the parity rule against cuDNN in the same setting
 #   multi     the multi-cluster kernels (H = 512..1024, clusters polling each other through L2):
 #             a smoke test first, every plan at T = 64 in child processes started together
 #             under one 60 s timeout (a polling bug hangs a kernel; the test names each plan
@@ -32,6 +34,8 @@
 #             bucket; the CUDA backend's plan table -> fused_rnn/ops/cuda/tuned/, copied to $OUT
 #   bench-multi  the default grid's rows with H >= 512 against cuDNN in both half dtypes
 #             (LSTM, GRU; fwd, fwdbwd; peak memory in the JSON) -> ${NAME}_multi.json/.png
+#   bench-fp32  the default grid's fp32 and tf32 rows (fwd, fwdbwd) against cuDNN in the same
+#             mode -> ${NAME}_fp32.json/.png
 #   bench-cluster  the cluster kernels' rows against cuDNN in both half dtypes (LSTM, GRU;
 #             fwd, fwdbwd; H <= 256; peak memory in the JSON) -> $NAME.json/.png
 #   tests     the whole test suite but the GPU parity grids and the big tests (stages of their own)
@@ -43,7 +47,9 @@
 #   sanitize  compute-sanitizer memcheck and racecheck over the CUDA backend's small grid
 #             (the multi-cluster cases are sanitize-multi's)
 #   parity    fused-rnn parity on CUDA
-#   examples  examples/char_lm.py and seq2seq.py, 300 steps, cudnn/triton/cuda (json, png)
+#   examples  examples/char_lm.py and seq2seq.py, 300 steps, cudnn/triton/cuda (json, png), per
+#             --dtype in EXAMPLE_DTYPES (default fp32-ieee; "fp32 amp bf16": torch's defaults,
+#             autocast, bf16 -> ${ex}_${NAME}_<dtype>.json)
 #   host      benchmarks/profile_fwd.py: host us per call, GPU idle time, kernels -> json
 #   bench     the benchmark suite
 #   sweep     fused-rnn bench --sweep: us/step against H, B, T (LSTM bf16/fp16), a plot each
@@ -59,6 +65,9 @@
 #             2 x 60 s); what the deadline cuts (sanitize-multi first), rerun in a second call
 #             while the machine is warm (its build cache stays), with the measurements:
 #   STAGES="floors tune bench-multi" DEADLINE_S=540 NAME=h200 bash scripts/gpu_check.sh
+#   STAGES="build fp32 sanitize-cluster bench-fp32" DEADLINE_S=540 NAME=h200 bash scripts/gpu_check.sh
+#             the cluster kernels' fp32 (tf32 and IEEE) check: parity grid, sanitizer (the
+#             cluster grid runs fp32 too), the fp32/tf32 bench rows
 #             the floors (xcluster, xpoll among them), the plan table and the large-H rows
 #   STAGES="build cluster sanitize-cluster tune bench-cluster" NAME=h200 bash scripts/gpu_check.sh
 #             the cluster kernels' whole check: the cluster stages' caps sum to 600 s after the
@@ -129,7 +138,9 @@ want tests && stage tests 540 "$PY" -m pytest -q -rfE --tb=line "${XDIST[@]}" te
 want big && stage big 540 "$PY" -m pytest -q -rfE --tb=line -p no:xdist tests/test_gpu_stack.py -m big
 want cluster && stage cluster-async-smoke 60 "$PY" scripts/cluster_async_smoke.py
 want cluster && stage cluster-tests 180 "$PY" -m pytest -q -rfE --tb=short "${XDIST[@]}" \
-  tests/test_cuda_gpu.py -m cluster -s
+  tests/test_cuda_gpu.py -m cluster -k "not fp32" -s
+want fp32 && stage fp32 240 "$PY" -m pytest -q -rfE --tb=short "${XDIST[@]}" \
+  tests/test_cuda_gpu.py -m cluster -k fp32 -s
 # The multi-cluster kernels' tests (marker multicluster). The smoke test runs its child
 # processes itself, so without xdist. Where a plan
 # hung there, the stages after it that run the plans in process (where a hang holds a stage
@@ -181,9 +192,15 @@ for tool in memcheck racecheck; do
     "$PY" -m pytest -q -x -rs tests/test_cuda_gpu.py -m "sanitizer and multicluster"
 done
 want parity && stage parity 300 "$PY" -m fused_rnn parity --cases 48
+# EXAMPLE_DTYPES: the examples' --dtype modes (default: the README's fp32-ieee); "fp32 amp bf16"
+# trains at torch's default flags, under autocast and in bf16, one file each.
 for ex in char_lm seq2seq; do
-  want examples && stage "example-$ex" 300 env PYTHONPATH="$PWD" "$PY" "examples/$ex.py" --steps 300 \
-    --backend cudnn triton cuda --json "$OUT/${ex}_$NAME.json" --plot "$OUT/${ex}_$NAME.png"
+  for dt in ${EXAMPLE_DTYPES:-fp32-ieee}; do
+    sfx=$([ "$dt" = fp32-ieee ] && echo "" || echo "_$dt")
+    want examples && stage "example-$ex-$dt" 300 env PYTHONPATH="$PWD" "$PY" "examples/$ex.py" \
+      --steps 300 --dtype "$dt" --backend cudnn triton cuda --json "$OUT/${ex}_$NAME$sfx.json" \
+      --plot "$OUT/${ex}_$NAME$sfx.png"
+  done
 done
 # Host µs per call and the GPU's idle time between kernels (benchmarks/README.md).
 want host && stage host 120 "$PY" benchmarks/profile_fwd.py --json "$OUT/profile_fwd_$NAME.json"
@@ -193,6 +210,8 @@ cp fused_rnn/ops/cuda/tuned/*.json '$OUT/'"
 want bench-cluster && stage bench-cluster 120 "$PY" -m fused_rnn bench --cells LSTM GRU \
   --dtypes bf16 fp16 --modes fwd fwdbwd --providers cudnn auto cuda cuda_persistent --options none \
   --shapes 512,16,128,128 256,16,256,256 256,1,256,256 256,64,256,256 --out "$OUT" --name "$NAME"
+want bench-fp32 && stage bench-fp32 300 "$PY" -m fused_rnn bench --dtypes fp32 tf32 \
+  --modes fwd fwdbwd --providers cudnn cuda --options none --out "$OUT" --name "${NAME}_fp32"
 # The default grid's rows with H >= 512 (the multi-cluster kernels' and the fallback's), both
 # half dtypes against cuDNN, into ${NAME}_multi.json (bench-cluster's file stays its own).
 want bench-multi && stage bench-multi 300 "$PY" -m fused_rnn bench --cells LSTM GRU \

@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (what it breaks, the source, the text replaced, its replacement, the cases it runs:
-# "cluster_bwd" or "multi"); the text must occur once.
+# "cluster_bwd" or "multi", in fp64 against the reference; "fp32": the cluster kernels' fp32
+# cases with torch's TF32 flag off, under the parity rule); the text must occur once.
 MUTATIONS = {
     "drop_dgates_term": (
         "one gate's dgates left out of the recurrent product (LSTM o, GRU n)",
@@ -55,6 +56,12 @@ MUTATIONS = {
         "for (int idx = tid; idx < (NC - 1) * WORDS; idx += NT) {",
         "for (int idx = tid; idx < (NC - 2) * WORDS; idx += NT) {",
         "multi"),
+    "drop_lo_hi": (
+        "the IEEE-accurate fp32 product (Tf32x3) without its al.bh term",
+        "mma.cuh",
+        "mma_1688_tf32(c, tf32_round(r0.lo - a0),",
+        "if (false) mma_1688_tf32(c, tf32_round(r0.lo - a0),",
+        "fp32"),
 }
 
 
@@ -88,6 +95,8 @@ def _runs(kind: str):
     import test_cuda_kernels as t
     if kind == "cluster_bwd":
         return [(case, None, plan) for case, plan in t.CLUSTER_BWD_RUNS]
+    if kind == "fp32":
+        return t.F32_RUNS
     return ([(case, plan, None) for case, plan in t.MULTI_RUNS]
             + [(case, None, plan) for case, plan in t.MULTI_BWD_RUNS])
 
@@ -104,17 +113,24 @@ def check(name: str) -> dict:
         module = _build(name, Path(tmp))
         extension._load = lambda emulate: module  # every launcher asks load(), which asks this
         failed, worst = 0, 0.0
-        runs = _runs(MUTATIONS[name][4])
+        kind = MUTATIONS[name][4]
+        runs = _runs(kind)
         for case, plan, bwd_plan in runs:
             try:
                 with cuda_launch.variant("cluster"), cuda_launch.cluster_plan(plan), \
-                        cuda_launch.cluster_bwd_plan(bwd_plan):
-                    err = max(testing.compare_backends(case, "cuda", "reference", torch.float64,
-                                                       "cpu").values())
+                        cuda_launch.cluster_bwd_plan(bwd_plan), \
+                        torch.backends.cudnn.flags(allow_tf32=False):
+                    if kind == "fp32":  # worst: the rule's ratio (error over bound)
+                        err = testing.check(case, "cuda", torch.float32, "cpu").worst_ratio
+                        bad = not err <= 1.0
+                    else:
+                        err = max(testing.compare_backends(case, "cuda", "reference",
+                                                           torch.float64, "cpu").values())
+                        bad = not err <= 1e-10
             except Exception:  # noqa: BLE001 (a crash of the mutant counts as caught)
-                err = float("inf")
+                err, bad = float("inf"), True
             worst = max(worst, err)
-            failed += not err <= 1e-10
+            failed += bad
     return {"mutation": name, "breaks": MUTATIONS[name][0], "cases": len(runs), "failed": failed,
             "worst_error": worst, "caught": failed > 0}
 

@@ -10,7 +10,7 @@ import pytest
 
 from fused_rnn.ops.cuda import extension
 
-NVCC = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+NVCC = extension.nvcc()
 needs_nvcc = pytest.mark.skipif(not Path(NVCC).exists(), reason="nvcc not found")
 
 
@@ -26,17 +26,13 @@ def test_kernel_sources_do_not_include_torch():
 @needs_nvcc
 @pytest.mark.nvcc
 @pytest.mark.slow
-def test_cuda_sources_compile_for_sm80_and_sm90(tmp_path):
-    procs = {}
-    for name in extension.CUDA_SOURCES:
-        cmd = [NVCC, *extension.NVCC_FLAGS, "-Xptxas", "-v", "-I", str(extension.CSRC), "-c",
-               str(extension.CSRC / name), "-o", str(tmp_path / (name + ".o"))]
-        procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True)
+# The SASS table's group (tests/test_sass.py): one worker, one compile for both.
+@pytest.mark.xdist_group("sass")
+def test_cuda_sources_compile_for_sm80_and_sm90():
+    objects = extension.compiled_objects()
     kernels = 0
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=900)
-        assert proc.returncode == 0, f"{name}:\n{out[-5000:]}"
+    for name, (_, out, returncode) in objects.items():
+        assert returncode == 0, f"{name}:\n{out[-5000:]}"
         # ptxas -v: one "Compiling entry function '...' for 'sm_XX'" per kernel and arch, then
         # its spill counts.
         archs = re.findall(r"Compiling entry function '\S+' for '(sm_\d+)'", out)

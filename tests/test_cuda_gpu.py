@@ -203,6 +203,41 @@ def test_cuda_cluster_training_grid(cell, dtype):
     assert not failures, f"{len(failures)} of {len(cases)} fail:\n" + "\n".join(failures[:20])
 
 
+# fp32 on the cluster kernels (csrc/mma.cuh): H where each cell has a forward and a backward
+# plan for the product (plans.h's kMaxF32WeightRegs; tests/test_sass.py checks what is
+# compiled): with TF32 allowed (torch's default) and not.
+F32_CLUSTER_H = {True: {"LSTM": (64, 128), "GRU": (64, 128, 256), "RNN_TANH": (64, 128, 256),
+                        "RNN_RELU": (64, 128, 256)},
+                 False: {"LSTM": (64,), "GRU": (64, 128), "RNN_TANH": (64, 128, 256),
+                         "RNN_RELU": (64, 128, 256)}}
+
+
+@pytest.mark.parametrize("tf32", [True, False], ids=["tf32", "ieee"])
+@pytest.mark.cluster
+@pytest.mark.parametrize("cell", testing.CELLS)
+def test_cuda_cluster_fp32_training_grid(cell, tf32):
+    """100 random fp32 cases per cell and TF32 setting (200 per cell) on the default cluster
+    plans both ways, under the parity rule against cuDNN in the same setting (torch's flag for
+    RNNs: cuDNN's TF32 error with it on, its IEEE fp32 error with it off)."""
+    from fused_rnn.ops.cuda import launch as cuda_launch
+    shapes = dataclasses.replace(CLUSTER_SHAPES, H=F32_CLUSTER_H[tf32][cell])
+    cases = _cluster_grid(cell, 100, seed=5252 + testing.CELLS.index(cell) + 10 * tf32,
+                          shapes=shapes)
+    failures, worst = [], 0.0
+    for case in cases:
+        cuda_launch.last_used.update(fwd=None, bwd=None)
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32), \
+                cuda_launch.variant("cluster"):
+            res = testing.check(case, "cuda", torch.float32, "cuda")
+        assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["bwd"]) == \
+            ("cluster", "cluster"), (case.label(), cuda_launch.last_used)
+        worst = max(worst, res.worst_ratio)
+        if not res.ok:
+            failures.append(f"{case.label()}: {'; '.join(res.failures())}")
+    print(f"{cell} fp32 tf32={tf32} cluster: {len(cases)} cases, worst error/bound {worst:.3f}")
+    assert not failures, f"{len(failures)} of {len(cases)} fail:\n" + "\n".join(failures[:20])
+
+
 @pytest.mark.cluster
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_cuda_cluster_inference_matches_training_forward(cell):
@@ -242,7 +277,7 @@ SANITIZER = [Case("LSTM", T=5, B=37, I=9, H=70, packed="unsorted", bidirectional
                   reg=Regularization(0.2, 0.3, 0.25, 0.0, 0.0, 0.3), seed=7),
              Case("LSTM", T=4, B=9, I=6, H=40, proj_size=17,
                   reg=Regularization(variational_dropout=0.3, zoneout_hidden=0.4), seed=8),
-             # Shapes the cluster forward takes (bf16; fp32 falls back to persistent).
+             # Shapes the cluster forward takes (bf16; fp32 under torch's default TF32 flag).
              Case("LSTM", T=5, B=37, I=9, H=128, packed="unsorted", bidirectional=True, seed=9),
              Case("GRU", T=4, B=5, I=16, H=64, num_layers=2, seed=10),
              # and the cluster backward's 16-block asynchronous default
@@ -287,6 +322,26 @@ def test_cuda_cluster_sanitizer_grid(case, plan, bwd_plan):
     assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["bwd"]) == ("cluster", "cluster")
     if bwd_plan is not None:
         assert cuda_launch.last_used["bwd_plan"] == bwd_plan
+    assert res.ok, res.failures()
+
+
+# fp32 on the cluster kernels under compute-sanitizer: the IEEE-accurate product and tf32, the
+# default plans both ways. (case, TF32 allowed)
+CLUSTER_SANITIZER_F32 = [(_sanitizer_case("LSTM", 64, 6), False),
+                         (_sanitizer_case("GRU", 128, 7), True),
+                         (_sanitizer_case("RNN_TANH", 256, 8), False)]
+
+
+@pytest.mark.sanitizer
+@pytest.mark.cluster
+@pytest.mark.parametrize("case,tf32", CLUSTER_SANITIZER_F32,
+                         ids=[f"{c.label()}-{'tf32' if t else 'ieee'}"
+                              for c, t in CLUSTER_SANITIZER_F32])
+def test_cuda_cluster_fp32_sanitizer_grid(case, tf32):
+    from fused_rnn.ops.cuda import launch as cuda_launch
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32), cuda_launch.variant("cluster"):
+        res = testing.check(case, "cuda", torch.float32, "cuda")
+    assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["bwd"]) == ("cluster", "cluster")
     assert res.ok, res.failures()
 
 

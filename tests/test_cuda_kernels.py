@@ -119,6 +119,55 @@ def test_cuda_cluster_backward_matches_reference_backend(case, plan):
     assert (cuda_launch.last_used["bwd"], cuda_launch.last_used["bwd_plan"]) == ("cluster", plan)
 
 
+# fp32 on the cluster kernels' tensor cores (csrc/mma.cuh), forward and backward, each emulated
+# plan once (cells, packing and batch tiles cycling): with torch's TF32 flag for RNNs off, the
+# IEEE-accurate Tf32x3 product under the project's fp32 rule against torch's own fp32; with it
+# on, the Tf32 product under the same rule against the reference backend computing its
+# recurrent product on tf32 operands (testing.check_tf32: on the CPU torch has no TF32 twin).
+# The emulation rounds operands to tf32 bit for bit and runs each m16n8k8 lane by lane.
+F32_RUNS = [(CLUSTER[0], "2x1", "2x2a"), (CLUSTER[1], "2x2", "2x2"), (CLUSTER[2], "2x1a", "2x1"),
+            (CLUSTER[3], "2x2a", "1x2"), (CLUSTER[4], "4x2", "4x2a"), (CLUSTER[5], "4x4", "4x4"),
+            (CLUSTER_BWD[8], "4x4a", "4x2")]
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="GPU: tests/test_cuda_gpu.py (fp32 there)")
+@pytest.mark.parametrize("tf32", [False, True], ids=["ieee", "tf32"])
+@pytest.mark.parametrize("case,plan,bwd_plan", F32_RUNS,
+                         ids=[f"{c.label()}-{f}-{b}" for c, f, b in F32_RUNS])
+def test_cuda_cluster_fp32_products_meet_the_parity_rule(case, plan, bwd_plan, tf32):
+    cuda_launch = _cuda_launch()
+    cuda_launch.last_used.update(fwd=None, bwd=None, plan=None, bwd_plan=None)
+    with torch.backends.cudnn.flags(allow_tf32=tf32), cuda_launch.variant("cluster"), \
+            cuda_launch.cluster_plan(plan), cuda_launch.cluster_bwd_plan(bwd_plan):
+        result = (testing.check_tf32(case, "cuda", DEVICE) if tf32 else
+                  testing.check(case, "cuda", torch.float32, DEVICE))
+    assert result.ok, result.failures()
+    assert cuda_launch.last_used == {"fwd": "cluster", "bwd": "cluster", "plan": plan,
+                                     "bwd_plan": bwd_plan}
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="emulated plans")
+def test_cuda_cluster_fp32_follows_torchs_tf32_flag_per_call():
+    """One module, the flag switched between calls: each call takes the product the flag says.
+    Tf32 rounds W_hh and h to 11 significant bits, so its outputs move off the IEEE run's by far
+    more than the IEEE run's own error; switching back gives the IEEE run's bits again."""
+    cuda_launch = _cuda_launch()
+    case = CLUSTER[0]
+    module = fused_rnn.convert(testing.torch_module(case), "cuda")
+    truth = testing.run(testing.torch_module(case), case, torch.float64)
+    runs = {}
+    for tf32 in (False, True, False):
+        with torch.backends.cudnn.flags(allow_tf32=tf32), cuda_launch.variant("cluster"):
+            runs.setdefault(tf32, []).append(testing.run(module, case, torch.float32, DEVICE))
+        assert cuda_launch.last_used["fwd"] == "cluster"
+    ieee, again, tf = runs[False][0], runs[False][1], runs[True][0]
+    for name in ieee:
+        assert torch.equal(ieee[name], again[name]), name
+    err = (ieee["output"].double() - truth["output"]).abs().max().item()
+    moved = (tf["output"].double() - ieee["output"].double()).abs().max().item()
+    assert err < 1e-5 and moved > 30 * err, (err, moved)
+
+
 @pytest.mark.skipif(DEVICE == "cuda", reason="emulated plans")
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
 def test_cuda_cluster_backward_per_direction_entry(cell):
@@ -275,7 +324,7 @@ def test_cuda_multicluster_is_bitwise_reproducible_and_the_default_of_its_h():
         cuda_launch.last_used.update(plan=None)
         with cuda_launch.variant("cluster"):
             runs.append(testing.run(fused_rnn.convert(testing.torch_module(case), "cuda"), case,
-                                    torch.float32, DEVICE))
+                                    torch.float64, DEVICE))
         assert cuda_launch.last_used["plan"] == MULTI_PLANS[96][0]
     for name in runs[0]:
         assert torch.equal(runs[0][name], runs[1][name]), name

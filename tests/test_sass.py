@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.nvcc, pytest.mark.slow, pytest.mark.xdist_group("sass"
 
 
 @pytest.fixture(scope="module")
-def rows(tmp_path_factory):
-    return sass_table.table(tmp_path_factory.mktemp("sass"))
+def rows():
+    return sass_table.table()
 
 
 def gpu_plans(macro: str):
@@ -39,15 +39,32 @@ def gpu_plans(macro: str):
     return [tuple(map(int, x.split(","))) for x in re.findall(r"X\(([\d, ]+)\)", gpu)]
 
 
+def f32_budget() -> int:
+    return int(re.search(r"kMaxF32WeightRegs = (\d+);", (ROOT / "csrc" / "plans.h").read_text())[1])
+
+
+def f32_takes(kind: str, cell: str, dtype: str, H: int, a: int, b: int) -> bool:
+    """plans.h's f32_plan_fits for plan (H, CS, KS or NW) and an fp32 product type: its weight
+    registers per thread (one per element, two for the three-product "fp32") within the budget."""
+    G = sass_table.GATES[cell]
+    elems = G * H // (2 * b) if kind == "fwd" else G * H * H // (32 * a * b)
+    return elems * (2 if dtype == "fp32" else 1) <= f32_budget()
+
+
 def test_every_cluster_kernel_and_plan_is_in_the_table(rows):
     assert {r["family"] for r in rows} == {"cluster", "multi"}
     rows = [r for r in rows if r["family"] == "cluster"]
     kinds = {(r["kernel"], r["cell"], r["dtype"]) for r in rows}
-    assert len(kinds) == 2 * 4 * 2, sorted(kinds)  # fwd/bwd x cells x fp16/bf16
+    # fwd/bwd x cells x fp16/bf16/tf32/fp32 (every cell has fp32 plans within the budget)
+    assert len(kinds) == 2 * 4 * 4, sorted(kinds)
     for kind, macro in (("fwd", "FRNN_CLUSTER_PLANS"), ("bwd", "FRNN_CLUSTER_BWD_PLANS")):
-        want = {f"H{h}-{cs}x{s}{'a' if e else ''}" for h, cs, s, e in gpu_plans(macro)}
-        got = {f"H{r['H']}-{r['plan']}" for r in rows if r["kernel"] == kind}
-        assert got == want, (kind, got ^ want)
+        for cell in sass_table.GATES:
+            for dtype in ("fp16", "bf16", "tf32", "fp32"):
+                want = {f"H{h}-{cs}x{s}{'a' if e else ''}" for h, cs, s, e in gpu_plans(macro)
+                        if dtype in ("fp16", "bf16") or f32_takes(kind, cell, dtype, h, cs, s)}
+                got = {f"H{r['H']}-{r['plan']}" for r in rows
+                       if (r["kernel"], r["cell"], r["dtype"]) == (kind, cell, dtype)}
+                assert got == want, (kind, cell, dtype, got ^ want)
 
 
 def test_every_multicluster_plan_is_in_the_table(rows):

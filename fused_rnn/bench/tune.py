@@ -57,36 +57,38 @@ def tune(device: torch.device, cells: Sequence[str], dtypes: Sequence[str],
     plans, entries = _plans(), []
     for cell in cells:
         for dtype in dtypes:
-            for H in sorted(hs or plans["fwd"]):
-                for B in b_buckets:
-                    shape = (T, B, H, H)
-                    x = torch.randn(T, B, H, device=device, dtype=suite.DTYPES[dtype][0])
-                    best = {}
-                    for kind in ("fwd", "bwd"):
-                        timed = {}
-                        for name in plans[kind].get(H, []):
-                            fn, params = suite.build("cuda_cluster", cell, shape, dtype, device)
+            # fp32 and tf32 are the suite's: TF32 off and on (other kernels, other plans).
+            with suite.tf32(suite.DTYPES[dtype][1]):
+                for H in sorted(hs or plans["fwd"]):
+                    for B in b_buckets:
+                        shape = (T, B, H, H)
+                        x = torch.randn(T, B, H, device=device, dtype=suite.DTYPES[dtype][0])
+                        best = {}
+                        for kind in ("fwd", "bwd"):
+                            timed = {}
+                            for name in plans[kind].get(H, []):
+                                fn, params = suite.build("cuda_cluster", cell, shape, dtype, device)
 
-                            def call(fn=fn, name=name, kind=kind):
-                                if kind == "fwd":
-                                    with torch.no_grad(), cuda_launch.cluster_plan(name):
-                                        fn(x)
-                                else:
-                                    with cuda_launch.cluster_plan(best["fwd"]), \
-                                            cuda_launch.cluster_bwd_plan(name):
-                                        fn(x).float().sum().backward()
-                            ms = _time(call, params, device)
-                            ran = cuda_launch.last_used["plan" if kind == "fwd" else "bwd_plan"]
-                            if ran == name:
-                                timed[name] = round(ms * 1e3 / T, 3)
-                            log(f"{kind} {cell} {dtype} H={H} B={B} {name}: "
-                                f"{ms * 1e3 / T:.2f} us/step" + ("" if ran == name else
-                                                                  f" (ran {ran}: not counted)"))
-                        if not timed:
-                            break
-                        best[kind] = min(timed, key=timed.get)
-                        entries.append(dict(kind=kind, cell=cell, dtype=dtype, H=H, B=B,
-                                            plan=best[kind], us_per_step=timed))
+                                def call(fn=fn, name=name, kind=kind):
+                                    if kind == "fwd":
+                                        with torch.no_grad(), cuda_launch.cluster_plan(name):
+                                            fn(x)
+                                    else:
+                                        with cuda_launch.cluster_plan(best["fwd"]), \
+                                                cuda_launch.cluster_bwd_plan(name):
+                                            fn(x).float().sum().backward()
+                                ms = _time(call, params, device)
+                                ran = cuda_launch.last_used["plan" if kind == "fwd" else "bwd_plan"]
+                                if ran == name:
+                                    timed[name] = round(ms * 1e3 / T, 3)
+                                log(f"{kind} {cell} {dtype} H={H} B={B} {name}: "
+                                    f"{ms * 1e3 / T:.2f} us/step" + ("" if ran == name else
+                                                                      f" (ran {ran}: not counted)"))
+                            if not timed:
+                                break
+                            best[kind] = min(timed, key=timed.get)
+                            entries.append(dict(kind=kind, cell=cell, dtype=dtype, H=H, B=B,
+                                                plan=best[kind], us_per_step=timed))
     return {"gpu": tuned.device_name(device), "date": datetime.date.today().isoformat(),
             "commit": _commit(), "torch": torch.__version__, "T": T, "entries": entries}
 

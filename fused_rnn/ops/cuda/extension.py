@@ -42,6 +42,46 @@ NVCC_FLAGS = ("-O3", "-std=c++17", "-lineinfo") + GENCODE
 LINK_FLAGS = ("-Wl,--push-state,--no-as-needed", "-lstdc++", "-Wl,--pop-state")
 
 
+def nvcc() -> str:
+    return shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_objects(sources: tuple = CUDA_SOURCES) -> dict:
+    """{source: (object file, nvcc and ptxas -v output, return code)}: each source compiled
+    alone (nvcc -c) with the GPU build's flags and -Xptxas -v, all at once. Kept in the
+    temporary directory under a hash of csrc/ and the flags, behind a file lock, so that the
+    build check (tests/test_cuda_build.py) and the SASS table (benchmarks/sass_table.py, which
+    disassembles these objects' sm_90 code) share one compile whichever processes run them:
+    the sm_90 compile of the cluster kernels is CI's longest step."""
+    import fcntl
+    import hashlib
+    import json
+    import subprocess
+    import tempfile
+    digest = hashlib.sha256(repr((NVCC_FLAGS, sources)).encode())
+    for path in sorted(CSRC.iterdir()):
+        if path.suffix in (".cu", ".cuh", ".h"):
+            digest.update(path.name.encode() + path.read_bytes())
+    out = Path(tempfile.gettempdir()) / f"fused_rnn_nvcc_{digest.hexdigest()[:16]}"
+    out.mkdir(exist_ok=True)
+    with open(out / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = out / "logs.json"
+        if not done.is_file():
+            procs = {}
+            for name in sources:
+                cmd = [nvcc(), *NVCC_FLAGS, "-Xptxas", "-v", "-I", str(CSRC), "-c",
+                       str(CSRC / name), "-o", str(out / (name + ".o"))]
+                procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                               stderr=subprocess.STDOUT, text=True)
+            logs = {name: (*proc.communicate(timeout=1500)[:1], proc.returncode)
+                    for name, proc in procs.items()}
+            done.write_text(json.dumps(logs))
+        logs = json.loads(done.read_text())
+    return {name: (out / (name + ".o"), log, rc) for name, (log, rc) in logs.items()}
+
+
 def emulated() -> bool:
     """Whether the CUDA backend runs its emulated build (FUSED_RNN_CUDA_EMULATE=1)."""
     return os.environ.get("FUSED_RNN_CUDA_EMULATE", "0") not in ("", "0")
