@@ -48,7 +48,7 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 # The product types (csrc/mma.cuh): fp32 is Tf32x3 (IEEE-accurate), tf32 Tf32.
 DTYPES = {"13__nv_bfloat16": "bf16", "6__half": "fp16", "NS_4Tf32E": "tf32", "NS_6Tf32x3E": "fp32"}
 # MMA instructions per k16 step of one 16 x 8 tile: m16n8k16 for 16-bit types, two m16n8k8 for
-# tf32, three times two for fp32 (mma.cuh's kMmaPerK16).
+# tf32, three times two for fp32 (csrc/mma.cuh, mma_16816_tf32).
 MMA_PER_K16 = {"bf16": 1, "fp16": 1, "tf32": 2, "fp32": 6}
 CLASSES = ("HMMA", "MUFU", "LDS", "STS", "LDG", "STG", "LDST", "LOCAL", "BAR", "SYNCS", "MEMBAR",
            "FP64", "CALL", "other")

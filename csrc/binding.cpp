@@ -79,12 +79,21 @@ int dtype_code(const at::Tensor& t, const char* name) {
 
 // Whether fp32 recurrences may take tf32 products: torch's cuDNN TF32 flag for RNNs, read per
 // call as nn.LSTM's cuDNN path reads it (torch.backends.cudnn.allow_tf32, or
-// torch.backends.cudnn.rnn.fp32_precision where torch has per-operation flags).
+// torch.backends.cudnn.rnn.fp32_precision where torch has per-operation flags). Torch's API
+// for it changed: allowTF32CuDNN(Float32Op::RNN) in 2.10 on, allowTF32CuDNN("rnn") where it
+// takes a string, allowTF32CuDNN() before (the overloads below pick the one that compiles).
+template <typename C>
+auto rnn_tf32_of(const C& ctx, int) -> decltype(ctx.allowTF32CuDNN(std::string("rnn"))) {
+  return ctx.allowTF32CuDNN(std::string("rnn"));
+}
+template <typename C>
+bool rnn_tf32_of(const C& ctx, long) { return ctx.allowTF32CuDNN(); }
+
 bool rnn_allows_tf32() {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 10)
   return at::globalContext().allowTF32CuDNN(at::Float32Op::RNN);
 #else
-  return at::globalContext().allowTF32CuDNN();
+  return rnn_tf32_of(at::globalContext(), 0);
 #endif
 }
 

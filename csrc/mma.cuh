@@ -46,9 +46,6 @@ template <typename E>
 using storage_t = typename StorageOf<E>::type;
 template <typename E>
 constexpr bool kIsTf32 = std::is_same_v<E, Tf32> || std::is_same_v<E, Tf32x3>;
-// MMAs (m16n8k8 for tf32, m16n8k16 else) per k16 step of one 16 x 8 output tile.
-template <typename E>
-constexpr int kMmaPerK16 = std::is_same_v<E, Tf32> ? 2 : std::is_same_v<E, Tf32x3> ? 6 : 1;
 
 template <typename T>
 struct PairOf {
@@ -139,8 +136,10 @@ FRNN_DEVICE void mma_1688_tf32(float c[4], float a0, float a1, float a2, float a
   const int lane = int(threadIdx.x % 32);
   const float mine[6] = {a0, a1, a2, a3, b0, b1};
   for (int i = 0; i < 6; ++i) {
-    // The GPU takes the register as tf32: a value that is not would be a kernel bug.
-    if (tf32_round(mine[i]) != mine[i]) {
+    // The GPU takes the register as tf32: a value that is not would be a kernel bug (compared
+    // as bits: NaN and Inf are kept by tf32_round).
+    const float r = tf32_round(mine[i]);
+    if (memcmp(&r, &mine[i], 4) != 0) {
       fprintf(stderr, "fused_rnn emulation: an mma.tf32 operand not rounded to tf32\n");
       abort();
     }
@@ -190,6 +189,8 @@ FRNN_DEVICE void mma_16816_tf32(float c[4], const pair_t<E> a[4], const pair_t<E
     } else {
       const float a0 = tf32_round(r0.lo), a1 = tf32_round(r8.lo), a2 = tf32_round(r0.hi),
                   a3 = tf32_round(r8.hi);
+      // An infinite operand makes its low part (x - hi) NaN, so the product NaN where IEEE
+      // fp32 might give +-Inf: guarding it (a select per value) spills 4-20 bytes in 4 plans.
       mma_1688_tf32(c, tf32_round(r0.lo - a0), tf32_round(r8.lo - a1), tf32_round(r0.hi - a2),
                     tf32_round(r8.hi - a3), b0, b1);
       mma_1688_tf32(c, a0, a1, a2, a3, tf32_round(bb.lo - b0), tf32_round(bb.hi - b1));

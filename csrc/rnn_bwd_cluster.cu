@@ -49,7 +49,7 @@ struct ClusterBwdPlan {
   static constexpr int EPT = (kClusterBatch * U + NT - 1) / NT;  // elements per thread
   // A dgates row (one batch row, the G.U gate rows of the block), padded by 16 bytes so that
   // the 8 rows an MMA fragment reads fall in different banks (as the forward's state rows).
-  static constexpr int LDG = NG * U + 16 / int(sizeof(T));
+  static constexpr int LDG = NG * U + kRowPad<T>;
   static_assert(H % (16 * CS) == 0 && H % (16 * NW) == 0, "no such cluster backward plan");
   static_assert(4 * sizeof(acc_t<T>) % 16 == 0, "a lane's four partials are whole 16-byte words");
   static constexpr size_t tile_bytes = align16(2 * kClusterBatch * LDG * sizeof(T));

@@ -299,7 +299,7 @@ bool multi_bwd_takes(const BwdParams& p) {
   return p.w_hh != nullptr && p.w_hr_t == nullptr && p.HK == p.H && !has_step_masks(p.reg) &&
          has_multi_bwd_plan(p.H) &&
 #ifdef FRNN_EMULATE
-         (p.dtype == kF32 || p.dtype == kF64);
+         p.dtype == kF64;  // fp32: the cluster kernels' products only (plans.h)
 #else
          (p.dtype == kF16 || p.dtype == kBF16);
 #endif

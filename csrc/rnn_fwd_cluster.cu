@@ -46,7 +46,7 @@ struct ClusterPlan {
   // The four quarters of a warp's 16 x 16 output tile (column tile n = j & 1, row half
   // j >> 1) are finished by the warps of its unit tile in turn: warp ks takes j % KS == ks.
   static constexpr int NQ = 4 / KS;
-  static constexpr int LDH = H + 16 / int(sizeof(T));  // state row, padded: no bank conflicts
+  static constexpr int LDH = H + kRowPad<T>;  // state row, padded: no bank conflicts
   static_assert(H % (16 * CS) == 0 && KSL % 16 == 0 && 4 % KS == 0, "no such cluster plan");
   static_assert(U * sizeof(T) % 16 == 0, "a block's slice of a state row is whole 16-byte words");
   static constexpr size_t hbuf_bytes = 2 * kClusterBatch * LDH * sizeof(T);

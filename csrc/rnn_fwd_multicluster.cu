@@ -352,7 +352,7 @@ bool multi_takes(const FwdParams& p) {
   return p.w_hr == nullptr && p.HK == p.H && !has_step_masks(p.reg) &&
          reinterpret_cast<uintptr_t>(p.w_hh) % 4 == 0 && has_multi_plan(p.H) &&
 #ifdef FRNN_EMULATE
-         (p.dtype == kF32 || p.dtype == kF64);
+         p.dtype == kF64;  // fp32: the cluster kernels' products only (plans.h)
 #else
          (p.dtype == kF16 || p.dtype == kBF16);
 #endif

@@ -54,6 +54,13 @@ FRNN_DEVICE A sigmoid_(A x) {
   return A(1) / (A(1) + exp_(-x));
 }
 
+// Elements of padding after a shared-memory row that MMA fragments read: 16 bytes, so that the
+// 8 rows of a fragment's lanes (g = 0..7, each reading 4 bytes at 4g + q words on) fall in
+// different banks; 32 bytes for 4-byte elements, whose lanes read 8-byte pairs (a half-warp's
+// 4 rows at 8g + 2q words: 16 bytes would put rows g and g+1 on the same banks).
+template <typename T>
+constexpr int kRowPad = sizeof(T) == 4 ? 8 : 16 / int(sizeof(T));
+
 // Row i of a (rows, B, width) buffer starts at ((row * B) + b) * width: int64 throughout, since
 // T.B.G.H passes 2^31 for long sequences.
 FRNN_DEVICE int64_t at(int64_t row, int64_t B, int64_t b, int64_t width) {

@@ -358,9 +358,10 @@ def tf32_round(x: torch.Tensor) -> torch.Tensor:
 @contextlib.contextmanager
 def tf32_products():
     """Within the block the reference backend computes its recurrent product h.W_hh^T on tf32
-    operands (both rounded by tf32_round; the gradient passes the rounding straight through):
-    the twin, on any device, of cuDNN's fp32 RNN with TF32 allowed, which torch has none of on
-    the CPU."""
+    operands (both rounded by tf32_round): the twin, on any device, of cuDNN's fp32 RNN with
+    TF32 allowed, which torch has none of on the CPU. A twin of the forward: the gradient
+    passes the rounding straight through, so its backward products take dgates unrounded
+    (the cluster backward rounds them; the rule's factor 2 covers the difference measured)."""
     from .ops import cells
     plain = cells.recurrent_gates
 

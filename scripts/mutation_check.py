@@ -22,8 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (what it breaks, the source, the text replaced, its replacement, the cases it runs:
-# "cluster_bwd" or "multi", in fp64 against the reference; "fp32": the cluster kernels' fp32
-# cases with torch's TF32 flag off, under the parity rule); the text must occur once.
+# "cluster_bwd" or "multi", in fp64 against the reference; "fp32" / "tf32": the cluster
+# kernels' fp32 cases with torch's TF32 flag off / on, under the parity rule against torch's
+# fp32 / the reference's tf32 twin, testing.check_tf32); the text must occur once.
 MUTATIONS = {
     "drop_dgates_term": (
         "one gate's dgates left out of the recurrent product (LSTM o, GRU n)",
@@ -62,6 +63,12 @@ MUTATIONS = {
         "mma_1688_tf32(c, tf32_round(r0.lo - a0),",
         "if (false) mma_1688_tf32(c, tf32_round(r0.lo - a0),",
         "fp32"),
+    "tf32_rows_swapped": (
+        "the tf32 product's A registers a1 and a2 exchanged (row g+8 at k = 2q, row g at 2q+1)",
+        "mma.cuh",
+        "mma_1688_tf32(c, r0.lo, r8.lo, r0.hi, r8.hi, b0, b1);",
+        "mma_1688_tf32(c, r0.lo, r0.hi, r8.lo, r8.hi, b0, b1);",
+        "tf32"),
 }
 
 
@@ -95,7 +102,7 @@ def _runs(kind: str):
     import test_cuda_kernels as t
     if kind == "cluster_bwd":
         return [(case, None, plan) for case, plan in t.CLUSTER_BWD_RUNS]
-    if kind == "fp32":
+    if kind in ("fp32", "tf32"):
         return t.F32_RUNS
     return ([(case, plan, None) for case, plan in t.MULTI_RUNS]
             + [(case, None, plan) for case, plan in t.MULTI_BWD_RUNS])
@@ -119,9 +126,11 @@ def check(name: str) -> dict:
             try:
                 with cuda_launch.variant("cluster"), cuda_launch.cluster_plan(plan), \
                         cuda_launch.cluster_bwd_plan(bwd_plan), \
-                        torch.backends.cudnn.flags(allow_tf32=False):
-                    if kind == "fp32":  # worst: the rule's ratio (error over bound)
-                        err = testing.check(case, "cuda", torch.float32, "cpu").worst_ratio
+                        torch.backends.cudnn.flags(allow_tf32=kind == "tf32"):
+                    if kind in ("fp32", "tf32"):  # worst: the rule's ratio (error over bound)
+                        result = (testing.check_tf32(case, "cuda", "cpu") if kind == "tf32" else
+                                  testing.check(case, "cuda", torch.float32, "cpu"))
+                        err = result.worst_ratio
                         bad = not err <= 1.0
                     else:
                         err = max(testing.compare_backends(case, "cuda", "reference",

@@ -84,8 +84,9 @@ def tune(device: torch.device, cells: Sequence[str], dtypes: Sequence[str],
                                 log(f"{kind} {cell} {dtype} H={H} B={B} {name}: "
                                     f"{ms * 1e3 / T:.2f} us/step" + ("" if ran == name else
                                                                       f" (ran {ran}: not counted)"))
-                            if not timed:
-                                break
+                            if not timed:  # (the backward then runs with H's default forward)
+                                best[kind] = None
+                                continue
                             best[kind] = min(timed, key=timed.get)
                             entries.append(dict(kind=kind, cell=cell, dtype=dtype, H=H, B=B,
                                                 plan=best[kind], us_per_step=timed))

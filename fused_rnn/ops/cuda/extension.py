@@ -59,25 +59,34 @@ def compiled_objects(sources: tuple = CUDA_SOURCES) -> dict:
     import json
     import subprocess
     import tempfile
-    digest = hashlib.sha256(repr((NVCC_FLAGS, sources)).encode())
+    version = subprocess.run([nvcc(), "--version"], capture_output=True, text=True).stdout
+    digest = hashlib.sha256(repr((nvcc(), version, NVCC_FLAGS, sources)).encode())
     for path in sorted(CSRC.iterdir()):
         if path.suffix in (".cu", ".cuh", ".h"):
             digest.update(path.name.encode() + path.read_bytes())
     out = Path(tempfile.gettempdir()) / f"fused_rnn_nvcc_{digest.hexdigest()[:16]}"
     out.mkdir(exist_ok=True)
+    done = out / "logs.json"
     with open(out / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        done = out / "logs.json"
         if not done.is_file():
             procs = {}
-            for name in sources:
-                cmd = [nvcc(), *NVCC_FLAGS, "-Xptxas", "-v", "-I", str(CSRC), "-c",
-                       str(CSRC / name), "-o", str(out / (name + ".o"))]
-                procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                               stderr=subprocess.STDOUT, text=True)
-            logs = {name: (*proc.communicate(timeout=1500)[:1], proc.returncode)
-                    for name, proc in procs.items()}
-            done.write_text(json.dumps(logs))
+            try:
+                for name in sources:  # each one's output to a file: a full pipe would stall it
+                    cmd = [nvcc(), *NVCC_FLAGS, "-Xptxas", "-v", "-I", str(CSRC), "-c",
+                           str(CSRC / name), "-o", str(out / (name + ".o"))]
+                    with open(out / (name + ".log"), "w") as log:
+                        procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+                codes = {name: proc.wait(timeout=1500) for name, proc in procs.items()}
+            finally:
+                for proc in procs.values():
+                    if proc.poll() is None:
+                        proc.kill()
+            logs = {name: ((out / (name + ".log")).read_text(), rc) for name, rc in codes.items()}
+            if any(rc != 0 for rc in codes.values()):
+                return {name: (out / (name + ".o"), log, rc) for name, (log, rc) in logs.items()}
+            (out / "logs.tmp").write_text(json.dumps(logs))  # kept only when all compiled
+            os.replace(out / "logs.tmp", done)
         logs = json.loads(done.read_text())
     return {name: (out / (name + ".o"), log, rc) for name, (log, rc) in logs.items()}
 
