@@ -13,7 +13,9 @@
 //           for RNNs (allowTF32CuDNN(RNN), as nn.LSTM decides);
 //   Tf32x3: IEEE-accurate fp32 from three tf32 products, a.b ~ ah.bh + ah.bl + al.bh with
 //           x = xh + xl, xh = tf32(x), xl = tf32(x - xh): the dropped al.bl and the rounding
-//           of xl are ~2^-22 of the product, below fp32's accumulation error over k >= 64.
+//           of xl are ~2^-22 of the product, by estimate below fp32's accumulation error
+//           over k >= 64 (the emulated kernels pass the fp32 parity rule; the GPU grid is the
+//           measurement).
 // Both run a k16 step as two mma.m16n8k8.tf32, whose fragments (PTX ISA, "m16n8k8 .tf32")
 // hold a lane's columns q and q+4 of A, rows q and q+4 of B: the same lanes' pairs, taken as
 // k = 2q -> q, 2q+1 -> q+4 (a permutation of k within each half, the same in A and B, so the
@@ -115,7 +117,8 @@ FRNN_DEVICE float tf32_round(float x) {
 
 // A weight (A operand) pair for product type E, made once at load: Tf32 rounds it to tf32
 // (the product then rounds only the state, B, per step); the other types keep it as stored
-// (Tf32x3 splits it per product: the registers hold one fp32 per weight, not two).
+// (Tf32x3 splits it in the product, a split nvcc hoists out of the time loop: two registers
+// per weight, as plans.h's fp32 budget counts).
 template <typename E>
 FRNN_DEVICE pair_t<E> weight_pair(pair_t<E> w) {
   if constexpr (std::is_same_v<E, Tf32>) {
