@@ -239,6 +239,23 @@ def test_cuda_cluster_fp32_training_grid(cell, tf32):
 
 
 @pytest.mark.cluster
+@pytest.mark.parametrize("cell,H,tf32,bwd", [("LSTM", 256, True, "cluster"),
+                                             ("GRU", 256, False, "cluster"),
+                                             ("LSTM", 128, False, "persistent")])
+def test_cuda_cluster_fp32_without_a_forward_plan_falls_back(cell, H, tf32, bwd):
+    """Where an fp32 product has no forward plan for H (plans.h's register budget), the forward
+    runs persistent and the backward on its own cluster plan where it has one (docs/cuda.md's
+    table), under the parity rule against cuDNN in the same setting."""
+    from fused_rnn.ops.cuda import launch as cuda_launch
+    case = Case(cell, T=6, B=17, I=16, H=H, packed="unsorted", seed=77)
+    cuda_launch.last_used.update(fwd=None, bwd=None)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32), cuda_launch.variant("cluster"):
+        res = testing.check(case, "cuda", torch.float32, "cuda")
+    assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["bwd"]) == ("persistent", bwd)
+    assert res.ok, res.failures()
+
+
+@pytest.mark.cluster
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_cuda_cluster_inference_matches_training_forward(cell):
     """Under no_grad the cluster forward skips the stores only the backward reads; output, h_n
