@@ -38,13 +38,21 @@ int dispatch(int dtype, int cell, F&& f) {
 }
 
 // f(TypeTag<E>) for the tensor-core product type E of stored type T (mma.cuh): fp32 by
-// torch's TF32 flag for RNNs, which the caller passes (params' tf32).
+// torch's TF32 flag for RNNs, which the caller passes (params' tf32). Where this build has no
+// product for E (kHasMma), f is not instantiated and nothing runs (kOk).
 template <typename T, typename F>
 int with_product_type(bool tf32, F&& f) {
+  auto run = [&](auto type) -> int {
+    if constexpr (kHasMma<typename decltype(type)::type>) {
+      return f(type);
+    } else {
+      return kOk;
+    }
+  };
   if constexpr (std::is_same_v<T, float>) {
-    return tf32 ? f(TypeTag<Tf32>()) : f(TypeTag<Tf32x3>());
+    return tf32 ? run(TypeTag<Tf32>()) : run(TypeTag<Tf32x3>());
   } else {
-    return f(TypeTag<T>());
+    return run(TypeTag<T>());
   }
 }
 

@@ -330,21 +330,16 @@ int launch_cluster_bwd(const BwdParams& p, int plan, cudaStream_t stream, int* u
   *used_plan = 0;
   return with_product_type<S>(p.tf32, [&](auto type) {
     using T = typename decltype(type)::type;  // the product type, as the plan macro names it
-    if constexpr (kHasMma<T>) {
-      return choose_cluster_plan([&](int pass, bool* ran) {
-        bool tried = false;
-        int status = kOk;
+    return choose_cluster_plan([&](int pass, bool* ran) {
+      bool tried = false;
+      int status = kOk;
 #define FRNN_PLAN_LAUNCH launch_bwd_plan
 #define FRNN_PLAN_TAKES bwd_plan_takes
-        FRNN_CLUSTER_BWD_PLANS(FRNN_TRY_CLUSTER_PLAN)
+      FRNN_CLUSTER_BWD_PLANS(FRNN_TRY_CLUSTER_PLAN)
 #undef FRNN_PLAN_TAKES
 #undef FRNN_PLAN_LAUNCH
-        return status;
-      });
-    } else {
-      (void)plan; (void)stream;
-      return kOk;
-    }
+      return status;
+    });
   });
 }
 

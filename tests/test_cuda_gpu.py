@@ -187,19 +187,30 @@ def _cluster_grid(cell: str, n: int, seed: int, shapes: GridShapes = CLUSTER_SHA
 def test_cuda_cluster_training_grid(cell, dtype):
     """100 random cases per cell and dtype (200 per cell over fp16 and bf16) on the default
     cluster plans both ways, under the parity rule: every output and gradient."""
-    from fused_rnn.ops.cuda import launch as cuda_launch
     cases = _cluster_grid(cell, 100, seed=4242 + testing.CELLS.index(cell))
+    _check_cluster_grid(cases, dtype, f"{cell} {dtype}")
+
+
+def _check_cluster_grid(cases, dtype, label: str, tf32: Optional[bool] = None):
+    """Every case on the cluster kernels both ways under the parity rule (tf32: torch's cuDNN
+    TF32 flag for the calls, None: as set), one failure line per failing case."""
+    import contextlib
+
+    from fused_rnn.ops.cuda import launch as cuda_launch
+    def flags():  # a fresh context per case (flags() is a one-use generator context)
+        return (contextlib.nullcontext() if tf32 is None else
+                torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32))
     failures, worst = [], 0.0
     for case in cases:
         cuda_launch.last_used.update(fwd=None, bwd=None)
-        with cuda_launch.variant("cluster"):
+        with flags(), cuda_launch.variant("cluster"):
             res = testing.check(case, "cuda", dtype, "cuda")
         assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["bwd"]) == \
             ("cluster", "cluster"), (case.label(), cuda_launch.last_used)
         worst = max(worst, res.worst_ratio)
         if not res.ok:
             failures.append(f"{case.label()}: {'; '.join(res.failures())}")
-    print(f"{cell} {dtype} cluster: {len(cases)} cases, worst error/bound {worst:.3f}")
+    print(f"{label} cluster: {len(cases)} cases, worst error/bound {worst:.3f}")
     assert not failures, f"{len(failures)} of {len(cases)} fail:\n" + "\n".join(failures[:20])
 
 
@@ -219,23 +230,10 @@ def test_cuda_cluster_fp32_training_grid(cell, tf32):
     """100 random fp32 cases per cell and TF32 setting (200 per cell) on the default cluster
     plans both ways, under the parity rule against cuDNN in the same setting (torch's flag for
     RNNs: cuDNN's TF32 error with it on, its IEEE fp32 error with it off)."""
-    from fused_rnn.ops.cuda import launch as cuda_launch
     shapes = dataclasses.replace(CLUSTER_SHAPES, H=F32_CLUSTER_H[tf32][cell])
     cases = _cluster_grid(cell, 100, seed=5252 + testing.CELLS.index(cell) + 10 * tf32,
                           shapes=shapes)
-    failures, worst = [], 0.0
-    for case in cases:
-        cuda_launch.last_used.update(fwd=None, bwd=None)
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32), \
-                cuda_launch.variant("cluster"):
-            res = testing.check(case, "cuda", torch.float32, "cuda")
-        assert (cuda_launch.last_used["fwd"], cuda_launch.last_used["bwd"]) == \
-            ("cluster", "cluster"), (case.label(), cuda_launch.last_used)
-        worst = max(worst, res.worst_ratio)
-        if not res.ok:
-            failures.append(f"{case.label()}: {'; '.join(res.failures())}")
-    print(f"{cell} fp32 tf32={tf32} cluster: {len(cases)} cases, worst error/bound {worst:.3f}")
-    assert not failures, f"{len(failures)} of {len(cases)} fail:\n" + "\n".join(failures[:20])
+    _check_cluster_grid(cases, torch.float32, f"{cell} fp32 tf32={tf32}", tf32=tf32)
 
 
 @pytest.mark.cluster
