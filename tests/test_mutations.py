@@ -6,7 +6,8 @@ csrc/mma.cuh: the IEEE-accurate one's al.bh term dropped, two rows of the tf32 o
 swapped) builds its own emulated extension and must
 fail at least one case of test_cuda_kernels.py's grid for those kernels (the fp32 one: one case
 per emulated cluster plan, under the parity rule). Each in a subprocess: one emulated build
-(about 45 s) per mutation."""
+(about 45 s) per mutation. Likewise each mutation of the Triton tile kernels in
+scripts/triton_mutation_check.py must fail a tile test of test_triton.py in the interpreter."""
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import mutation_check  # noqa: E402
+import triton_mutation_check  # noqa: E402
 
 
 @pytest.mark.slow
@@ -35,3 +37,10 @@ def test_cluster_kernel_mutation_is_caught(name):
     fp32 = mutation_check.MUTATIONS[name][4] in ("fp32", "tf32")
     assert row["mutation"] == name and row["cases"] >= (7 if fp32 else 15), row
     assert row["caught"] and proc.returncode == 0, row
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU check in Triton's interpreter (CI)")
+@pytest.mark.parametrize("name", list(triton_mutation_check.MUTATIONS))
+def test_triton_tile_mutation_is_caught(name):
+    row = triton_mutation_check.check(name)
+    assert row["caught"], row

@@ -40,12 +40,89 @@ FP64 = GRID[:12] + TILED if DEVICE == "cpu" else GRID + TILED
 RUNS = [(c, torch.float32) for c in GRID + TILED] + [(c, torch.float64) for c in FP64]
 
 
+def _record(monkeypatch, *names):
+    """The launch functions of ops/triton/launch.py among `names` that a test's calls reach, in
+    call order."""
+    from fused_rnn.ops.triton import launch as triton_launch
+    ran = []
+    for name in names:
+        original = getattr(triton_launch, name)
+        monkeypatch.setattr(triton_launch, name, lambda *a, _n=name, _f=original, **k:
+                            ran.append(_n) or _f(*a, **k))
+    return ran
+
+
 @pytest.mark.parametrize("case,dtype", RUNS,
                          ids=[f"{c.label()}-{'fp64' if d == torch.float64 else 'fp32'}"
                               for c, d in RUNS])
 def test_triton_matches_torch(case, dtype):
+    """The default variant: one program per batch tile where W_hh fits it, else per step."""
     res = testing.check(case, "triton", dtype, DEVICE)
     assert res.ok, res.failures()
+
+
+# The per-step kernels where the default variant would run the tile kernels.
+STEP_RUNS = [(c, torch.float32) for c in GRID[:16] + TILED] + [(c, torch.float64)
+                                                                for c in GRID[:4]]
+
+
+@pytest.mark.parametrize("case,dtype", STEP_RUNS,
+                         ids=[f"{c.label()}-{'fp64' if d == torch.float64 else 'fp32'}"
+                              for c, d in STEP_RUNS])
+def test_step_variant_matches_torch(case, dtype, monkeypatch):
+    from fused_rnn.ops.triton import launch as triton_launch
+    ran = _record(monkeypatch, "_fwd_tile", "_bwd_tile")
+    with triton_launch.variant("step"):
+        res = testing.check(case, "triton", dtype, DEVICE)
+    assert res.ok, res.failures()
+    assert not ran
+
+
+# One program per batch tile: cases the tile kernels take (no projection; padded H within
+# plans.tile_plan's limits: 64 in fp64 for an LSTM, 32 in fp32 with IEEE dots, as the tests run),
+# each run whole in the interpreter (nothing waits on another program).
+TILE = [c for c in TILED + GRID if not c.proj_size and c.H <= 64]
+TILE_RUNS = ([(c, torch.float64) for c in TILE[:12]]
+             + [(c, torch.float32) for c in TILE if c.H <= 32][:12])
+
+
+@pytest.mark.parametrize("case,dtype", TILE_RUNS,
+                         ids=[f"{c.label()}-{'fp64' if d == torch.float64 else 'fp32'}"
+                              for c, d in TILE_RUNS])
+def test_tile_matches_torch(case, dtype, monkeypatch):
+    ran = _record(monkeypatch, "_fwd_tile", "_bwd_tile")
+    res = testing.check(case, "triton", dtype, DEVICE)
+    assert res.ok, res.failures()
+    assert {"_fwd_tile", "_bwd_tile"} <= set(ran), ran
+
+
+@pytest.mark.parametrize("case", TILE[:6], ids=[c.label() for c in TILE[:6]])
+def test_tile_matches_reference_backend(case, monkeypatch):
+    ran = _record(monkeypatch, "_fwd_tile", "_bwd_tile")
+    diffs = testing.compare_backends(case, "triton", "reference", torch.float64, DEVICE)
+    assert max(diffs.values()) <= 1e-10, diffs
+    assert {"_fwd_tile", "_bwd_tile"} <= set(ran), ran
+
+
+def test_tile_plan_limits():
+    from fused_rnn.ops.triton import plans
+    plan = plans.tile_plan
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    assert plan(33, 128, 4, bf16)["grid"] == (3,)  # batch tiles of 16 rows
+    assert plan(4, 128, 4, bf16)["num_warps"] == 16 and plan(4, 128, 3, fp16)["num_warps"] == 16
+    assert plan(4, 64, 3, bf16)["num_warps"] == 8 and plan(4, 32, 4, bf16)["num_warps"] == 4
+    assert plan(4, 129, 4, bf16) is None  # padded to 256: 512 KiB of W_hh
+    assert plan(4, 256, 1, bf16) is not None and plan(4, 256, 3, bf16) is None
+    assert plan(4, 64, 4, bf16, True) is not None and plan(4, 65, 1, bf16, True) is None
+    assert plan(4, 64, 4, torch.float64) is not None and plan(4, 65, 4, torch.float64) is None
+    tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        assert plan(4, 64, 4, fp32) is not None and plan(4, 65, 4, fp32) is None
+        torch.backends.cudnn.allow_tf32 = False  # IEEE dots: W_hh in registers
+        assert plan(4, 32, 4, fp32) is not None and plan(4, 33, 1, fp32) is None
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 @pytest.mark.parametrize("case", TILED, ids=[c.label() for c in TILED])
@@ -209,18 +286,15 @@ def _layer_error(variant, leaves, *args, **kw) -> float:
     return max((a - b).abs().max().item() for a, b in zip(*results))
 
 
-@pytest.mark.parametrize("variant", ["step", "persistent"])
+@pytest.mark.parametrize("variant", ["step", "persistent", "tile"])
 @pytest.mark.parametrize("kind", MASK_KINDS)
 def test_step_masks_match_reference(kind, variant, monkeypatch):
     """layer_triton with step masks against autograd through ops/naive.layer_naive, float64:
     outputs and every gradient."""
     from fused_rnn.ops.triton import launch as triton_launch
     from fused_rnn.ops.cells import GATES
-    launches = []
-    for name in ("_fwd_persistent", "_bwd_persistent"):
-        original = getattr(triton_launch, name)
-        monkeypatch.setattr(triton_launch, name, lambda *a, _n=name, _f=original, **k:
-                            launches.append(_n) or _f(*a, **k))
+    launches = _record(monkeypatch, "_fwd_persistent", "_bwd_persistent", "_fwd_tile",
+                       "_bwd_tile")
     torch.manual_seed(MASK_KINDS.index(kind))
     dt, T, B, H = torch.float64, 5, 4, 7
     for cell, proj, packed, reverse, bias in MASK_LAYERS:
@@ -243,8 +317,10 @@ def test_step_masks_match_reference(kind, variant, monkeypatch):
         err = _layer_error(variant, leaves, cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse,
                            masks=masks)
         assert err <= 1e-10, (cell, proj, packed, reverse, bias, err)
-    if variant == "persistent":  # (a projection runs per step)
-        assert {"_fwd_persistent", "_bwd_persistent"} <= set(launches), launches
+    if variant != "step":  # (a projection runs per step)
+        assert {f"_fwd_{variant}", f"_bwd_{variant}"} <= set(launches), launches
+    else:
+        assert not launches, launches
 
 
 # LayerNorm cells (ops/triton/layer_norm.py) per step-mask kind, packed and reversed, with row kernels

@@ -170,24 +170,34 @@ def _lstm_update(ig, fg, gd, c_prev, B, offs_b, offs_h, m2, regs, REG: tl.conste
 
 
 @triton.jit
-def _fwd_cell(a0, a1, a2, a3, gi_base, cs_ptr, h_prev, t, k, B, offs_b, offs_h, m2, regs,
+def _load_c(cs_ptr, k, B, offs_b, offs_h, m2, H, CELL: tl.constexpr, ACC: tl.constexpr,
+            BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """An LSTM's cell state of step k from a (·, B, H) buffer (cs, or the (B, H) carry_c at
+    k = 0) on the tile; zeros for the other cells, which have none."""
+    if CELL == 0:
+        return _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
+    else:
+        return tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+
+
+@triton.jit
+def _fwd_cell(a0, a1, a2, a3, gi_base, c_prev, h_prev, t, B, offs_b, offs_h, m2, regs,
               REG: tl.constexpr, H: tl.constexpr, NG: tl.constexpr, CELL: tl.constexpr,
               ACC: tl.constexpr, LN_C: tl.constexpr):
     """The cell on the recurrent pre-activations a_g = h_{t-1}·W_hh,gᵀ + b_hh,g (a1..a3 unused
-    beyond NG gates) and the input gates at gi_base, with the step masks of time t. Returns h
+    beyond NG gates) and the input gates at gi_base, with the step masks of time t; c_prev is
+    c_{t-1} (LSTM; _load_c: the caller holds it, in memory or in registers). Returns h
     (after zoneout; m_t with a projection, whose zoneout is the projection's), c, c_prev (LSTM;
     zeros otherwise) and the four values saved per unit (LSTM i, f, g, o; GRU r, z, n and
     h·W_hnᵀ + b_hn, g and n before their dropout; RNN h before zoneout). LN_C (LayerNorm LSTM):
     h is the cell update cu instead, for layer_norm.py to normalise (ZH must be off)."""
     i0 = _load_tile(gi_base, offs_b, offs_h, NG * H, m2, ACC)
-    c_prev = tl.zeros(i0.shape, dtype=ACC)
     c = c_prev
     if CELL == 0:  # LSTM: i, f, g, o
         ig = _sigmoid(a0 + i0)
         fg = _sigmoid(a1 + _load_tile(gi_base, offs_b, H + offs_h, NG * H, m2, ACC))
         gg = _tanh(a2 + _load_tile(gi_base, offs_b, 2 * H + offs_h, NG * H, m2, ACC))
         og = _sigmoid(a3 + _load_tile(gi_base, offs_b, 3 * H + offs_h, NG * H, m2, ACC))
-        c_prev = _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
         gd = gg
         if REG[GM]:
             gd = gg * _factor(regs, REG, GM, t, B, offs_b, offs_h, m2, H, ACC)
@@ -263,14 +273,17 @@ def _rec_gate(h_in, w_ptr, b_ptr, ln, g: tl.constexpr, t, B, offs_b, offs_h, mb,
     return a + _bias(b_ptr, g, H, offs_h, mh, HAS_BIAS, ACC)
 
 @triton.jit
-def _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k, B,
+def _bwd_cell(dh, valid, g_c, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k, B,
               offs_b, offs_h, mh, m2, regs, REG: tl.constexpr, lnc, H: tl.constexpr,
               NG: tl.constexpr, NS: tl.constexpr, CELL: tl.constexpr, BLOCK_B: tl.constexpr,
               BLOCK_H: tl.constexpr, ACC: tl.constexpr, LN_C: tl.constexpr):
     """Backward through the cell of step k (time t) given dh = dL/dh_t (with a projection:
-    dL/dm_t, and ZH off): writes the gate gradients dgh[t] (and dgi[t] for GRU), updates
-    carry_c (LSTM: dL/dc), and returns the part of dL/dh_{t-1} that does not go through W_hh
-    (zoneout's wh·dh, and GRU's z·dh̃; zero otherwise). LN_C (LayerNorm LSTM, h̃ = o·tanh(y),
+    dL/dm_t, and ZH off) and, for an LSTM, g_c = dL/dc_t (_load_c): writes the gate
+    gradients dgh[t] (and dgi[t] for GRU) and, for an LSTM, dL/dc_{t-1} to carry_c. Returns the
+    part of dL/dh_{t-1} that does not go through W_hh (zoneout's wh·dh, and GRU's z·dh̃; zero
+    otherwise), the new carry_c (g_c itself for the other cells) and the gate gradients as
+    written to dgh[t] (LSTM i, f, g, o; GRU r, z, n·r, then r again; RNN its one, four times),
+    for a caller that keeps them on chip (tile.py). LN_C (LayerNorm LSTM, h̃ = o·tanh(y),
     y = x̂_c·γ_c + β_c): lnc = (xc, dcu, γ_c, β_c) with x̂_c of step t in xc[t] and dL/dcu
     through y already in dcu (B, H) (layer_norm._ln_bwd_kernel)."""
     tile = offs_b[:, None] * H + offs_h[None, :]
@@ -288,7 +301,6 @@ def _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_pt
         fg = _load_tile(sv, offs_b, H + offs_h, NS * H, m2, ACC)
         gg = _load_tile(sv, offs_b, 2 * H + offs_h, NS * H, m2, ACC)
         og = _load_tile(sv, offs_b, 3 * H + offs_h, NS * H, m2, ACC)
-        g_c = tl.load(carry_c_ptr + tile, mask=m2, other=0.0)
         gd = gg
         if REG[GM]:
             gm = _factor(regs, REG, GM, t, B, offs_b, offs_h, m2, H, ACC)
@@ -323,11 +335,16 @@ def _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_pt
         carry_c = dc * fg
         if REG[ZC]:
             carry_c += wc * g_c
-        tl.store(carry_c_ptr + tile, tl.where(valid, carry_c, g_c), mask=m2)
-        tl.store(gh_base, tl.where(valid, d_i, 0.0), mask=m2)
-        tl.store(gh_base + H, tl.where(valid, d_f, 0.0), mask=m2)
-        tl.store(gh_base + 2 * H, tl.where(valid, d_g, 0.0), mask=m2)
-        tl.store(gh_base + 3 * H, tl.where(valid, d_o, 0.0), mask=m2)
+        g_c = tl.where(valid, carry_c, g_c)
+        tl.store(carry_c_ptr + tile, g_c, mask=m2)
+        d0 = tl.where(valid, d_i, 0.0)
+        d1 = tl.where(valid, d_f, 0.0)
+        d2 = tl.where(valid, d_g, 0.0)
+        d3 = tl.where(valid, d_o, 0.0)
+        tl.store(gh_base, d0, mask=m2)
+        tl.store(gh_base + H, d1, mask=m2)
+        tl.store(gh_base + 2 * H, d2, mask=m2)
+        tl.store(gh_base + 3 * H, d3, mask=m2)
     elif CELL == 1:
         r = s0
         z = _load_tile(sv, offs_b, H + offs_h, NS * H, m2, ACC)
@@ -347,16 +364,22 @@ def _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_pt
         d_r = d_pn * ghn * r * (1.0 - r)
         d_z = dh * (h_prev - nd) * z * (1.0 - z)
         gi_base = _rows(dgi_ptr, t, B, NG * H) + offs_b[:, None] * (NG * H) + offs_h[None, :]
-        tl.store(gh_base, tl.where(valid, d_r, 0.0), mask=m2)
-        tl.store(gh_base + H, tl.where(valid, d_z, 0.0), mask=m2)
-        tl.store(gh_base + 2 * H, tl.where(valid, d_pn * r, 0.0), mask=m2)
-        tl.store(gi_base, tl.where(valid, d_r, 0.0), mask=m2)
-        tl.store(gi_base + H, tl.where(valid, d_z, 0.0), mask=m2)
+        d0 = tl.where(valid, d_r, 0.0)
+        d1 = tl.where(valid, d_z, 0.0)
+        d2 = tl.where(valid, d_pn * r, 0.0)
+        d3 = d0
+        tl.store(gh_base, d0, mask=m2)
+        tl.store(gh_base + H, d1, mask=m2)
+        tl.store(gh_base + 2 * H, d2, mask=m2)
+        tl.store(gi_base, d0, mask=m2)
+        tl.store(gi_base + H, d1, mask=m2)
         tl.store(gi_base + 2 * H, tl.where(valid, d_pn, 0.0), mask=m2)
     else:
         if CELL == 2:
             d_pre = dh * (1.0 - s0 * s0)
         else:
             d_pre = tl.where(s0 > 0, dh, 0.0)
-        tl.store(gh_base, tl.where(valid, d_pre, 0.0), mask=m2)
-    return direct
+        d0 = tl.where(valid, d_pre, 0.0)
+        d1, d2, d3 = d0, d0, d0
+        tl.store(gh_base, d0, mask=m2)
+    return direct, g_c, d0, d1, d2, d3

@@ -6,10 +6,11 @@ It catches what the CPU interpreter lets through: tl.dot shape and dtype rules, 
 shared memory over the limit. Each variant the launchers can produce is compiled (every cell,
 every dtype and dot precision, with and without bias, mask, a next step and the LSTM
 projection, without regularisation and with the step masks of training or of eval mode, and the
-LayerNorm cells' kernels), and its shared memory, registers and spills are printed. Run it
-without TRITON_INTERPRET set.
+LayerNorm cells' kernels, the persistent and one-program-per-batch-tile kernels), and its
+shared memory, registers and spills are printed. Run it without TRITON_INTERPRET set.
 """
 import argparse
+import functools
 import itertools
 import os
 import re
@@ -26,6 +27,7 @@ from triton.compiler import ASTSource
 from ..cells import CELL_CODES, GATES, SAVED
 from . import persistent as P
 from . import step as S
+from . import tile as TL
 
 # The cell tables keyed by the kernels' CELL code, the constexpr they take.
 LSTM, GRU = CELL_CODES["LSTM"], CELL_CODES["GRU"]
@@ -242,17 +244,61 @@ def persistent_variants():
                f"persistent bwd cell={cell} {dtype} H={H} BLOCK_H={block_h} regs={regs}")
 
 
+def tile_variants():
+    """The one-program-per-batch-tile forward and backward (tile.py) as the GPU runs them (a
+    for loop, not the interpreter's while): every cell and dot dtype (fp64 is for exactness,
+    not speed: left out) without step masks and with those of training or of eval mode, each
+    at H = 48 (where taken) and at the largest H plans.tile_plan takes, with its warps."""
+    import torch
+    from .plans import tile_plan
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    for cell, dtype, regs in itertools.product(CODE_GATES, [d for d in DTYPES if d != "fp64"],
+                                               ("off", "train", "eval")):
+        elem, acc, precision = DTYPES[dtype]
+        reg_ptrs, reg = step_masks(cell, regs, "fp32")
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"  # tile_plan's precision
+        try:
+            plan = functools.partial(tile_plan, 4, NG=CODE_GATES[cell], dtype=torch_dtype[elem],
+                                     masked=regs != "off")
+            largest = max(h for h in (16, 32, 64, 128, 256) if plan(h) is not None)
+            shapes = [(H, plan(H)["num_warps"]) for H in sorted({48, largest})
+                      if plan(H) is not None]
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+        for H, warps in shapes:
+            common = dict(reg, H=H, HP=triton.next_power_of_2(H), CELL=cell,
+                          NG=CODE_GATES[cell], NS=CODE_SAVED[cell], HAS_MASK=1, REVERSE=1,
+                          WHILE=0, BLOCK_B=16, PRECISION=precision, ACC=acc)
+            tag = f"cell={cell} {dtype} H={H} warps={warps} regs={regs}"
+            ptrs = dict(reg_ptrs, gi_ptr=f"*{elem}", w_ptr=f"*{elem}", b_ptr=f"*{elem}",
+                        hs_ptr=f"*{elem}", cs_ptr="*fp32", out_ptr=f"*{elem}",
+                        saved_ptr="*fp32", mask_ptr="*u8")
+            cx = dict(common, HAS_BIAS=1)
+            yield (TL._rnn_fwd_tile_kernel,
+                   _signature(TL._rnn_fwd_tile_kernel, ptrs, {"T", "B"}, cx), cx,
+                   f"tile fwd {tag}", warps)
+            ptrs = dict(reg_ptrs, w_ptr=f"*{elem}", dgh_ptr="*fp32", dgi_ptr="*fp32",
+                        dout_ptr=f"*{elem}", saved_ptr="*fp32", hs_ptr=f"*{elem}",
+                        cs_ptr="*fp32", carry_h_ptr="*fp32", carry_c_ptr="*fp32",
+                        mask_ptr="*u8")
+            yield (TL._rnn_bwd_tile_kernel,
+                   _signature(TL._rnn_bwd_tile_kernel, ptrs, {"T", "B"}, common), common,
+                   f"tile bwd {tag}", warps)
+
+
 def compile_all(arch: int = 90, verbose: bool = True):
     """Compile every variant for sm_{arch}; returns [(label, shared bytes, cuobjdump's
     REG/STACK/LOCAL)]. Raises on the first variant that does not compile or needs more shared
     memory than a block can have."""
     target = GPUTarget("cuda", arch, 32)
     report = []
-    for fn, sig, cx, label in itertools.chain(variants(), layer_norm_variants(),
-                                              persistent_variants()):
+    four = ((*v, 4) for v in itertools.chain(variants(), layer_norm_variants(),
+                                              persistent_variants()))
+    for fn, sig, cx, label, warps in itertools.chain(four, tile_variants()):
         t0 = time.time()
         kernel = triton.compile(ASTSource(fn, sig, cx), target=target,
-                                options={"num_warps": 4})
+                                options={"num_warps": warps})
         shared = kernel.metadata.shared
         if shared > SMEM_LIMIT:
             raise RuntimeError(f"{label}: {shared} bytes of shared memory > {SMEM_LIMIT}")

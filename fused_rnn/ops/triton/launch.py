@@ -21,14 +21,16 @@ from .. import recurrence
 from ..cells import CELL_CODES, GATES, SAVED
 from . import plans
 
-# Forward variants: "step" (one launch per timestep) and "persistent" (one launch for the
-# sequence, W_hh on chip, a grid barrier per step). "step" is the default until the persistent
-# kernel has been run and timed on a GPU: its spin barrier is unverified there.
-VARIANTS = ("step", "persistent")
-_variants = recurrence.Variants(VARIANTS, "step")
+# Variants of the recurrence: "tile" (tile.py: one launch for the sequence, one program per
+# batch tile holding all of W_hh, no synchronisation between programs), "step" (one launch per
+# timestep) and "persistent" (one cooperative launch for the sequence, W_hh spread over the
+# programs, a grid barrier per step). "tile" is the default; "persistent" is opt-in until its
+# spin barrier has run on a GPU.
+VARIANTS = ("tile", "step", "persistent")
+_variants = recurrence.Variants(VARIANTS, "tile")
 # `with variant(name):` runs the Triton backend's recurrence, forward and backward, as `name`
-# ("step" or "persistent") for the layers called inside the block. A call the persistent
-# kernels cannot take (projection, H over their limit, more programs than SMs) runs per step.
+# for the layers called inside the block. A call the variant cannot take (projection, a
+# LayerNorm cell, H over its limit, for "persistent" more programs than SMs) runs per step.
 variant = _variants.use
 
 
@@ -36,6 +38,23 @@ def _kernels():
     # Imported on first use: importing triton takes about a second and is optional.
     from . import persistent, step
     return step, persistent
+
+
+def _tile_kernels():
+    from . import tile
+    return tile
+
+
+def _plan(variant: str, B: int, H: int, cell: str, dtype, device, proj: bool, ln, masked: bool):
+    """(kind, plan) of a call's one-launch kernels, "tile" or "persistent", or (None, None)
+    where it runs per step."""
+    if B == 0 or proj or ln is not None or variant == "step":
+        return None, None
+    if variant == "tile":
+        plan = plans.tile_plan(B, H, GATES[cell], dtype, masked)
+    else:
+        plan = plans.persistent_plan(B, H, GATES[cell], dtype, device, masked)
+    return (variant, plan) if plan is not None else (None, None)
 
 
 def _ln_kernels():
@@ -95,6 +114,12 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     w_hr = w_hr.contiguous() if proj else None
     mask_u8 = mask.to(torch.uint8).contiguous() if mask is not None else None
     regs, flags = _step_masks(masks, gi)
+    if ln is not None and proj:
+        raise ValueError("ln: the LayerNorm cell kernels take no projection (w_hr)")
+    kind, plan = _plan(variant, B, H, cell, gi.dtype, gi.device, proj, ln, masks.active)
+    if kind == "tile":  # h·hm stays in registers: no hin
+        _fwd_tile(cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse, plan)
+        return _fwd_outputs(cell, gi, out, hs, cs, saved, ms, recurrence.no_ln(saved, 3))
     hin = gi  # h·hm, the operand of W_hh, where hm is on (cell._store_h)
     if masks.h is not None:
         hin = gi.new_empty((2, B, HK))
@@ -102,13 +127,8 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     regs = dict(regs, hin_ptr=hin)
     ln_out = recurrence.no_ln(saved, 3)
     if ln is not None:
-        if proj:
-            raise ValueError("ln: the LayerNorm cell kernels take no projection (w_hr)")
         ln_out = _ln_buffers(cell == "LSTM", saved, GATES[cell], H)
-    plan = None
-    if B > 0 and variant == "persistent" and not proj and ln is None:
-        plan = plans.persistent_plan(B, H, GATES[cell], gi.dtype, gi.device, masks.active)
-    if plan is not None:
+    if kind == "persistent":
         _fwd_persistent(P, cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags,
                         reverse, plan)
     elif B > 0:
@@ -161,7 +181,13 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
                     out_ptr=out, mask_ptr=mask_arg, **regs, t=t, k=k, B=B, W=H, H=H, CELL_C=1,
                     HAS_MASK=mask is not None, HAS_HM=flags["HAS_HM"], ZH_MODE=flags["ZH_MODE"],
                     num_warps=4, **rows_c, **acc)
-    c_n = cs[T].to(gi.dtype, copy=True) if is_lstm else gi.new_empty(0)
+    return _fwd_outputs(cell, gi, out, hs, cs, saved, ms, ln_out)
+
+
+def _fwd_outputs(cell, gi, out, hs, cs, saved, ms, ln_out):
+    """rnn_fwd_triton's results from its buffers: h_n and c_n are copies of the last state."""
+    T = gi.shape[0]
+    c_n = cs[T].to(gi.dtype, copy=True) if cell == "LSTM" else gi.new_empty(0)
     return (out, hs[T].clone(), c_n, saved, hs, cs, ms) + tuple(ln_out)
 
 
@@ -201,6 +227,35 @@ def _fwd_persistent(P, cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, 
     _launch_persistent(P._rnn_fwd_persistent_kernel, cell, args, T, B,
                        w_hh.shape[0] // GATES[cell], reverse, plan, range(T),
                        HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None, **flags)
+
+
+def _tile_args(cell: str, T: int, H: int, reverse: bool, plan: dict, flags: dict) -> dict:
+    return dict(flags, T=T, B=None, H=H, HP=plan["HP"], CELL=CELL_CODES[cell], NG=GATES[cell],
+                NS=SAVED[cell], REVERSE=reverse, WHILE=backends.triton_interpreted(),
+                num_warps=plan["num_warps"], **plan["cfg"])
+
+
+def _fwd_tile(cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse, plan):
+    """The whole forward in one launch, one program per batch tile (tile.py)."""
+    T, B, _ = gi.shape
+    kw = _tile_args(cell, T, w_hh.shape[0] // GATES[cell], reverse, plan, flags)
+    _tile_kernels()._rnn_fwd_tile_kernel[plan["grid"]](
+        gi_ptr=gi, w_ptr=w_hh, b_ptr=b_hh if b_hh is not None else gi, hs_ptr=hs,
+        cs_ptr=cs if cell == "LSTM" else gi, out_ptr=out, saved_ptr=saved,
+        mask_ptr=mask_u8 if mask_u8 is not None else gi, **regs,
+        **dict(kw, B=B, HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None))
+
+
+def _bwd_tile(cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8, regs, flags,
+              reverse, plan):
+    """The whole backward in one launch, one program per batch tile (tile.py)."""
+    T, B = dout.shape[0], dout.shape[1]
+    kw = _tile_args(cell, T, w_hh.shape[0] // GATES[cell], reverse, plan, flags)
+    _tile_kernels()._rnn_bwd_tile_kernel[plan["grid"]](
+        w_ptr=w_hh, dgh_ptr=dgh, dgi_ptr=dgi, dout_ptr=dout, saved_ptr=saved, hs_ptr=hs,
+        cs_ptr=cs if cell == "LSTM" else hs, carry_h_ptr=carry_h, carry_c_ptr=carry_c,
+        mask_ptr=mask_u8 if mask_u8 is not None else dout, **regs,
+        **dict(kw, B=B, HAS_MASK=mask_u8 is not None))
 
 
 def _bwd_persistent(P, cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
@@ -249,10 +304,11 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
         if ln_c:
             dh_c = _alloc.empty((T, B, H), like=saved)
             dcu = _alloc.empty((B, H), like=saved)
-    plan = None
-    if B > 0 and variant == "persistent" and not proj and ln is None:
-        plan = plans.persistent_plan(B, H, NG, hs.dtype, hs.device, masks.active)
-    if plan is not None:
+    kind, plan = _plan(variant, B, H, cell, hs.dtype, hs.device, proj, ln, masks.active)
+    if kind == "tile":
+        _bwd_tile(cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8, regs,
+                  flags, reverse, plan)
+    elif kind == "persistent":
         _bwd_persistent(P, cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
                         regs, flags, reverse, plan)
     elif B > 0:

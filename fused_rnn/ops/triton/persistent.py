@@ -8,8 +8,8 @@ tiles they take are in plans.py. Cell math and tiles: cell.py.
 import triton
 import triton.language as tl
 
-from .cell import (HM, _bias, _bwd_cell, _factor, _fwd_cell, _fwd_store, _h_in, _load_tile, _rows,
-                   _valid_rows)
+from .cell import (HM, _bias, _bwd_cell, _factor, _fwd_cell, _fwd_store, _h_in, _load_c,
+                   _load_tile, _rows, _valid_rows)
 
 
 @triton.jit
@@ -72,14 +72,15 @@ def _rnn_fwd_persistent_kernel(
     if ONE_STEP:
         _persistent_step(w0, w1, w2, w3, b0, b1, b2, b3, gi_ptr, hs_ptr, cs_ptr, out_ptr,
                          saved_ptr, mask_ptr, regs, REG, k0, T, B, offs_b, offs_h, offs_k, mb,
-                         mk, m2, H, CELL, NG, NS, HAS_MASK, REVERSE, BLOCK_B, PRECISION, ACC)
+                         mk, m2, H, CELL, NG, NS, HAS_MASK, REVERSE, BLOCK_B, BLOCK_H, PRECISION,
+                         ACC)
     else:
         n_programs = tl.num_programs(0) * tl.num_programs(1)
         for k in range(T):
             _persistent_step(w0, w1, w2, w3, b0, b1, b2, b3, gi_ptr, hs_ptr, cs_ptr, out_ptr,
                              saved_ptr, mask_ptr, regs, REG, k, T, B, offs_b, offs_h, offs_k,
                              mb, mk, m2, H, CELL, NG, NS, HAS_MASK, REVERSE, BLOCK_B,
-                             PRECISION, ACC)
+                             BLOCK_H, PRECISION, ACC)
             _grid_barrier(sync_ptr, (k + 1) * n_programs)
 
 
@@ -88,7 +89,8 @@ def _persistent_step(w0, w1, w2, w3, b0, b1, b2, b3, gi_ptr, hs_ptr, cs_ptr, out
                      mask_ptr, regs, REG: tl.constexpr, k, T, B, offs_b, offs_h, offs_k, mb,
                      mk, m2, H: tl.constexpr, CELL: tl.constexpr, NG: tl.constexpr,
                      NS: tl.constexpr, HAS_MASK: tl.constexpr, REVERSE: tl.constexpr,
-                     BLOCK_B: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr):
+                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, PRECISION: tl.constexpr,
+                     ACC: tl.constexpr):
     """Step k of _rnn_fwd_persistent_kernel, with the weight tiles already on chip."""
     if REVERSE:
         t = T - 1 - k
@@ -105,8 +107,9 @@ def _persistent_step(w0, w1, w2, w3, b0, b1, b2, b3, gi_ptr, hs_ptr, cs_ptr, out
         a2 = tl.dot(h_all, w2, input_precision=PRECISION, out_dtype=ACC) + b2
     if NG == 4:
         a3 = tl.dot(h_all, w3, input_precision=PRECISION, out_dtype=ACC) + b3
-    h, c, c_prev, s0, s1, s2, s3 = _fwd_cell(a0, a1, a2, a3, _rows(gi_ptr, t, B, NG * H), cs_ptr,
-                                             h_prev, t, k, B, offs_b, offs_h, m2, regs, REG, H,
+    c_prev = _load_c(cs_ptr, k, B, offs_b, offs_h, m2, H, CELL, ACC, BLOCK_B, BLOCK_H)
+    h, c, c_prev, s0, s1, s2, s3 = _fwd_cell(a0, a1, a2, a3, _rows(gi_ptr, t, B, NG * H), c_prev,
+                                             h_prev, t, B, offs_b, offs_h, m2, regs, REG, H,
                                              NG, CELL, ACC, False)
     valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
     _fwd_store(h, c, c_prev, h_prev, s0, s1, s2, s3, valid, hs_ptr, cs_ptr, out_ptr, saved_ptr,
@@ -190,7 +193,9 @@ def _persistent_bwd_step(w0, w1, w2, w3, hm, dgh_ptr, dgi_ptr, dout_ptr, saved_p
     valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
     dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC) + g_h,
                   0.0)
-    direct = _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k,
-                       B, offs_b, offs_h, offs_h < H, m2, regs, REG, (dgh_ptr,), H, NG, NS,
-                       CELL, BLOCK_B, BLOCK_H, ACC, False)
+    g_c = _load_c(carry_c_ptr, 0, B, offs_b, offs_h, m2, H, CELL, ACC, BLOCK_B, BLOCK_H)
+    direct, _, _, _, _, _ = _bwd_cell(dh, valid, g_c, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr,
+                                      carry_c_ptr, t, k, B, offs_b, offs_h, offs_h < H, m2, regs,
+                                      REG, (dgh_ptr,), H, NG, NS, CELL, BLOCK_B, BLOCK_H, ACC,
+                                      False)
     tl.store(carry_h_ptr + tile, tl.where(valid, direct, g_h), mask=m2)

@@ -16,8 +16,9 @@ weight gradients are single GEMMs after the loop (launch.py, ops/recurrence.py).
 import triton
 import triton.language as tl
 
-from .cell import (ZH, _bwd_cell, _factor, _fwd_cell, _fwd_store, _h_in, _hm, _load_tile,
-                   _matmul_w, _matmul_wt, _rec_gate, _rows, _store_h, _valid_rows, _zone)
+from .cell import (ZH, _bwd_cell, _factor, _fwd_cell, _fwd_store, _h_in, _hm, _load_c,
+                   _load_tile, _matmul_w, _matmul_wt, _rec_gate, _rows, _store_h, _valid_rows,
+                   _zone)
 
 
 @triton.jit(do_not_specialize=["t", "k"])
@@ -61,8 +62,9 @@ def _rnn_fwd_step_kernel(
     if NG == 4:
         a3 = _rec_gate(h_in, w_ptr, b_ptr, ln, 3, t, B, offs_b, offs_h, mb, mh, m2, H, HK, NG,
                        HAS_BIAS, LN, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION, ACC)
-    h, c, c_prev, s0, s1, s2, s3 = _fwd_cell(a0, a1, a2, a3, _rows(gi_ptr, t, B, NG * H), cs_ptr,
-                                             h_prev, t, k, B, offs_b, offs_h, m2, regs, REG, H,
+    c_prev = _load_c(cs_ptr, k, B, offs_b, offs_h, m2, H, CELL, ACC, BLOCK_B, BLOCK_H)
+    h, c, c_prev, s0, s1, s2, s3 = _fwd_cell(a0, a1, a2, a3, _rows(gi_ptr, t, B, NG * H), c_prev,
+                                             h_prev, t, B, offs_b, offs_h, m2, regs, REG, H,
                                              NG, CELL, ACC, LN == 2)
     valid = _valid_rows(mask_ptr, t, B, offs_b, mb, HAS_MASK, BLOCK_B)
     _fwd_store(h, c, c_prev, h_prev, s0, s1, s2, s3, valid, hs_ptr, cs_ptr, out_ptr, saved_ptr,
@@ -177,8 +179,9 @@ def _rnn_bwd_step_kernel(
                        regs, REG, B, offs_b, offs_h, m2, H, ACC)
         dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC)
                       + g_h, 0.0)
-    direct = _bwd_cell(dh, valid, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k,
-                       B, offs_b, offs_h, mh, m2, regs, REG, lnc, H, NG, NS, CELL, BLOCK_B,
-                       BLOCK_H, ACC, LN_C)
+    g_c = _load_c(carry_c_ptr, 0, B, offs_b, offs_h, m2, H, CELL, ACC, BLOCK_B, BLOCK_H)
+    direct, _, _, _, _, _ = _bwd_cell(dh, valid, g_c, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr,
+                                      carry_c_ptr, t, k, B, offs_b, offs_h, mh, m2, regs, REG,
+                                      lnc, H, NG, NS, CELL, BLOCK_B, BLOCK_H, ACC, LN_C)
     if not HAS_PROJ and not LN_C:
         tl.store(carry_h_ptr + tile, tl.where(valid, direct, g_h), mask=m2)
