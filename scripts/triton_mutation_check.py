@@ -1,7 +1,7 @@
 """Mutation checks of the Triton tile kernels' CPU tests: each mutation below breaks
 fused_rnn/ops/triton/tile.py in one way, in a copy of the package and its tests, and the tile
-tests of tests/test_triton.py (test_tile_*, and the step-mask comparisons with the tile variant)
-run on the copy in Triton's interpreter. A mutation is caught when at least one test fails.
+tests of tests/test_triton.py (test_tile_*, and the step-mask and LayerNorm comparisons with the
+tile variant) run on the copy in Triton's interpreter. A mutation is caught when at least one test fails.
 Prints one JSON line per mutation; exit 0 when every mutation asked for is caught.
 
     python scripts/triton_mutation_check.py                 # all
@@ -31,8 +31,8 @@ MUTATIONS = {
         "rec += 0.0 * tl.dot(d3.to(w_ty), w3"),
     "tile_bwd_packed_carry": (
         "dL/dh is not carried through steps past a sequence's end",
-        "return tl.where(valid, direct, g_h), g_c,",
-        "return direct, g_c,"),
+        "g_h = tl.where(valid, direct, g_h)",
+        "g_h = direct"),
     "tile_fwd_c_kept": (
         "the LSTM's cell state is not kept through steps past a sequence's end",
         "c_prev = tl.where(valid, c, c_prev)",
@@ -41,8 +41,12 @@ MUTATIONS = {
         "the forward's product with W_hh leaves out the variational dropout mask of h",
         "(h_prev * hm).to(w0.dtype)",
         "h_prev.to(w0.dtype)"),
+    "tile_ln_gamma": (
+        "the backward through the gates' LayerNorm leaves out the first gate's γ",
+        "d0 * g[0], d1 * g[1]",
+        "d0, d1 * g[1]"),
 }
-TESTS = "test_tile or (test_step_masks and tile)"
+TESTS = "test_tile or (test_step_masks and tile) or (test_layer_norm and tile)"
 
 
 def check(name: str) -> dict:

@@ -115,6 +115,9 @@ def test_tile_plan_limits():
     assert plan(4, 256, 1, bf16) is not None and plan(4, 256, 3, bf16) is None
     assert plan(4, 64, 4, bf16, True) is not None and plan(4, 65, 1, bf16, True) is None
     assert plan(4, 64, 4, torch.float64) is not None and plan(4, 65, 4, torch.float64) is None
+    assert plan(4, 64, 4, bf16, ln=True) is not None and plan(4, 65, 3, bf16, ln=True) is None
+    assert plan(4, 16, 4, bf16, True, ln=True) is None  # LayerNorm with step masks: per step
+    assert plan(4, 16, 3, fp32, ln=True) is None
     tf32 = torch.backends.cudnn.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32 = True
@@ -326,22 +329,19 @@ def test_step_masks_match_reference(kind, variant, monkeypatch):
 # LayerNorm cells (ops/triton/layer_norm.py) per step-mask kind, packed and reversed, with row kernels
 # of 2 rows per program and 16-wide chunks so that each row takes several chunks (4·7 = 28 and 7
 # units) and the last program a partial set of rows (B = 5).
+@pytest.mark.parametrize("variant", ["step", "tile", "persistent"])
 @pytest.mark.parametrize("kind", ("none",) + MASK_KINDS)
-def test_layer_norm_matches_reference(kind, monkeypatch):
+def test_layer_norm_matches_reference(kind, variant, monkeypatch):
     """layer_triton with LayerNorm weights against autograd through ops/naive.layer_naive,
-    float64: outputs and every gradient, γ and β included. A persistent variant request runs
-    per step (asserted)."""
-    from fused_rnn.ops.triton import launch as triton_launch
+    float64: outputs and every gradient, γ and β included. The tile kernels fuse the LN (no
+    step masks); the rest runs per step (both asserted)."""
     from fused_rnn.ops.cells import GATES, LayerNormWeights
     from fused_rnn.ops.regularize import NO_MASKS
     from fused_rnn.ops.triton import plans
     monkeypatch.setattr(plans, "LN_ROWS", 2)
     monkeypatch.setattr(plans, "LN_BLOCK_N", 16)
-    launches = []
-    for name in ("_fwd_persistent", "_bwd_persistent", "_ln_kernels"):
-        original = getattr(triton_launch, name)
-        monkeypatch.setattr(triton_launch, name, lambda *a, _n=name, _f=original, **k:
-                            launches.append(_n) or _f(*a, **k))
+    launches = _record(monkeypatch, "_fwd_persistent", "_bwd_persistent", "_ln_kernels",
+                       "_fwd_tile", "_bwd_tile")
     torch.manual_seed(11 + len(kind))
     dt, T, B, H = torch.float64, 5, 5, 7
     for cell, packed, reverse, bias in [("LSTM", True, True, True), ("LSTM", False, False, False),
@@ -364,7 +364,10 @@ def test_layer_norm_matches_reference(kind, monkeypatch):
         masks = NO_MASKS if kind == "none" else _step_masks(kind, cell, T, B, H, H)
         weights = LayerNormWeights(None, None, *ln)  # the input gates' LN is not the layer's
         leaves = [x for x in (gi, h0, c0, w_hh, b_hh, *ln) if x is not None]
-        err = _layer_error("persistent", leaves, cell, gi, h0, c0, w_hh, b_hh, None, mask,
+        err = _layer_error(variant, leaves, cell, gi, h0, c0, w_hh, b_hh, None, mask,
                            reverse, masks=masks, ln=weights)
         assert err <= 1e-10, (cell, packed, reverse, bias, err)
-    assert launches and set(launches) == {"_ln_kernels"}, launches
+    # (the tile kernels fuse LayerNorm cells without step masks only: plans.tile_plan)
+    fused = variant == "tile" and kind == "none"
+    expected = {"_fwd_tile", "_bwd_tile"} if fused else {"_ln_kernels"}
+    assert launches and set(launches) == expected, launches

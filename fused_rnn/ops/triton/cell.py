@@ -285,7 +285,8 @@ def _bwd_cell(dh, valid, g_c, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry
     written to dgh[t] (LSTM i, f, g, o; GRU r, z, n·r, then r again; RNN its one, four times),
     for a caller that keeps them on chip (tile.py). LN_C (LayerNorm LSTM, h̃ = o·tanh(y),
     y = x̂_c·γ_c + β_c): lnc = (xc, dcu, γ_c, β_c) with x̂_c of step t in xc[t] and dL/dcu
-    through y already in dcu (B, H) (layer_norm._ln_bwd_kernel)."""
+    through y already in dcu (B, H) (layer_norm._ln_bwd_kernel); LN_C = 2: lnc = (tanh y,
+    dL/dcu), the tiles themselves."""
     tile = offs_b[:, None] * H + offs_h[None, :]
     sv = _rows(saved_ptr, t, B, NS * H)
     s0 = _load_tile(sv, offs_b, offs_h, NS * H, m2, ACC)
@@ -306,7 +307,9 @@ def _bwd_cell(dh, valid, g_c, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry
             gm = _factor(regs, REG, GM, t, B, offs_b, offs_h, m2, H, ACC)
             gd = gg * gm
         c_prev = _load_tile(_rows(cs_ptr, k, B, H), offs_b, offs_h, H, m2, ACC)
-        if LN_C:  # tanh of y = LN(cu), and dL/dcu through y from the row kernel
+        if LN_C == 2:  # both on chip already (tile.py)
+            tc, dcu_h = lnc[0], lnc[1]
+        elif LN_C:  # tanh of y = LN(cu), and dL/dcu through y from the row kernel
             xc = _load_tile(_rows(lnc[0], t, B, H), offs_b, offs_h, H, m2, ACC)
             tc = _tanh(xc * tl.load(lnc[2] + offs_h, mask=mh, other=0.0).to(ACC)[None, :]
                        + tl.load(lnc[3] + offs_h, mask=mh, other=0.0).to(ACC)[None, :])

@@ -247,38 +247,46 @@ def persistent_variants():
 def tile_variants():
     """The one-program-per-batch-tile forward and backward (tile.py) as the GPU runs them (a
     for loop, not the interpreter's while): every cell and dot dtype (fp64 is for exactness,
-    not speed: left out) without step masks and with those of training or of eval mode, each
-    at H = 48 (where taken) and at the largest H plans.tile_plan takes, with its warps."""
+    not speed: left out) without step masks and with those of training or of eval mode, and
+    the LayerNorm LSTM and GRU without and with training's, each at H = 48 (where taken) and at
+    the largest H plans.tile_plan takes, with its warps."""
     import torch
     from .plans import tile_plan
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    for cell, dtype, regs in itertools.product(CODE_GATES, [d for d in DTYPES if d != "fp64"],
-                                               ("off", "train", "eval")):
+    configs = [(cell, dtype, regs, 0) for cell, dtype, regs in itertools.product(
+        CODE_GATES, [d for d in DTYPES if d != "fp64"], ("off", "train", "eval"))]
+    configs += [(cell, dtype, regs, 2 if cell == LSTM else 1) for cell, dtype, regs in
+                itertools.product((LSTM, GRU), [d for d in DTYPES if d != "fp64"],
+                                  ("off", "train"))]
+    for cell, dtype, regs, ln in configs:
         elem, acc, precision = DTYPES[dtype]
         reg_ptrs, reg = step_masks(cell, regs, "fp32")
         tf32 = torch.backends.cudnn.allow_tf32
         torch.backends.cudnn.allow_tf32 = precision == "tf32"  # tile_plan's precision
         try:
             plan = functools.partial(tile_plan, 4, NG=CODE_GATES[cell], dtype=torch_dtype[elem],
-                                     masked=regs != "off")
-            largest = max(h for h in (16, 32, 64, 128, 256) if plan(h) is not None)
+                                     masked=regs != "off", ln=ln != 0)
+            largest = max((h for h in (16, 32, 64, 128, 256) if plan(h) is not None), default=0)
             shapes = [(H, plan(H)["num_warps"]) for H in sorted({48, largest})
-                      if plan(H) is not None]
+                      if H and plan(H) is not None]
         finally:
             torch.backends.cudnn.allow_tf32 = tf32
+        ln_ptrs = dict(xg_ptr="*fp32", xc_ptr="*fp32", rstd_ptr="*fp32", lnw_ptr=f"*{elem}",
+                       lnb_ptr=f"*{elem}", lncw_ptr=f"*{elem}", lncb_ptr=f"*{elem}")
         for H, warps in shapes:
             common = dict(reg, H=H, HP=triton.next_power_of_2(H), CELL=cell,
-                          NG=CODE_GATES[cell], NS=CODE_SAVED[cell], HAS_MASK=1, REVERSE=1,
-                          WHILE=0, BLOCK_B=16, PRECISION=precision, ACC=acc)
-            tag = f"cell={cell} {dtype} H={H} warps={warps} regs={regs}"
-            ptrs = dict(reg_ptrs, gi_ptr=f"*{elem}", w_ptr=f"*{elem}", b_ptr=f"*{elem}",
-                        hs_ptr=f"*{elem}", cs_ptr="*fp32", out_ptr=f"*{elem}",
-                        saved_ptr="*fp32", mask_ptr="*u8")
+                          NG=CODE_GATES[cell], NS=CODE_SAVED[cell], HAS_MASK=1, LN=ln,
+                          REVERSE=1, WHILE=0, BLOCK_B=16, PRECISION=precision, ACC=acc)
+            tag = f"cell={cell} {dtype} H={H} warps={warps} regs={regs} ln={ln}"
+            ptrs = dict(reg_ptrs, **ln_ptrs, gi_ptr=f"*{elem}", w_ptr=f"*{elem}",
+                        b_ptr=f"*{elem}", hs_ptr=f"*{elem}", cs_ptr="*fp32",
+                        out_ptr=f"*{elem}", saved_ptr="*fp32", mask_ptr="*u8")
             cx = dict(common, HAS_BIAS=1)
             yield (TL._rnn_fwd_tile_kernel,
                    _signature(TL._rnn_fwd_tile_kernel, ptrs, {"T", "B"}, cx), cx,
                    f"tile fwd {tag}", warps)
-            ptrs = dict(reg_ptrs, w_ptr=f"*{elem}", dgh_ptr="*fp32", dgi_ptr="*fp32",
+            ptrs = dict(reg_ptrs, **ln_ptrs, drec_ptr="*fp32", dhc_ptr="*fp32",
+                        w_ptr=f"*{elem}", dgh_ptr="*fp32", dgi_ptr="*fp32",
                         dout_ptr=f"*{elem}", saved_ptr="*fp32", hs_ptr=f"*{elem}",
                         cs_ptr="*fp32", carry_h_ptr="*fp32", carry_c_ptr="*fp32",
                         mask_ptr="*u8")

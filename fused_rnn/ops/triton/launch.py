@@ -47,11 +47,11 @@ def _tile_kernels():
 
 def _plan(variant: str, B: int, H: int, cell: str, dtype, device, proj: bool, ln, masked: bool):
     """(kind, plan) of a call's one-launch kernels, "tile" or "persistent", or (None, None)
-    where it runs per step."""
-    if B == 0 or proj or ln is not None or variant == "step":
+    where it runs per step (a LayerNorm cell's run per step but for "tile")."""
+    if B == 0 or proj or variant == "step" or (ln is not None and variant != "tile"):
         return None, None
     if variant == "tile":
-        plan = plans.tile_plan(B, H, GATES[cell], dtype, masked)
+        plan = plans.tile_plan(B, H, GATES[cell], dtype, masked, ln is not None)
     else:
         plan = plans.persistent_plan(B, H, GATES[cell], dtype, device, masked)
     return (variant, plan) if plan is not None else (None, None)
@@ -100,9 +100,9 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     mask (T, B) bool or None. Returns out (T, B, HK), h_n (B, HK), c_n (B, H) (empty unless
     LSTM), saved (T, B, S·H), hs (T+1, B, HK), cs (T+1, B, H) (empty unless LSTM), ms (T, B, H)
     (the pre-projection outputs; empty without proj), then xg, xc, rstd of a LayerNorm cell
-    (ops/recurrence.py; empty without ln). variant: "step" or "persistent"; masks: the step
-    masks (ops/regularize.StepMasks); ln: (γ_hh, β_hh, γ_c, β_c) of a LayerNorm cell (no
-    projection; it always runs per step) or None."""
+    (ops/recurrence.py; empty without ln). variant: one of VARIANTS; masks: the step masks
+    (ops/regularize.StepMasks); ln: (γ_hh, β_hh, γ_c, β_c) of a LayerNorm cell (no
+    projection; fused in the tile kernels, else per step) or None."""
     S, P = _kernels()
     T, B, _ = gi.shape
     H = w_hh.shape[0] // GATES[cell]
@@ -116,18 +116,19 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     regs, flags = _step_masks(masks, gi)
     if ln is not None and proj:
         raise ValueError("ln: the LayerNorm cell kernels take no projection (w_hr)")
+    ln_out = recurrence.no_ln(saved, 3)
+    if ln is not None:
+        ln_out = _ln_buffers(cell == "LSTM", saved, GATES[cell], H)
     kind, plan = _plan(variant, B, H, cell, gi.dtype, gi.device, proj, ln, masks.active)
     if kind == "tile":  # h·hm stays in registers: no hin
-        _fwd_tile(cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse, plan)
-        return _fwd_outputs(cell, gi, out, hs, cs, saved, ms, recurrence.no_ln(saved, 3))
+        _fwd_tile(cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse, plan,
+                  ln, ln_out)
+        return _fwd_outputs(cell, gi, out, hs, cs, saved, ms, ln_out)
     hin = gi  # h·hm, the operand of W_hh, where hm is on (cell._store_h)
     if masks.h is not None:
         hin = gi.new_empty((2, B, HK))
         hin[0] = h0 * masks.factor("h", gi.dtype)
     regs = dict(regs, hin_ptr=hin)
-    ln_out = recurrence.no_ln(saved, 3)
-    if ln is not None:
-        ln_out = _ln_buffers(cell == "LSTM", saved, GATES[cell], H)
     if kind == "persistent":
         _fwd_persistent(P, cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags,
                         reverse, plan)
@@ -235,27 +236,51 @@ def _tile_args(cell: str, T: int, H: int, reverse: bool, plan: dict, flags: dict
                 num_warps=plan["num_warps"], **plan["cfg"])
 
 
-def _fwd_tile(cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse, plan):
-    """The whole forward in one launch, one program per batch tile (tile.py)."""
+def _ln_code(cell: str, ln) -> int:
+    """The tile kernels' LN constexpr: 0 none, 1 the gates' LayerNorm (GRU), 2 also the cell's
+    (LSTM)."""
+    return 0 if ln is None else 2 if cell == "LSTM" else 1
+
+
+def _ln_params(ln, like: Tensor) -> dict:
+    """γ_hh, β_hh, γ_c, β_c as the tile kernels' pointer arguments (`like` where absent)."""
+    names = ("lnw_ptr", "lnb_ptr", "lncw_ptr", "lncb_ptr")
+    values = (None,) * 4 if ln is None else ln
+    return {n: v.contiguous() if v is not None else like for n, v in zip(names, values)}
+
+
+def _fwd_tile(cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, reverse, plan,
+              ln, ln_out):
+    """The whole forward in one launch, one program per batch tile (tile.py), with a
+    LayerNorm cell's LN in the same step (ln_out: its xg, xc, rstd buffers)."""
     T, B, _ = gi.shape
     kw = _tile_args(cell, T, w_hh.shape[0] // GATES[cell], reverse, plan, flags)
+    xg, xc, rstd = (t if t.numel() else saved for t in ln_out)
     _tile_kernels()._rnn_fwd_tile_kernel[plan["grid"]](
         gi_ptr=gi, w_ptr=w_hh, b_ptr=b_hh if b_hh is not None else gi, hs_ptr=hs,
         cs_ptr=cs if cell == "LSTM" else gi, out_ptr=out, saved_ptr=saved,
-        mask_ptr=mask_u8 if mask_u8 is not None else gi, **regs,
-        **dict(kw, B=B, HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None))
+        mask_ptr=mask_u8 if mask_u8 is not None else gi, **regs, xg_ptr=xg, xc_ptr=xc,
+        rstd_ptr=rstd, **_ln_params(ln, gi),
+        **dict(kw, B=B, HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None,
+               LN=_ln_code(cell, ln)))
 
 
 def _bwd_tile(cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8, regs, flags,
-              reverse, plan):
-    """The whole backward in one launch, one program per batch tile (tile.py)."""
+              reverse, plan, ln, xg, xc, rstd, drec, dh_c):
+    """The whole backward in one launch, one program per batch tile (tile.py), with a
+    LayerNorm cell's LN: from its forward's xg, xc, rstd, into drec and dh_c."""
     T, B = dout.shape[0], dout.shape[1]
     kw = _tile_args(cell, T, w_hh.shape[0] // GATES[cell], reverse, plan, flags)
+    ln_ptrs = {k: v if v is not None and v.numel() else dgh
+               for k, v in dict(xg_ptr=xg, xc_ptr=xc, rstd_ptr=rstd, drec_ptr=drec,
+                                dhc_ptr=dh_c).items()}
+    lnp = _ln_params(ln, dout)
     _tile_kernels()._rnn_bwd_tile_kernel[plan["grid"]](
         w_ptr=w_hh, dgh_ptr=dgh, dgi_ptr=dgi, dout_ptr=dout, saved_ptr=saved, hs_ptr=hs,
         cs_ptr=cs if cell == "LSTM" else hs, carry_h_ptr=carry_h, carry_c_ptr=carry_c,
-        mask_ptr=mask_u8 if mask_u8 is not None else dout, **regs,
-        **dict(kw, B=B, HAS_MASK=mask_u8 is not None))
+        mask_ptr=mask_u8 if mask_u8 is not None else dout, **regs, **ln_ptrs,
+        lnw_ptr=lnp["lnw_ptr"], lncw_ptr=lnp["lncw_ptr"], lncb_ptr=lnp["lncb_ptr"],
+        **dict(kw, B=B, HAS_MASK=mask_u8 is not None, LN=_ln_code(cell, ln)))
 
 
 def _bwd_persistent(P, cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
@@ -307,7 +332,7 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
     kind, plan = _plan(variant, B, H, cell, hs.dtype, hs.device, proj, ln, masks.active)
     if kind == "tile":
         _bwd_tile(cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8, regs,
-                  flags, reverse, plan)
+                  flags, reverse, plan, ln, xg, xc, rstd, drec if ln is not None else None, dh_c)
     elif kind == "persistent":
         _bwd_persistent(P, cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
                         regs, flags, reverse, plan)

@@ -62,26 +62,31 @@ def persistent_tiles(NG: int, HP: int, elem: int, ieee_fp32: bool):
 # operand on chip: the persistent kernels' byte budget. Limits read from sm_90 compiles
 # (compile_check.py): TILE_MAX_HP per dot precision (IEEE fp32 dots keep W_hh in registers:
 # HP = 64 needs a stack), TILE_MAX_HP_MASKED with step masks (the bf16 LSTM backward at 128
-# needs a 200-byte stack). Warps by W_hh's bytes, TILE_WARPS: ptxas hoists the weights'
-# shared-memory loads out of the time loop, so each warp holds its slice of W_hh in registers;
-# the bf16 LSTM at HP = 128 (128 KiB) needs 16 warps (8 leave the backward a stack frame), the
-# bf16 GRU with step masks at 64 (24 KiB) 8 warps.
+# needs a 200-byte stack). The LayerNorm cells fused (TILE_MAX_HP_LN) take 16-bit storage (and
+# fp64, for exactness) without step masks: the LSTM at 128 leaves 400-800-byte stacks, with step
+# masks 8-16 bytes at 48-64, and fp32 GRU with TF32 dots 8 bytes at 48. Warps by W_hh's bytes,
+# TILE_WARPS: ptxas hoists the weights' shared-memory loads out of the time loop, so each warp
+# holds its slice of W_hh in registers; the bf16 LSTM at HP = 128 (128 KiB) needs 16 warps (8
+# leave the backward a stack frame), the bf16 GRU with step masks at 64 (24 KiB) 8 warps.
 TILE_MAX_HP = {"ieee": 32, "tf32": 256}
 TILE_MAX_HP_MASKED = 64
+TILE_MAX_HP_LN = 64
 TILE_WARPS = ((16 * 1024, 4), (96 * 1024, 8))  # (W_hh bytes under which, warps); else 16
 
 
-def tile_plan(B: int, H: int, NG: int, dtype: torch.dtype, masked: bool = False
-              ) -> Optional[dict]:
+def tile_plan(B: int, H: int, NG: int, dtype: torch.dtype, masked: bool = False,
+              ln: bool = False) -> Optional[dict]:
     """HP, grid (batch tiles of PERSISTENT_BLOCK_B rows), warps and config of the one-program-
     per-batch-tile kernels, or None where W_hh does not fit one program (masked: with step
-    masks)."""
+    masks; ln: a LayerNorm cell)."""
     import triton
     HP = max(16, triton.next_power_of_2(H))
     cfg = dict(config(B, dtype), BLOCK_B=PERSISTENT_BLOCK_B)
     hp_max = TILE_MAX_HP["ieee" if ieee_fp32(dtype, cfg["PRECISION"]) else "tf32"]
     if masked:
         hp_max = min(hp_max, TILE_MAX_HP_MASKED)
+    if ln:
+        hp_max = 0 if masked or dtype == torch.float32 else TILE_MAX_HP_LN
     elem = torch.empty((), dtype=dtype).element_size()
     w_bytes = NG * HP * HP * elem
     if HP > hp_max or w_bytes + PERSISTENT_BLOCK_B * HP * elem > PERSISTENT_BYTES:
