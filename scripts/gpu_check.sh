@@ -44,6 +44,14 @@
 #   cuda      the CUDA backend's tests but its parity grid (tests/test_cuda_*.py)
 #   cuda-fp32, cuda-bf16, cuda-fp16         the CUDA backend's GPU parity grid, one dtype each
 #   triton-fp32, triton-bf16, triton-fp16   the same for the Triton backend
+#   triton-variants  the Triton backend's own tests on the GPU (tests/test_triton.py: the tile,
+#             per-step and persistent variants, LayerNorm cells, step masks), then the persistent
+#             grid-barrier kernels alone under a 60 s limit (a barrier bug hangs them)
+#   sanitize-triton  compute-sanitizer racecheck and memcheck over the tile and persistent
+#             kernels' tests of tests/test_triton.py
+#   bench-triton  the Triton providers (the default: tile, else per step; persistent) against
+#             cuDNN at the headline shapes and B = 1, in bf16, fp16 and fp32 ->
+#             ${NAME}_triton.json/.png; the LayerNorm rows at H = 64, 128 -> ${NAME}_triton_ln
 #   sanitize  compute-sanitizer memcheck and racecheck over the CUDA backend's small grid
 #             (the multi-cluster cases are sanitize-multi's)
 #   parity    fused-rnn parity on CUDA
@@ -66,6 +74,7 @@
 #             while the machine is warm (its build cache stays), with the measurements:
 #   STAGES="floors tune bench-multi" DEADLINE_S=540 NAME=h200 bash scripts/gpu_check.sh
 #   STAGES="build fp32 sanitize-cluster bench-fp32" DEADLINE_S=540 NAME=h200 bash scripts/gpu_check.sh
+#   STAGES="triton-variants sanitize-triton bench-triton" DEADLINE_S=540 NAME=h200 bash scripts/gpu_check.sh
 #             the cluster kernels' fp32 (tf32 and IEEE) check: parity grid, sanitizer (the
 #             cluster grid runs fp32 too), the fp32/tf32 bench rows
 #             the floors (xcluster, xpoll among them), the plan table and the large-H rows
@@ -175,6 +184,15 @@ for backend in cuda triton; do
       "tests/test_${backend}_gpu.py" -m "grid and $dt"
   done
 done
+want triton-variants && stage triton-persistent-smoke 60 "$PY" -m pytest -q -rfE --tb=short \
+  -p no:xdist tests/test_triton.py -k "persistent_matches and fp32" -x
+want triton-variants && stage triton-variants 300 "$PY" -m pytest -q -rfE --tb=line "${XDIST[@]}" \
+  tests/test_triton.py -m "not slow"
+for tool in racecheck memcheck; do
+  want sanitize-triton && stage "sanitize-triton-$tool" 150 compute-sanitizer --tool "$tool" \
+    --error-exitcode 1 --target-processes all --print-limit 20 "$PY" -m pytest -q -x \
+    -p no:xdist tests/test_triton.py -k "tile_matches_torch or persistent_matches_torch"
+done
 # Small grid under compute-sanitizer; its summary lines ("ERROR SUMMARY: n errors") are in log.
 for tool in memcheck racecheck; do
   want sanitize && stage "sanitize-$tool" 420 compute-sanitizer --tool "$tool" --error-exitcode 1 \
@@ -212,6 +230,13 @@ want bench-cluster && stage bench-cluster 120 "$PY" -m fused_rnn bench --cells L
   --shapes 512,16,128,128 256,16,256,256 256,1,256,256 256,64,256,256 --out "$OUT" --name "$NAME"
 want bench-fp32 && stage bench-fp32 300 "$PY" -m fused_rnn bench --dtypes fp32 tf32 \
   --modes fwd fwdbwd --providers cudnn cuda --options none --out "$OUT" --name "${NAME}_fp32"
+want bench-triton && stage bench-triton 240 "$PY" -m fused_rnn bench --cells LSTM GRU \
+  --dtypes bf16 fp16 fp32 --modes fwd fwdbwd --providers cudnn triton triton_persistent \
+  --options none --shapes 512,16,128,128 256,16,256,256 256,1,256,256 1024,16,768,768 \
+  --out "$OUT" --name "${NAME}_triton"
+want bench-triton && stage bench-triton-ln 120 "$PY" -m fused_rnn bench --cells LSTM GRU \
+  --dtypes bf16 --modes fwd fwdbwd --providers cudnn triton --options layer_norm \
+  --shapes 512,16,128,128 512,16,64,64 --out "$OUT" --name "${NAME}_triton_ln"
 # The default grid's rows with H >= 512 (the multi-cluster kernels' and the fallback's), both
 # half dtypes against cuDNN, into ${NAME}_multi.json (bench-cluster's file stays its own).
 want bench-multi && stage bench-multi 300 "$PY" -m fused_rnn bench --cells LSTM GRU \

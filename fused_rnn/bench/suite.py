@@ -43,12 +43,13 @@ CELLS = ("LSTM", "GRU", "RNN")
 DTYPES = {"fp32": (torch.float32, False), "tf32": (torch.float32, True),
           "bf16": (torch.bfloat16, False), "fp16": (torch.float16, False)}
 MODES = ("fwd", "fwdbwd")
-# A fused backend's name runs its default variant ("triton": per step; "cuda": the cluster
-# forward where it applies, else persistent where the shape fits, else per step);
+# A fused backend's name runs its default variant ("triton": one program per batch tile where
+# W_hh fits one, else per step; "cuda": the cluster forward where it applies, else persistent
+# where the shape fits, else per step);
 # "<backend>_<variant>" pins the variant (each still falls back where the shape does not fit).
 # "auto" is backend="auto": what a user gets without choosing (fused_rnn/backends.py).
-PROVIDERS = ("cudnn", "loop", "reference", "auto", "triton", "triton_persistent", "cuda",
-             "cuda_step", "cuda_persistent", "cuda_cluster")
+PROVIDERS = ("cudnn", "loop", "reference", "auto", "triton", "triton_step", "triton_persistent",
+             "cuda", "cuda_step", "cuda_persistent", "cuda_cluster")
 
 # Regularisation rows: one option at p = 0.25, in training mode, timed for the fused
 # default providers against the same provider without it. OPTION_* is where they run on the GPU.
