@@ -2,6 +2,7 @@
 when there is no GPU), against float64 torch and the reference backend, forward and backward,
 with and without the regularisation step masks; and compiled for sm_90, which catches what the
 interpreter lets through."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -371,3 +372,51 @@ def test_layer_norm_matches_reference(kind, variant, monkeypatch):
     fused = variant == "tile" and kind == "none"
     expected = {"_fwd_tile", "_bwd_tile"} if fused else {"_ln_kernels"}
     assert launches and set(launches) == expected, launches
+
+
+def test_per_step_calls_replay_one_graph_per_shape(monkeypatch):
+    """graphs.py's cache, on the CPU with a stand-in for CUDA graph capture whose replay runs the
+    captured call again into the captured outputs (as a graph's replay rewrites its memory).
+    Calls that run per step (here an LSTM with a projection) go through it both ways; a second
+    model of the same shapes with other values reuses every entry (its values copied in) and
+    still matches torch; returned tensors are copies, not the entry's; the cache keeps at most
+    MAX_GRAPHS entries; a call the tile kernels take captures nothing."""
+    from fused_rnn.ops.triton import graphs
+    captured = []
+
+    def capture(call):
+        outputs = call()
+        captured.append(outputs)
+
+        def replay():
+            for o, new in zip(outputs, call()):
+                o.copy_(new)
+        return replay, outputs
+
+    cache = graphs.Graphs(capture)
+    monkeypatch.setattr(graphs, "GRAPHS", cache)
+    monkeypatch.setattr(graphs, "enabled", lambda device: True)
+    case = Case("LSTM", T=4, B=5, I=6, H=40, proj_size=33, num_layers=2, bidirectional=True,
+                packed="unsorted", seed=5)
+    assert testing.check(case, "triton", torch.float64, DEVICE).ok
+    first = len(captured)
+    assert first >= 4 and len(cache) == first  # forward and backward, each direction
+    res = testing.check(dataclasses.replace(case, seed=6), "triton", torch.float64, DEVICE)
+    assert res.ok, res.failures()
+    assert len(captured) == first
+    static_ptrs = {t.data_ptr() for outs in captured for t in outs if t.numel()}
+    from fused_rnn.ops.triton import launch as triton_launch
+    gi = torch.randn(3, 2, 20, dtype=torch.float64)
+    h0, c0 = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    w_hh, w_hr = torch.randn(20, 4, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    out = triton_launch.rnn_fwd_triton("LSTM", gi, h0, c0, w_hh, None, w_hr, None, False)
+    assert all(t.data_ptr() not in static_ptrs for t in out if t.numel())
+    monkeypatch.setattr(graphs, "MAX_GRAPHS", 2)
+    for T in (4, 5, 6):
+        triton_launch.rnn_fwd_triton("LSTM", gi.new_ones(T, 2, 20), h0, c0, w_hh, None, w_hr,
+                                     None, False)
+    assert len(cache) == 2
+    n = len(captured)
+    assert testing.check(Case("GRU", T=3, B=4, I=5, H=16, seed=8), "triton", torch.float64,
+                         DEVICE).ok
+    assert len(captured) == n

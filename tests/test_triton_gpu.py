@@ -46,3 +46,32 @@ def test_cuda_autocast_matches_torch_dtype(cell):
     assert (got.float() - expected.float()).abs().max().item() < 0.05
     got.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_per_step_graphs_match_eager_launches(dtype, monkeypatch):
+    """The per-step path (a projection) through CUDA graphs (ops/triton/graphs.py) gives what
+    its eager launches give, bit for bit, forward and backward, on a second call of new values
+    too (the graphs' inputs copied in). One graph per direction and way: the two layers' calls
+    have the same shapes and share it (4 entries, as the CPU stand-in of test_triton.py counts
+    them)."""
+    import fused_rnn
+    from fused_rnn.ops.triton import graphs
+    graphs.GRAPHS.clear()
+
+    def run(seed):
+        torch.manual_seed(seed)
+        m = fused_rnn.LSTM(24, 40, proj_size=17, num_layers=2, bidirectional=True,
+                           backend="triton", device="cuda", dtype=dtype)
+        x = torch.randn(9, 5, 24, device="cuda", dtype=dtype, requires_grad=True)
+        out, (h, c) = m(x)
+        (out.float().sum() + h.float().sum() + c.float().sum()).backward()
+        return [out, h, c, x.grad] + [p.grad for p in m.parameters()]
+
+    for seed in (0, 1):
+        monkeypatch.setenv("FUSED_RNN_TRITON_GRAPHS", "0")
+        eager = run(seed)
+        monkeypatch.setenv("FUSED_RNN_TRITON_GRAPHS", "1")
+        graphed = run(seed)
+        assert all(torch.equal(a, b) for a, b in zip(eager, graphed)), seed
+    assert len(graphs.GRAPHS) == 4

@@ -19,7 +19,7 @@ from torch import Tensor
 from ... import _alloc, backends
 from .. import recurrence
 from ..cells import CELL_CODES, GATES, SAVED
-from . import plans
+from . import graphs, plans
 
 # Variants of the recurrence: "tile" (tile.py: one launch for the sequence, one program per
 # batch tile holding all of W_hh, no synchronisation between programs), "step" (one launch per
@@ -66,9 +66,10 @@ def _zone_mode(mask: Optional[Tensor], p: float) -> int:
     return 1 if mask is not None else 2 if p else 0
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=None)
 def _scales(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
-    # Made once per model's probabilities: no host-to-device copy per call (nor in a CUDA graph).
+    # Made once per model's probabilities: no host-to-device copy per call (nor in a CUDA graph,
+    # graphs.py, which keeps reading the tensor it was captured with: never evicted).
     return torch.tensor(values, dtype=dtype, device=device)
 
 
@@ -103,6 +104,24 @@ def rnn_fwd_triton(cell: str, gi: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh
     (ops/recurrence.py; empty without ln). variant: one of VARIANTS; masks: the step masks
     (ops/regularize.StepMasks); ln: (γ_hh, β_hh, γ_c, β_c) of a LayerNorm cell (no
     projection; fused in the tile kernels, else per step) or None."""
+    if _graphed(gi, variant, cell, w_hh, w_hr, ln, masks):
+        return graphs.GRAPHS.run(_rnn_fwd, cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse,
+                                 variant, masks, ln, store_saved)
+    return _rnn_fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant, masks, ln,
+                    store_saved)
+
+
+def _graphed(x: Tensor, variant: str, cell: str, w_hh: Tensor, w_hr, ln, masks) -> bool:
+    """Whether a call runs through a CUDA graph (graphs.py): on the GPU, where it runs per
+    step."""
+    B = x.shape[1]
+    return B > 0 and graphs.enabled(x.device) and _plan(
+        variant, B, w_hh.shape[0] // GATES[cell], cell, x.dtype, x.device, w_hr is not None, ln,
+        masks.active)[0] is None
+
+
+def _rnn_fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant, masks, ln,
+             store_saved):
     S, P = _kernels()
     T, B, _ = gi.shape
     H = w_hh.shape[0] // GATES[cell]
@@ -304,6 +323,15 @@ def rnn_bwd_triton(cell: str, dout: Optional[Tensor], dh_n: Optional[Tensor],
     returned for ln). Returns dgi (T, B, G·H), dh0 (B, HK), dc0 (empty unless LSTM), dw_hh,
     db_hh (empty without bias), dw_hr (empty without proj), then dγ_hh, dβ_hh, dγ_c, dβ_c
     (empty where absent)."""
+    args = (cell, dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, reverse, has_bias,
+            variant, masks, ln, xg, xc, rstd)
+    if _graphed(hs, variant, cell, w_hh, w_hr, ln, masks):
+        return graphs.GRAPHS.run(_rnn_bwd, *args)
+    return _rnn_bwd(*args)
+
+
+def _rnn_bwd(cell, dout, dh_n, dc_n, saved, hs, cs, ms, w_hh, w_hr, mask, reverse, has_bias,
+             variant, masks, ln, xg, xc, rstd):
     S, P = _kernels()
     T, B, HK = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
     NG = GATES[cell]
