@@ -123,6 +123,8 @@ def cmd_bench(args) -> int:
         return _bench_sweep(args, device, out)
     if args.tune:
         return _bench_tune(args, device, out)
+    if args.tune_backends:
+        return _bench_tune_backends(args, device, out)
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes or []]
     if any(len(s) != 4 for s in shapes):
         raise SystemExit("--shapes: expected T,B,I,H for each shape, e.g. 256,16,512,512")
@@ -163,6 +165,24 @@ def _bench_tune(args, device, out) -> int:
                       log=out.print)
     path = tune.write(table)
     out.print(f"wrote {path}: {len(table['entries'])} entries for {table['gpu']}")
+    return 0
+
+
+def _bench_tune_backends(args, device, out) -> int:
+    """`fused-rnn bench --tune-backends`: which backend and variant backend="auto" takes per
+    cell, dtype, H and batch bucket, measured, into this GPU's table (bench/tune.py)."""
+    from .bench import tune
+    from .ops.cuda import tuned
+    gpu = device.type == "cuda"
+    entries = tune.tune_backends(
+        device, cells=args.cells or ("LSTM", "GRU"),
+        dtypes=args.dtypes or (("bf16", "fp16", "fp32") if gpu else ("fp32",)),
+        b_buckets=tune.B_BUCKETS if gpu else tune.CPU_B_BUCKETS,
+        T=tune.AUTO_T if gpu else tune.CPU_T_STEPS, hs=tune.AUTO_HS if gpu else (16,),
+        providers=args.providers or tuned.AUTO_PROVIDERS, log=out.print)
+    table = tune.merge(tune.existing(device), entries, tuned.AUTO_KINDS)
+    path = tune.write(table)
+    out.print(f"wrote {path}: {len(entries)} backend entries for {table['gpu']}")
     return 0
 
 
@@ -263,6 +283,11 @@ def main(argv=None) -> int:
                         "the plan table the CUDA backend reads, one file per GPU model "
                         "(fused_rnn/ops/cuda/tuned/, or $FUSED_RNN_TUNED_DIR); on the CPU, under "
                         "FUSED_RNN_CUDA_EMULATE=1, the emulated kernels in fp32 (default: off)")
+    b.add_argument("--tune-backends", action="store_true",
+                   help="instead of the grid: time the fused providers (cuda, triton, "
+                        "triton_step, triton_persistent; --providers to choose) per cell, dtype, "
+                        "H and batch bucket, forward and training, and write which is fastest into "
+                        "this GPU's table, for backend='auto' (default: off)")
     b.add_argument("--out", default="fused-rnn-results",
                    help="output folder (default: %(default)s)")
     b.add_argument("--name", help="file name stem (default: the suite's name: gpu, gpu-quick, "

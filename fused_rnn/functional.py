@@ -171,6 +171,13 @@ def _fast_stack(mode, input, weights, hx, bias, num_layers, batch_first, dropout
     ext = _fast_extension(backend, like, proj_size > 0)
     if ext is None:
         return None
+    if backend == "auto" and _tunable(like.device) and type(weights) in (list, tuple) \
+            and len(weights) > 1 and isinstance(weights[1], Tensor):
+        B = int(input.batch_sizes[0]) if packed else like.shape[0 if batch_first else 1]
+        pick = _tuned_pick(mode, like.device, like.dtype,
+                           weights[1].shape[0] // GATES[mode], B)
+        if pick is not None and pick[0] != "cuda":  # the full path runs what the table chose
+            return None
     states = _fast_states(mode, hx)
     if states is None:
         return None
@@ -219,6 +226,11 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
     name = backends.resolve(backend, like.device, target or like.dtype,
                             layer_norm=ln is not None, proj=proj_size > 0,
                             options=_active(reg) if reg.any else "")
+    variant = None  # a Triton variant the tuned table chose for backend="auto"
+    if backend == "auto" and ln is None and not reg.any and _tunable(like.device):
+        pick = _tuned_pick(mode, like.device, target or like.dtype, H, B)
+        if pick is not None:
+            name, variant = pick
     whole = name == "cuda" and _whole_stack(reg, ln, training, dropout, num_layers)
     if not whole and states[0] is None:  # the other paths take zeros for an absent hx
         states = [torch.zeros(s, dtype=like.dtype, device=like.device) for s in shapes]
@@ -237,10 +249,12 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
                                               proj=proj_size > 0, num_layers=num_layers,
                                               bidirectional=bidirectional)
             else:
-                output, h_n, c_n = _run_layers(mode, x, seq, h0, c0, weights, name, bias=bias,
-                                               proj=proj_size > 0, num_layers=num_layers,
-                                               dropout=dropout, training=training,
-                                               bidirectional=bidirectional, reg=reg, ln=ln)
+                with _triton_variant(variant):
+                    output, h_n, c_n = _run_layers(mode, x, seq, h0, c0, weights, name,
+                                                   bias=bias, proj=proj_size > 0,
+                                                   num_layers=num_layers, dropout=dropout,
+                                                   training=training,
+                                                   bidirectional=bidirectional, reg=reg, ln=ln)
     if seq is None:
         if unbatched:
             output = output.squeeze(1)
@@ -249,6 +263,36 @@ def _rnn(mode, input, weights, hx, *, bias, num_layers, batch_first, dropout, tr
         elif batch_first:
             output = output.transpose(0, 1)
     return output, h_n, c_n
+
+
+def _tunable(device: torch.device) -> bool:
+    """Whether backend="auto" consults the tuned table (fused_rnn/ops/cuda/tuned.py) here: CUDA
+    tensors (on the CPU auto is the reference)."""
+    return device.type == "cuda"
+
+
+def _tuned_pick(mode: str, device: torch.device, dtype: torch.dtype, H: int,
+                B: int) -> Optional[tuple]:
+    """(backend, Triton variant or None) that the tuned table measured fastest for this call
+    (`fused-rnn bench --tune-backends`), or None: no entry, or its backend cannot run here."""
+    from .ops.cuda import tuned
+    pick = tuned.backend_for(device, "RNN" if mode.startswith("RNN") else mode, dtype, H, B,
+                             torch.is_grad_enabled())
+    if pick is None:
+        return None
+    name, _, variant = pick.partition("_")
+    if backends.why_not(name, device, dtype) is not None or (
+            name == "cuda" and not backends._cuda_extension_loads()):
+        return None
+    return name, variant or None
+
+
+def _triton_variant(variant: Optional[str]):
+    """A context that runs the Triton layers inside it as `variant` (None: as they are)."""
+    if variant is None:
+        return contextlib.nullcontext()
+    from .ops.triton.launch import variant as use
+    return use(variant)
 
 
 def _active(reg: Regularization) -> str:

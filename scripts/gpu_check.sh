@@ -32,6 +32,8 @@
 #             (expected under a minute per tool)
 #   tune      fused-rnn bench --tune: every cluster plan timed per cell, dtype, H and batch
 #             bucket; the CUDA backend's plan table -> fused_rnn/ops/cuda/tuned/, copied to $OUT
+#   tune-backends  fused-rnn bench --tune-backends: which backend and Triton variant auto takes
+#             per cell, dtype, H and batch bucket, into the same table, copied to $OUT
 #   bench-multi  the default grid's rows with H >= 512 against cuDNN in both half dtypes
 #             (LSTM, GRU; fwd, fwdbwd; peak memory in the JSON) -> ${NAME}_multi.json/.png
 #   bench-fp32  the default grid's fp32 and tf32 rows (fwd, fwdbwd) against cuDNN in the same
@@ -224,6 +226,8 @@ done
 want host && stage host 120 "$PY" benchmarks/profile_fwd.py --json "$OUT/profile_fwd_$NAME.json"
 want bench && stage bench 540 "$PY" -m fused_rnn bench --out "$OUT" --name "$NAME" "$@"
 want tune && stage tune 300 bash -c "'$PY' -m fused_rnn bench --tune && \
+cp fused_rnn/ops/cuda/tuned/*.json '$OUT/'"
+want tune-backends && stage tune-backends 300 bash -c "'$PY' -m fused_rnn bench --tune-backends && \
 cp fused_rnn/ops/cuda/tuned/*.json '$OUT/'"
 want bench-cluster && stage bench-cluster 120 "$PY" -m fused_rnn bench --cells LSTM GRU \
   --dtypes bf16 fp16 --modes fwd fwdbwd --providers cudnn auto cuda cuda_persistent --options none \

@@ -226,6 +226,9 @@ def test_persistent_plan_limits():
     assert plan(40, 33, 3, torch.float64, cpu)["grid"] == (3, 3)  # batch tiles of 16
     assert plan(4, 64, 4, torch.float32, cpu, True) is not None
     assert plan(4, 65, 4, torch.float64, cpu, True) is None  # step masks: padded H <= 64
+    assert plan(16, 512, 4, torch.bfloat16, cpu)["BLOCK_H"] == 16  # 16 bits: to 512, tiles of 16
+    assert plan(16, 512, 1, torch.bfloat16, cpu) is None and plan(4, 513, 3, torch.float16,
+                                                                  cpu) is None
 
 
 def test_bench_persistent_provider_runs_persistent_both_ways(monkeypatch):

@@ -1,6 +1,8 @@
 """`fused-rnn bench --tune`: time every cluster plan the CUDA build compiled (the binding's
 cluster_plans(), from csrc/plans.h) per (cell, dtype, H, B bucket) on this GPU and write the
 table the CUDA backend reads (fused_rnn/ops/cuda/tuned.py), one file per GPU model.
+`--tune-backends` (tune_backends) adds to the same table which backend and Triton variant
+backend="auto" should take per (cell, dtype, H, B).
 
 Per row: each forward plan, forward only (no_grad); then each backward plan, forward and
 backward of out.sum() with the forward's fastest plan. A plan counts only where it ran
@@ -101,3 +103,65 @@ def write(table: dict) -> Path:
     path.write_text(json.dumps(table, indent=1) + "\n")
     tuned.clear()
     return path
+
+
+# `--tune-backends`: the hidden sizes timed (where the tile, persistent and cluster kernels
+# change hands) and the steps per timed call.
+AUTO_HS = (64, 128, 256, 512, 1024)
+AUTO_T = 64
+
+
+def tune_backends(device: torch.device, cells: Sequence[str], dtypes: Sequence[str],
+                  b_buckets: Sequence[int] = B_BUCKETS, T: int = AUTO_T,
+                  hs: Sequence[int] = AUTO_HS, providers: Sequence[str] = tuned.AUTO_PROVIDERS,
+                  log: Callable[[str], None] = print) -> List[dict]:
+    """The auto kinds' entries (ops/cuda/tuned.py): per (cell, dtype, H, B), the fastest of
+    `providers` that can run here, forward alone (auto_fwd) and forward and backward of
+    out.sum() (auto_train), with every provider's µs per step (suite.build's rows)."""
+    entries = []
+    for cell in cells:
+        for dtype in dtypes:
+            with suite.tf32(suite.DTYPES[dtype][1]):
+                for H in hs:
+                    for B in b_buckets:
+                        shape = (T, B, H, H)
+                        x = torch.randn(T, B, H, device=device, dtype=suite.DTYPES[dtype][0])
+                        for kind in tuned.AUTO_KINDS:
+                            timed = {}
+                            for provider in providers:
+                                reason = suite.why_not(provider, device, dtype)
+                                # (on the CPU the interpreter and the emulation run: the
+                                # machinery's test, not timings)
+                                if reason is not None and not reason.endswith("not timing"):
+                                    continue
+                                fn, params = suite.build(provider, cell, shape, dtype, device)
+
+                                def call(fn=fn, kind=kind):
+                                    if kind == "auto_fwd":
+                                        with torch.no_grad():
+                                            fn(x)
+                                    else:
+                                        fn(x).float().sum().backward()
+                                timed[provider] = round(_time(call, params, device) * 1e3 / T, 3)
+                                log(f"{kind} {cell} {dtype} H={H} B={B} {provider}: "
+                                    f"{timed[provider]:.2f} us/step")
+                            if timed:
+                                entries.append(dict(kind=kind, cell=cell, dtype=dtype, H=H, B=B,
+                                                    plan=min(timed, key=timed.get),
+                                                    us_per_step=timed))
+    return entries
+
+
+def merge(table: dict, entries: List[dict], kinds: Sequence[str]) -> dict:
+    """table with its entries of `kinds` replaced by `entries`."""
+    kept = [e for e in table["entries"] if e["kind"] not in kinds]
+    return dict(table, entries=kept + list(entries))
+
+
+def existing(device: torch.device) -> dict:
+    """This GPU's table as written, or an empty one."""
+    path = tuned.table_path(tuned.device_name(device))
+    if path.is_file():
+        return json.loads(path.read_text())
+    return {"gpu": tuned.device_name(device), "date": datetime.date.today().isoformat(),
+            "commit": _commit(), "torch": torch.__version__, "T": AUTO_T, "entries": []}

@@ -1,9 +1,11 @@
 """The Triton backend. cell.py: the @triton.jit helpers and cell math every kernel shares;
-step.py: the per-step kernels; persistent.py: the one-launch-per-sequence kernels; layer_norm.py:
-the LayerNorm cells' row kernels; plans.py: tiles, grids and limits; launch.py: the launchers,
-custom ops and layer function; compile_check.py: every kernel variant compiled for a GPU target
-on any machine. Importing this package imports neither triton nor launch.py: the names below load
-launch.py on first access (triton itself is imported on the first launch)."""
+tile.py: one program per batch tile for the whole sequence (the default where W_hh fits);
+step.py: the per-step kernels; graphs.py: their CUDA graphs; persistent.py: the grid-barrier
+kernels; layer_norm.py: the LayerNorm cells' row kernels; plans.py: tiles, grids and limits;
+launch.py: the launchers, custom ops and layer function; compile_check.py: every kernel variant
+compiled for a GPU target on any machine. Importing this package imports neither triton nor
+launch.py: the names below load launch.py on first access (triton itself is imported on the
+first launch)."""
 
 __all__ = ["VARIANTS", "layer_triton", "variant"]
 

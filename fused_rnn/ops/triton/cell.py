@@ -276,9 +276,12 @@ def _rec_gate(h_in, w_ptr, b_ptr, ln, g: tl.constexpr, t, B, offs_b, offs_h, mb,
 def _bwd_cell(dh, valid, g_c, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry_c_ptr, t, k, B,
               offs_b, offs_h, mh, m2, regs, REG: tl.constexpr, lnc, H: tl.constexpr,
               NG: tl.constexpr, NS: tl.constexpr, CELL: tl.constexpr, BLOCK_B: tl.constexpr,
-              BLOCK_H: tl.constexpr, ACC: tl.constexpr, LN_C: tl.constexpr):
+              BLOCK_H: tl.constexpr, ACC: tl.constexpr, LN_C: tl.constexpr,
+              G_C_IN: tl.constexpr):
     """Backward through the cell of step k (time t) given dh = dL/dh_t (with a projection:
-    dL/dm_t, and ZH off) and, for an LSTM, g_c = dL/dc_t (_load_c): writes the gate
+    dL/dm_t, and ZH off) and, for an LSTM, g_c = dL/dc_t (G_C_IN; else loaded from carry_c
+    here, where its load keeps the per-step and persistent kernels' registers as they were: the
+    TF32 LSTM's persistent backward at H = 256 has no stack frame only so): writes the gate
     gradients dgh[t] (and dgi[t] for GRU) and, for an LSTM, dL/dc_{t-1} to carry_c. Returns the
     part of dL/dh_{t-1} that does not go through W_hh (zoneout's wh·dh, and GRU's z·dh̃; zero
     otherwise), the new carry_c (g_c itself for the other cells) and the gate gradients as
@@ -302,6 +305,8 @@ def _bwd_cell(dh, valid, g_c, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr, carry
         fg = _load_tile(sv, offs_b, H + offs_h, NS * H, m2, ACC)
         gg = _load_tile(sv, offs_b, 2 * H + offs_h, NS * H, m2, ACC)
         og = _load_tile(sv, offs_b, 3 * H + offs_h, NS * H, m2, ACC)
+        if not G_C_IN:
+            g_c = tl.load(carry_c_ptr + tile, mask=m2, other=0.0)
         gd = gg
         if REG[GM]:
             gm = _factor(regs, REG, GM, t, B, offs_b, offs_h, m2, H, ACC)

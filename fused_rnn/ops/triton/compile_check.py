@@ -214,7 +214,8 @@ def persistent_variants():
                in itertools.product(CODE_GATES, DTYPES, ("off", "train", "eval"))]
     for cell, dtype, regs in itertools.product(CODE_GATES, DTYPES, ("off", "train")):
         elem, _, precision = DTYPES[dtype]
-        max_hp = persistent_max_hp(torch_dtype[elem], precision, masked=regs != "off")
+        max_hp = persistent_max_hp(torch_dtype[elem], precision, masked=regs != "off",
+                                   NG=CODE_GATES[cell])
         tiles = persistent_tiles(CODE_GATES[cell], max_hp,
                                  torch.empty((), dtype=torch_dtype[elem]).element_size(),
                                  elem == "fp32" and precision == "ieee")

@@ -1,5 +1,6 @@
-"""The Triton backend: launchers of the per-step kernels (step.py, persistent.py), then the custom
-ops and autograd glue, then the layer function that ops/stack.py drives.
+"""The Triton backend: launchers of its kernels (tile.py, step.py, persistent.py, layer_norm.py),
+with the per-step path's CUDA graphs on the GPU (graphs.py), then the custom ops and autograd
+glue, then the layer function that ops/stack.py drives.
 
 With proj_size (LSTM), each step is two launches each way: the projection mixes all H units.
 Both directions of the recurrence are torch.library custom ops (the forward, and its backward

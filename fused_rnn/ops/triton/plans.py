@@ -10,13 +10,14 @@ import torch
 # A persistent program keeps its W_hh slices and one dot operand on chip: at most 180 KiB of
 # the 227 KiB of shared memory a block may have on sm_90. Limits read from sm_90 compiles
 # (python -m fused_rnn.ops.triton.compile_check): H padded to a power of two up to 256 (at 512 the
-# fp32 LSTM needs a 10 KB stack and 64-row batch tiles overflow shared memory), but up to 64
+# fp32 LSTM needs a 10 KB stack and 64-row batch tiles overflow shared memory), 512 in 16 bits
+# (the LSTM at 1024 leaves a 600-byte stack: its h_{t-1} operand, 16 x 1024), but up to 64
 # for fp32 with IEEE dots (no tensor cores: stack frames from 128 up); hidden tiles of at most 32
 # (bf16 LSTM at 64 needs a stack); batch tiles of 16 rows, the least tl.dot takes. With step
 # masks (regularisation) padded H up to 64 only: from 128 up the programs already use all 255
 # registers a thread may have, and the masks' tiles make ptxas spill.
 PERSISTENT_BYTES = 180 * 1024
-PERSISTENT_MAX_HP = {"ieee": 64, "tf32": 256}
+PERSISTENT_MAX_HP = {"ieee": 64, "tf32": 256, "half": 512}
 PERSISTENT_MAX_HP_MASKED = 64
 PERSISTENT_BLOCK_B = 16
 
@@ -53,8 +54,9 @@ def grid(B: int, width: int, cfg: dict):
 def persistent_tiles(NG: int, HP: int, elem: int, ieee_fp32: bool):
     """Hidden-tile widths whose on-chip data fits a persistent program: NG weight slices of
     HP x BLOCK_H plus the BLOCK_B x HP operand of its dots (h_{t-1}, or dgates per gate).
-    IEEE fp32 dots keep their operands in registers: 16 only (32 needs a stack)."""
-    return [block_h for block_h in ((16,) if ieee_fp32 else (16, 32))
+    IEEE fp32 dots keep their operands in registers: 16 only (32 needs a stack); so does HP =
+    512 (the GRU and RNN backwards at 32 leave 56-104-byte stacks)."""
+    return [block_h for block_h in ((16,) if ieee_fp32 or HP >= 512 else (16, 32))
             if (NG * block_h + PERSISTENT_BLOCK_B) * HP * elem <= PERSISTENT_BYTES]
 
 
@@ -100,9 +102,12 @@ def ieee_fp32(dtype: torch.dtype, precision: str) -> bool:
     return dtype == torch.float32 and precision == "ieee"
 
 
-def persistent_max_hp(dtype: torch.dtype, precision: str, masked: bool = False) -> int:
-    """Largest padded H the persistent kernels take (masked: with step masks)."""
-    hp = PERSISTENT_MAX_HP["ieee" if ieee_fp32(dtype, precision) else "tf32"]
+def persistent_max_hp(dtype: torch.dtype, precision: str, masked: bool = False,
+                      NG: int = 4) -> int:
+    """Largest padded H the persistent kernels take for NG gates (masked: with step masks).
+    16-bit Elman RNNs stop at 256: their backward at 512 leaves a 16-24-byte stack."""
+    half = dtype in (torch.float16, torch.bfloat16) and NG > 1
+    hp = PERSISTENT_MAX_HP["ieee" if ieee_fp32(dtype, precision) else "half" if half else "tf32"]
     return min(hp, PERSISTENT_MAX_HP_MASKED) if masked else hp
 
 
@@ -114,7 +119,7 @@ def persistent_plan(B: int, H: int, NG: int, dtype: torch.dtype, device,
     import triton
     HP = max(16, triton.next_power_of_2(H))
     cfg = dict(config(B, dtype), BLOCK_B=PERSISTENT_BLOCK_B)
-    if HP > persistent_max_hp(dtype, cfg["PRECISION"], masked):
+    if HP > persistent_max_hp(dtype, cfg["PRECISION"], masked, NG):
         return None
     sms = (torch.cuda.get_device_properties(device).multi_processor_count
            if device.type == "cuda" else None)

@@ -179,9 +179,8 @@ def _rnn_bwd_step_kernel(
                        regs, REG, B, offs_b, offs_h, m2, H, ACC)
         dh = tl.where(valid, _load_tile(_rows(dout_ptr, t, B, H), offs_b, offs_h, H, m2, ACC)
                       + g_h, 0.0)
-    g_c = _load_c(carry_c_ptr, 0, B, offs_b, offs_h, m2, H, CELL, ACC, BLOCK_B, BLOCK_H)
-    direct, _, _, _, _, _ = _bwd_cell(dh, valid, g_c, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr,
+    direct, _, _, _, _, _ = _bwd_cell(dh, valid, 0.0, dgh_ptr, dgi_ptr, saved_ptr, hs_ptr, cs_ptr,
                                       carry_c_ptr, t, k, B, offs_b, offs_h, mh, m2, regs, REG,
-                                      lnc, H, NG, NS, CELL, BLOCK_B, BLOCK_H, ACC, LN_C)
+                                      lnc, H, NG, NS, CELL, BLOCK_B, BLOCK_H, ACC, LN_C, False)
     if not HAS_PROJ and not LN_C:
         tl.store(carry_h_ptr + tile, tl.where(valid, direct, g_h), mask=m2)

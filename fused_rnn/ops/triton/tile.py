@@ -310,13 +310,13 @@ def _bwd_tile_step(k, g_h, g_c, d0, d1, d2, d3, hm, w0, w1, w2, w3, lnp, ptrs, r
         _, g_c, d0, d1, d2, d3 = _bwd_cell(
             dh, valid, g_c, dgh_ptr, ptrs[1], saved_ptr, ptrs[4], ptrs[5], ptrs[6], t, k, B,
             offs_b, offs_h, mh, m2, regs, REG_CELL, (tc, dcu), H, NG, NS, CELL, BLOCK_B, HP, ACC,
-            2)
+            2, True)
         g_h = tl.where(valid, keep, g_h)
     else:
         direct, g_c, d0, d1, d2, d3 = _bwd_cell(
             dh, valid, g_c, dgh_ptr, ptrs[1], saved_ptr, ptrs[4], ptrs[5], ptrs[6], t, k, B,
             offs_b, offs_h, mh, m2, regs, REG_CELL, (dgh_ptr,), H, NG, NS, CELL, BLOCK_B, HP, ACC,
-            False)
+            False, True)
         g_h = tl.where(valid, direct, g_h)
     if LN:  # back through the gates' LayerNorm: dL/d(h·W_hhᵀ), for W_hh and dW_hh
         g = lnp[0]
