@@ -119,6 +119,9 @@ def test_tile_plan_limits():
     assert plan(4, 64, 4, bf16, ln=True) is not None and plan(4, 65, 3, bf16, ln=True) is None
     assert plan(4, 16, 4, bf16, True, ln=True) is None  # LayerNorm with step masks: per step
     assert plan(4, 16, 3, fp32, ln=True) is None
+    cpu, f64 = torch.device("cpu"), torch.float64  # fp64 masks and LN: the interpreter only
+    assert plan(4, 16, 4, f64, True) is None and plan(4, 16, 4, f64, ln=True) is None
+    assert plan(4, 16, 4, f64, True, device=cpu) and plan(4, 16, 4, f64, ln=True, device=cpu)
     tf32 = torch.backends.cudnn.allow_tf32
     try:
         torch.backends.cudnn.allow_tf32 = True
@@ -380,11 +383,14 @@ def test_layer_norm_matches_reference(kind, variant, monkeypatch):
 def test_per_step_calls_replay_one_graph_per_shape(monkeypatch):
     """graphs.py's cache, on the CPU with a stand-in for CUDA graph capture whose replay runs the
     captured call again into the captured outputs (as a graph's replay rewrites its memory).
-    Calls that run per step (here an LSTM with a projection) go through it both ways; a second
-    model of the same shapes with other values reuses every entry (its values copied in) and
-    still matches torch; returned tensors are copies, not the entry's; the cache keeps at most
-    MAX_GRAPHS entries; a call the tile kernels take captures nothing."""
+    Calls that run per step (here an LSTM with a projection) go through it both ways, captured
+    on a key's second call; models of the same shapes with other values then reuse every entry
+    (their values copied in) and still match torch; returned tensors are copies, not the
+    entry's; stride-0 arguments (an expanded h0, the gradient of a sum) and inference mode
+    work; a change of torch's TF32 flag is a new key; at most MAX_GRAPHS entries are kept; a
+    call the tile kernels take captures nothing."""
     from fused_rnn.ops.triton import graphs
+    from fused_rnn.ops.triton import launch as triton_launch
     captured = []
 
     def capture(call):
@@ -401,25 +407,50 @@ def test_per_step_calls_replay_one_graph_per_shape(monkeypatch):
     monkeypatch.setattr(graphs, "enabled", lambda device: True)
     case = Case("LSTM", T=4, B=5, I=6, H=40, proj_size=33, num_layers=2, bidirectional=True,
                 packed="unsorted", seed=5)
-    assert testing.check(case, "triton", torch.float64, DEVICE).ok
+    for seed in (5, 6):  # the second call of each key captures it
+        res = testing.check(dataclasses.replace(case, seed=seed), "triton", torch.float64,
+                            DEVICE)
+        assert res.ok, res.failures()
     first = len(captured)
     assert first >= 4 and len(cache) == first  # forward and backward, each direction
-    res = testing.check(dataclasses.replace(case, seed=6), "triton", torch.float64, DEVICE)
+    res = testing.check(dataclasses.replace(case, seed=7), "triton", torch.float64, DEVICE)
     assert res.ok, res.failures()
     assert len(captured) == first
     static_ptrs = {t.data_ptr() for outs in captured for t in outs if t.numel()}
-    from fused_rnn.ops.triton import launch as triton_launch
-    gi = torch.randn(3, 2, 20, dtype=torch.float64)
-    h0, c0 = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+
+    def fwd(gi, h0, *, T=3):
+        return triton_launch.rnn_fwd_triton("LSTM", gi[:T], h0, c0, w_hh, None, w_hr, None,
+                                            False)
+    gi = torch.randn(6, 2, 20, dtype=torch.float64)
+    c0 = torch.randn(2, 5, dtype=torch.float64)
     w_hh, w_hr = torch.randn(20, 4, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
-    out = triton_launch.rnn_fwd_triton("LSTM", gi, h0, c0, w_hh, None, w_hr, None, False)
+    h0 = torch.randn(1, 4, dtype=torch.float64).expand(2, 4)  # stride 0
+    eager = triton_launch._rnn_fwd("LSTM", gi[:3], h0, c0, w_hh, None, w_hr, None, False,
+                                   "tile", triton_launch.recurrence.NO_MASKS, None, True)
+    for _ in range(3):  # eager, captured, replayed
+        out = fwd(gi, h0)
+        assert all(torch.equal(a, b) for a, b in zip(out, eager))
     assert all(t.data_ptr() not in static_ptrs for t in out if t.numel())
+    n = len(captured)
+    for mode in (torch.inference_mode, torch.no_grad):
+        with mode():
+            for _ in range(2):
+                fwd(gi, h0)
+    tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = not tf32
+        for _ in range(2):
+            fwd(gi, h0)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    assert len(captured) == n + 2  # inference mode and the other TF32 setting (no_grad: the same)
     monkeypatch.setattr(graphs, "MAX_GRAPHS", 2)
     for T in (4, 5, 6):
-        triton_launch.rnn_fwd_triton("LSTM", gi.new_ones(T, 2, 20), h0, c0, w_hh, None, w_hr,
-                                     None, False)
+        for _ in range(2):
+            fwd(gi, h0, T=T)
     assert len(cache) == 2
     n = len(captured)
-    assert testing.check(Case("GRU", T=3, B=4, I=5, H=16, seed=8), "triton", torch.float64,
-                         DEVICE).ok
+    for seed in (8, 9):
+        assert testing.check(Case("GRU", T=3, B=4, I=5, H=16, seed=seed), "triton",
+                             torch.float64, DEVICE).ok
     assert len(captured) == n

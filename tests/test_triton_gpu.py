@@ -48,30 +48,41 @@ def test_cuda_autocast_matches_torch_dtype(cell):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())
 
 
+# (layers, bidirectional, h0 given expanded, graph entries): two layers share their entries
+# (the same shapes); one layer in one direction gets autograd's stride-0 gradient of out.sum().
+GRAPH_MODELS = [(2, True, False, 4), (1, False, True, 2)]
+
+
+@pytest.mark.parametrize("model", GRAPH_MODELS, ids=["L2-bidirectional", "L1-expanded-h0"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_per_step_graphs_match_eager_launches(dtype, monkeypatch):
+def test_per_step_graphs_match_eager_launches(dtype, model, monkeypatch):
     """The per-step path (a projection) through CUDA graphs (ops/triton/graphs.py) gives what
-    its eager launches give, bit for bit, forward and backward, on a second call of new values
-    too (the graphs' inputs copied in). One graph per direction and way: the two layers' calls
-    have the same shapes and share it (4 entries, as the CPU stand-in of test_triton.py counts
-    them)."""
+    its eager launches give, bit for bit, forward and backward: on a key's first call (eager),
+    its second (captured) and its third (replayed, new values copied in). One graph per
+    direction and way of each distinct shape (as the CPU stand-in of test_triton.py counts)."""
     import fused_rnn
     from fused_rnn.ops.triton import graphs
     graphs.GRAPHS.clear()
+    layers, bidirectional, given_h0, entries = model
 
     def run(seed):
         torch.manual_seed(seed)
-        m = fused_rnn.LSTM(24, 40, proj_size=17, num_layers=2, bidirectional=True,
+        m = fused_rnn.LSTM(24, 40, proj_size=17, num_layers=layers, bidirectional=bidirectional,
                            backend="triton", device="cuda", dtype=dtype)
         x = torch.randn(9, 5, 24, device="cuda", dtype=dtype, requires_grad=True)
-        out, (h, c) = m(x)
-        (out.float().sum() + h.float().sum() + c.float().sum()).backward()
+        hx = None
+        if given_h0:
+            hx = (torch.randn(1, 1, 17, device="cuda", dtype=dtype).expand(1, 5, 17),
+                  torch.randn(1, 5, 40, device="cuda", dtype=dtype))
+        out, (h, c) = m(x, hx)
+        out.sum().backward() if given_h0 else (out.float().sum() + h.float().sum()
+                                               + c.float().sum()).backward()
         return [out, h, c, x.grad] + [p.grad for p in m.parameters()]
 
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         monkeypatch.setenv("FUSED_RNN_TRITON_GRAPHS", "0")
         eager = run(seed)
         monkeypatch.setenv("FUSED_RNN_TRITON_GRAPHS", "1")
         graphed = run(seed)
         assert all(torch.equal(a, b) for a, b in zip(eager, graphed)), seed
-    assert len(graphs.GRAPHS) == 4
+    assert len(graphs.GRAPHS) == entries

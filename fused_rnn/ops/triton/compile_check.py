@@ -247,21 +247,22 @@ def persistent_variants():
 
 def tile_variants():
     """The one-program-per-batch-tile forward and backward (tile.py) as the GPU runs them (a
-    for loop, not the interpreter's while): every cell and dot dtype (fp64 is for exactness,
-    not speed: left out) without step masks and with those of training or of eval mode, and
-    the LayerNorm LSTM and GRU without and with training's, each at H = 48 (where taken) and at
-    the largest H plans.tile_plan takes, with its warps."""
+    for loop, not the interpreter's while): every cell and dot dtype (fp64's stack frames
+    reported, not gated, as everywhere) without step masks and with those of training or of
+    eval mode, and the LayerNorm LSTM and GRU without and with training's, each at H = 48
+    (where taken) and at the largest H plans.tile_plan takes, with its warps."""
     import torch
     from .plans import tile_plan
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                   "fp64": torch.float64}
     configs = [(cell, dtype, regs, 0) for cell, dtype, regs in itertools.product(
-        CODE_GATES, [d for d in DTYPES if d != "fp64"], ("off", "train", "eval"))]
+        CODE_GATES, DTYPES, ("off", "train", "eval"))]
     configs += [(cell, dtype, regs, 2 if cell == LSTM else 1) for cell, dtype, regs in
-                itertools.product((LSTM, GRU), [d for d in DTYPES if d != "fp64"],
-                                  ("off", "train"))]
+                itertools.product((LSTM, GRU), DTYPES, ("off", "train"))]
     for cell, dtype, regs, ln in configs:
         elem, acc, precision = DTYPES[dtype]
-        reg_ptrs, reg = step_masks(cell, regs, "fp32")
+        acc_t = "fp64" if acc == tl.float64 else "fp32"
+        reg_ptrs, reg = step_masks(cell, regs, acc_t)
         tf32 = torch.backends.cudnn.allow_tf32
         torch.backends.cudnn.allow_tf32 = precision == "tf32"  # tile_plan's precision
         try:
@@ -272,25 +273,26 @@ def tile_variants():
                       if H and plan(H) is not None]
         finally:
             torch.backends.cudnn.allow_tf32 = tf32
-        ln_ptrs = dict(xg_ptr="*fp32", xc_ptr="*fp32", rstd_ptr="*fp32", lnw_ptr=f"*{elem}",
-                       lnb_ptr=f"*{elem}", lncw_ptr=f"*{elem}", lncb_ptr=f"*{elem}")
+        ln_ptrs = dict(xg_ptr=f"*{acc_t}", xc_ptr=f"*{acc_t}", rstd_ptr=f"*{acc_t}",
+                       lnw_ptr=f"*{elem}", lnb_ptr=f"*{elem}", lncw_ptr=f"*{elem}",
+                       lncb_ptr=f"*{elem}")
         for H, warps in shapes:
             common = dict(reg, H=H, HP=triton.next_power_of_2(H), CELL=cell,
                           NG=CODE_GATES[cell], NS=CODE_SAVED[cell], HAS_MASK=1, LN=ln,
                           REVERSE=1, WHILE=0, BLOCK_B=16, PRECISION=precision, ACC=acc)
             tag = f"cell={cell} {dtype} H={H} warps={warps} regs={regs} ln={ln}"
             ptrs = dict(reg_ptrs, **ln_ptrs, gi_ptr=f"*{elem}", w_ptr=f"*{elem}",
-                        b_ptr=f"*{elem}", hs_ptr=f"*{elem}", cs_ptr="*fp32",
-                        out_ptr=f"*{elem}", saved_ptr="*fp32", mask_ptr="*u8")
+                        b_ptr=f"*{elem}", hs_ptr=f"*{elem}", cs_ptr=f"*{acc_t}",
+                        out_ptr=f"*{elem}", saved_ptr=f"*{acc_t}", mask_ptr="*u8")
             cx = dict(common, HAS_BIAS=1)
             yield (TL._rnn_fwd_tile_kernel,
                    _signature(TL._rnn_fwd_tile_kernel, ptrs, {"T", "B"}, cx), cx,
                    f"tile fwd {tag}", warps)
-            ptrs = dict(reg_ptrs, **ln_ptrs, drec_ptr="*fp32", dhc_ptr="*fp32",
-                        w_ptr=f"*{elem}", dgh_ptr="*fp32", dgi_ptr="*fp32",
-                        dout_ptr=f"*{elem}", saved_ptr="*fp32", hs_ptr=f"*{elem}",
-                        cs_ptr="*fp32", carry_h_ptr="*fp32", carry_c_ptr="*fp32",
-                        mask_ptr="*u8")
+            ptrs = dict(reg_ptrs, **ln_ptrs, drec_ptr=f"*{acc_t}", dhc_ptr=f"*{acc_t}",
+                        w_ptr=f"*{elem}", dgh_ptr=f"*{acc_t}", dgi_ptr=f"*{acc_t}",
+                        dout_ptr=f"*{elem}", saved_ptr=f"*{acc_t}", hs_ptr=f"*{elem}",
+                        cs_ptr=f"*{acc_t}", carry_h_ptr=f"*{acc_t}",
+                        carry_c_ptr=f"*{acc_t}", mask_ptr="*u8")
             yield (TL._rnn_bwd_tile_kernel,
                    _signature(TL._rnn_bwd_tile_kernel, ptrs, {"T", "B"}, common), common,
                    f"tile bwd {tag}", warps)

@@ -52,7 +52,7 @@ def _plan(variant: str, B: int, H: int, cell: str, dtype, device, proj: bool, ln
     if B == 0 or proj or variant == "step" or (ln is not None and variant != "tile"):
         return None, None
     if variant == "tile":
-        plan = plans.tile_plan(B, H, GATES[cell], dtype, masked, ln is not None)
+        plan = plans.tile_plan(B, H, GATES[cell], dtype, masked, ln is not None, device)
     else:
         plan = plans.persistent_plan(B, H, GATES[cell], dtype, device, masked)
     return (variant, plan) if plan is not None else (None, None)
@@ -147,7 +147,8 @@ def _rnn_fwd(cell, gi, h0, c0, w_hh, b_hh, w_hr, mask, reverse, variant, masks, 
     hin = gi  # h·hm, the operand of W_hh, where hm is on (cell._store_h)
     if masks.h is not None:
         hin = gi.new_empty((2, B, HK))
-        hin[0] = h0 * masks.factor("h", gi.dtype)
+        # (the mask's factor in the accumulation dtype, as the kernels apply it after step 0)
+        hin[0] = h0 * masks.factor("h", recurrence.acc_dtype(gi.dtype))
     regs = dict(regs, hin_ptr=hin)
     if kind == "persistent":
         _fwd_persistent(P, cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags,

@@ -77,11 +77,17 @@ TILE_WARPS = ((16 * 1024, 4), (96 * 1024, 8))  # (W_hh bytes under which, warps)
 
 
 def tile_plan(B: int, H: int, NG: int, dtype: torch.dtype, masked: bool = False,
-              ln: bool = False) -> Optional[dict]:
+              ln: bool = False, device: Optional[torch.device] = None) -> Optional[dict]:
     """HP, grid (batch tiles of PERSISTENT_BLOCK_B rows), warps and config of the one-program-
     per-batch-tile kernels, or None where W_hh does not fit one program (masked: with step
-    masks; ln: a LayerNorm cell)."""
+    masks; ln: a LayerNorm cell; device: where it runs, None for a GPU). On a GPU fp64 takes
+    neither step masks nor LayerNorm: Triton 3.6 cannot lower the fp64 dot whose operand is
+    h·hm with hm from an 8-bit load ("fp64 don't support largeK MMA", as in cell._store_h),
+    and the LayerNorm LSTM leaves 150-420-byte stacks. The interpreter runs them."""
     import triton
+    if (dtype == torch.float64 and (masked or ln)
+            and (device is None or device.type == "cuda")):
+        return None
     HP = max(16, triton.next_power_of_2(H))
     cfg = dict(config(B, dtype), BLOCK_B=PERSISTENT_BLOCK_B)
     hp_max = TILE_MAX_HP["ieee" if ieee_fp32(dtype, cfg["PRECISION"]) else "tf32"]
@@ -94,6 +100,8 @@ def tile_plan(B: int, H: int, NG: int, dtype: torch.dtype, masked: bool = False,
     if HP > hp_max or w_bytes + PERSISTENT_BLOCK_B * HP * elem > PERSISTENT_BYTES:
         return None
     warps = next((w for limit, w in TILE_WARPS if w_bytes < limit), 16)
+    if dtype == torch.float64:  # at 16 warps the fp64 LSTM leaves 80-170-byte stacks
+        warps = min(warps, 8)
     return dict(HP=HP, grid=(-(-B // PERSISTENT_BLOCK_B),), cfg=cfg, num_warps=warps)
 
 
