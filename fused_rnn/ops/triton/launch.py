@@ -48,7 +48,7 @@ def _tile_kernels():
 
 def _plan(variant: str, B: int, H: int, cell: str, dtype, device, proj: bool, ln, masked: bool):
     """(kind, plan) of a call's one-launch kernels, "tile" or "persistent", or (None, None)
-    where it runs per step (a LayerNorm cell's run per step but for "tile")."""
+    where it runs per step (as a LayerNorm cell does but under "tile")."""
     if B == 0 or proj or variant == "step" or (ln is not None and variant != "tile"):
         return None, None
     if variant == "tile":
@@ -251,8 +251,10 @@ def _fwd_persistent(P, cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, 
                        HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None, **flags)
 
 
-def _tile_args(cell: str, T: int, H: int, reverse: bool, plan: dict, flags: dict) -> dict:
-    return dict(flags, T=T, B=None, H=H, HP=plan["HP"], CELL=CELL_CODES[cell], NG=GATES[cell],
+def _tile_args(cell: str, T: int, B: int, H: int, reverse: bool, plan: dict,
+               flags: dict) -> dict:
+    """The tile kernels' shared scalar and constexpr arguments, and their launch options."""
+    return dict(flags, T=T, B=B, H=H, HP=plan["HP"], CELL=CELL_CODES[cell], NG=GATES[cell],
                 NS=SAVED[cell], REVERSE=reverse, WHILE=backends.triton_interpreted(),
                 num_warps=plan["num_warps"], **plan["cfg"])
 
@@ -275,15 +277,14 @@ def _fwd_tile(cell, gi, w_hh, b_hh, hs, cs, out, saved, mask_u8, regs, flags, re
     """The whole forward in one launch, one program per batch tile (tile.py), with a
     LayerNorm cell's LN in the same step (ln_out: its xg, xc, rstd buffers)."""
     T, B, _ = gi.shape
-    kw = _tile_args(cell, T, w_hh.shape[0] // GATES[cell], reverse, plan, flags)
+    kw = _tile_args(cell, T, B, w_hh.shape[0] // GATES[cell], reverse, plan, flags)
     xg, xc, rstd = (t if t.numel() else saved for t in ln_out)
     _tile_kernels()._rnn_fwd_tile_kernel[plan["grid"]](
         gi_ptr=gi, w_ptr=w_hh, b_ptr=b_hh if b_hh is not None else gi, hs_ptr=hs,
         cs_ptr=cs if cell == "LSTM" else gi, out_ptr=out, saved_ptr=saved,
         mask_ptr=mask_u8 if mask_u8 is not None else gi, **regs, xg_ptr=xg, xc_ptr=xc,
         rstd_ptr=rstd, **_ln_params(ln, gi),
-        **dict(kw, B=B, HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None,
-               LN=_ln_code(cell, ln)))
+        HAS_BIAS=b_hh is not None, HAS_MASK=mask_u8 is not None, LN=_ln_code(cell, ln), **kw)
 
 
 def _bwd_tile(cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8, regs, flags,
@@ -291,7 +292,7 @@ def _bwd_tile(cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_
     """The whole backward in one launch, one program per batch tile (tile.py), with a
     LayerNorm cell's LN: from its forward's xg, xc, rstd, into drec and dh_c."""
     T, B = dout.shape[0], dout.shape[1]
-    kw = _tile_args(cell, T, w_hh.shape[0] // GATES[cell], reverse, plan, flags)
+    kw = _tile_args(cell, T, B, w_hh.shape[0] // GATES[cell], reverse, plan, flags)
     ln_ptrs = {k: v if v is not None and v.numel() else dgh
                for k, v in dict(xg_ptr=xg, xc_ptr=xc, rstd_ptr=rstd, drec_ptr=drec,
                                 dhc_ptr=dh_c).items()}
@@ -301,7 +302,7 @@ def _bwd_tile(cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_
         cs_ptr=cs if cell == "LSTM" else hs, carry_h_ptr=carry_h, carry_c_ptr=carry_c,
         mask_ptr=mask_u8 if mask_u8 is not None else dout, **regs, **ln_ptrs,
         lnw_ptr=lnp["lnw_ptr"], lncw_ptr=lnp["lncw_ptr"], lncb_ptr=lnp["lncb_ptr"],
-        **dict(kw, B=B, HAS_MASK=mask_u8 is not None, LN=_ln_code(cell, ln)))
+        HAS_MASK=mask_u8 is not None, LN=_ln_code(cell, ln), **kw)
 
 
 def _bwd_persistent(P, cell, w_hh, dgh, dgi, dout, saved, hs, cs, carry_h, carry_c, mask_u8,
