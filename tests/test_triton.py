@@ -4,6 +4,7 @@ with and without the regularisation step masks; and compiled for sm_90, which ca
 interpreter lets through."""
 import dataclasses
 import os
+import warnings
 import subprocess
 import sys
 
@@ -388,7 +389,8 @@ def test_per_step_calls_replay_one_graph_per_shape(monkeypatch):
     (their values copied in) and still match torch; returned tensors are copies, not the
     entry's; stride-0 arguments (an expanded h0, the gradient of a sum) and inference mode
     work; a change of torch's TF32 flag is a new key; at most MAX_GRAPHS entries are kept; a
-    call the tile kernels take captures nothing."""
+    capture that raises warns once and leaves its key eager; a call the tile kernels take
+    captures nothing."""
     from fused_rnn.ops.triton import graphs
     from fused_rnn.ops.triton import launch as triton_launch
     captured = []
@@ -449,6 +451,18 @@ def test_per_step_calls_replay_one_graph_per_shape(monkeypatch):
         for _ in range(2):
             fwd(gi, h0, T=T)
     assert len(cache) == 2
+    def failing(call):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(cache, "_capture", failing)
+    with pytest.warns(RuntimeWarning, match="could not be captured; this call's shape runs "
+                                            "eagerly"):
+        for _ in range(2):
+            fwd(gi, h0, T=2)
+    assert all(torch.equal(a, b) for a, b in zip(fwd(gi, h0, T=3), eager))  # other keys as before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fwd(gi, h0, T=2)  # (its key runs eagerly: no second attempt, no second warning)
+    monkeypatch.setattr(cache, "_capture", capture)
     n = len(captured)
     for seed in (8, 9):
         assert testing.check(Case("GRU", T=3, B=4, I=5, H=16, seed=seed), "triton",

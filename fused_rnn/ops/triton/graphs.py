@@ -16,13 +16,15 @@ captured on its second call (the first runs eagerly: a shape seen once, such as 
 sequence lengths, never pays for a capture); entries are kept least recently used first, at most
 MAX_GRAPHS (each holds its outputs' and inputs' memory). A call waits for the previous replay of
 its entry (an event), so that calls from other streams cannot overwrite inputs still being read.
-Not used while the caller's own stream is being captured (torch.compile's "reduce-overhead", a
+A capture that raises is warned about and its key runs eagerly from then on. Not used while
+the caller's own stream is being captured (torch.compile's "reduce-overhead", a
 user's torch.cuda.graph: the per-step launches become part of that graph), nor where
 FUSED_RNN_TRITON_GRAPHS=0.
 """
 import collections
 import os
 import threading
+import warnings
 from typing import Callable, Tuple
 
 import torch
@@ -103,6 +105,7 @@ class Graphs:
         self._capture = capture
         self._entries: "collections.OrderedDict" = collections.OrderedDict()
         self._seen: "collections.OrderedDict" = collections.OrderedDict()
+        self._failed: set = set()  # keys whose capture raised: they run eagerly
         self._lock = threading.Lock()  # autograd runs backward calls on its own thread
 
     def __len__(self) -> int:
@@ -112,6 +115,7 @@ class Graphs:
         with self._lock:
             self._entries.clear()
             self._seen.clear()
+            self._failed.clear()
 
     def run(self, fn: Callable, *args, **kwargs) -> Tuple[torch.Tensor, ...]:
         """fn(*args, **kwargs) through its graph (from its key's second call: clones of the
@@ -124,10 +128,19 @@ class Graphs:
                 while len(self._seen) > MAX_SEEN:
                     self._seen.popitem(last=False)
                 eager = True
+            elif entry is None and key in self._failed:
+                eager = True
             elif entry is None:
                 del self._seen[key]
                 static_args, static_kwargs = _static(args), _static(kwargs)
-                replay, outputs = self._capture(lambda: fn(*static_args, **static_kwargs))
+                try:
+                    replay, outputs = self._capture(lambda: fn(*static_args, **static_kwargs))
+                except Exception as e:  # noqa: BLE001 (a capture that fails runs eagerly)
+                    self._failed.add(key)
+                    warnings.warn(f"fused_rnn: a CUDA graph of the Triton per-step path could "
+                                  f"not be captured; this call's shape runs eagerly ({e})",
+                                  RuntimeWarning)
+                    return fn(*args, **kwargs)
                 done = torch.cuda.Event() if any(o.is_cuda for o in outputs) else None
                 entry = self._entries[key] = (static_args, static_kwargs, replay, outputs, done)
                 while len(self._entries) > MAX_GRAPHS:
