@@ -123,12 +123,12 @@ class Graphs:
         key = (fn.__qualname__, _spec(args), _spec(kwargs), _settings())
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None and key not in self._seen:
+            if entry is None and key in self._failed:
+                eager = True
+            elif entry is None and key not in self._seen:
                 self._seen[key] = True
                 while len(self._seen) > MAX_SEEN:
                     self._seen.popitem(last=False)
-                eager = True
-            elif entry is None and key in self._failed:
                 eager = True
             elif entry is None:
                 del self._seen[key]
