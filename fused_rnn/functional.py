@@ -28,6 +28,7 @@ from .ops.cells import GATES
 from .ops.naive import layer_naive
 from .ops.native import cell_native, run_native
 from .ops import cells as _cells
+from .ops.cuda import tuned as _tuned  # (plain Python: neither builds nor loads the extension)
 from .ops import regularize
 from .ops.regularize import Regularization
 from .ops.stack import group_weights, run_stack
@@ -275,8 +276,7 @@ def _tuned_pick(mode: str, device: torch.device, dtype: torch.dtype, H: int,
                 B: int) -> Optional[tuple]:
     """(backend, Triton variant or None) that the tuned table measured fastest for this call
     (`fused-rnn bench --tune-backends`), or None: no entry, or its backend cannot run here."""
-    from .ops.cuda import tuned
-    pick = tuned.backend_for(device, "RNN" if mode.startswith("RNN") else mode, dtype, H, B,
+    pick = _tuned.backend_for(device, "RNN" if mode.startswith("RNN") else mode, dtype, H, B,
                              torch.is_grad_enabled())
     if pick is None:
         return None

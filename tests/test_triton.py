@@ -196,11 +196,7 @@ PERSISTENT = [c for c in TILED + GRID if not c.proj_size and c.H <= 64][:12]
 @pytest.mark.parametrize("case", PERSISTENT, ids=[c.label() for c in PERSISTENT])
 def test_persistent_matches_torch(case, dtype, monkeypatch):
     from fused_rnn.ops.triton import launch as triton_launch
-    launches = []
-    for name in ("_fwd_persistent", "_bwd_persistent"):
-        original = getattr(triton_launch, name)
-        monkeypatch.setattr(triton_launch, name, lambda *a, _name=name, _f=original, **k:
-                            launches.append(_name) or _f(*a, **k))
+    launches = _record(monkeypatch, "_fwd_persistent", "_bwd_persistent")
     with triton_launch.variant("persistent"):
         res = testing.check(case, "triton", dtype, DEVICE)
     assert res.ok, res.failures()
@@ -237,12 +233,7 @@ def test_persistent_plan_limits():
 
 def test_bench_persistent_provider_runs_persistent_both_ways(monkeypatch):
     from fused_rnn.bench import suite as S
-    from fused_rnn.ops.triton import launch as triton_launch
-    ran = []
-    for name in ("_fwd_persistent", "_bwd_persistent"):
-        original = getattr(triton_launch, name)
-        monkeypatch.setattr(triton_launch, name, lambda *a, _n=name, _f=original, **k:
-                            ran.append(_n) or _f(*a, **k))
+    ran = _record(monkeypatch, "_fwd_persistent", "_bwd_persistent")
     fn, _ = S.build("triton_persistent", "LSTM", (3, 2, 4, 8), "fp32", torch.device(DEVICE))
     fn(torch.randn(3, 2, 4, device=DEVICE, requires_grad=True)).sum().backward()
     assert ran == ["_fwd_persistent", "_bwd_persistent"]
